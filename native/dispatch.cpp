@@ -1,0 +1,171 @@
+// Runtime CPU dispatch: one binary built for the baseline ISA picks the best
+// kernel set at import time.  Compiled without any -m flags.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "kernels.h"
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+#if defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
+namespace ll {
+
+namespace {
+
+struct Features {
+    bool avx2 = false, fma = false, f16c = false;
+    bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
+    bool neon = false, dotprod = false;
+};
+
+Features detect() {
+    Features f;
+#if defined(__x86_64__) || defined(_M_X64)
+    // __builtin_cpu_supports also checks that the OS saves the wide registers.
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2");
+    f.fma = __builtin_cpu_supports("fma");
+    f.f16c = __builtin_cpu_supports("f16c");
+    f.avx512f = __builtin_cpu_supports("avx512f");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+    f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+#endif
+#if defined(__aarch64__)
+    f.neon = true;  // baseline on AArch64
+#if defined(__linux__)
+    f.dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+    int v = 0;
+    size_t len = sizeof(v);
+    if (sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, nullptr, 0) == 0) f.dotprod = v != 0;
+#endif
+#endif
+    return f;
+}
+
+const Features& features() {
+    static const Features f = detect();
+    return f;
+}
+
+typedef void (*register_fn)(KernelSet*);
+
+struct IsaEntry {
+    const char* name;
+    bool (*supported)(const Features&);
+    register_fn families[2];
+};
+
+const IsaEntry ISAS[] = {
+#if defined(__x86_64__) || defined(_M_X64)
+    {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; },
+     {register_legacy_avx512, register_kquants_avx512}},
+    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, {register_legacy_avx2, register_kquants_avx2}},
+#endif
+#if defined(__aarch64__)
+    {"dotprod", [](const Features& f) { return f.dotprod; }, {register_legacy_dotprod, register_kquants_dotprod}},
+    {"neon", [](const Features& f) { return f.neon; }, {register_legacy_neon, register_kquants_neon}},
+#endif
+    {"scalar", [](const Features&) { return true; }, {register_legacy_scalar, register_kquants_scalar}},
+};
+constexpr int N_ISAS = sizeof(ISAS) / sizeof(ISAS[0]);
+
+KernelSet g_sets[N_ISAS];
+bool g_built[N_ISAS];
+std::once_flag g_once;
+const KernelSet* g_active = nullptr;
+
+void build_all() {
+    KernelSet scalar{};
+    register_legacy_scalar(&scalar);
+    register_kquants_scalar(&scalar);
+    scalar.name = "scalar";
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!ISAS[i].supported(features())) continue;
+        KernelSet ks{};
+        for (register_fn reg : ISAS[i].families) reg(&ks);
+        // Anything an ISA does not implement is served by the scalar reference.
+        for (int t = 0; t < TYPE_COUNT; t++) {
+            if (!ks.dequant[t]) ks.dequant[t] = scalar.dequant[t];
+            if (!ks.dot[t]) ks.dot[t] = scalar.dot[t];
+            if (!ks.quant_act[t]) ks.quant_act[t] = scalar.quant_act[t];
+        }
+        ks.name = ISAS[i].name;
+        g_sets[i] = ks;
+        g_built[i] = true;
+    }
+    const char* forced = std::getenv("LLAMALOCAL_ISA");
+    if (forced && *forced) {
+        for (int i = 0; i < N_ISAS; i++)
+            if (g_built[i] && std::strcmp(ISAS[i].name, forced) == 0) g_active = &g_sets[i];
+        // An unknown or unsupported name is reported by the Python layer, which
+        // checks it against available_isas(); here it simply leaves the best path.
+    }
+    if (!g_active) {
+        for (int i = 0; i < N_ISAS && !g_active; i++)
+            if (g_built[i]) g_active = &g_sets[i];
+    }
+}
+
+void ensure_built() { std::call_once(g_once, build_all); }
+
+}  // namespace
+
+const KernelSet& scalar_kernels() {
+    ensure_built();
+    return g_sets[N_ISAS - 1];
+}
+
+int available_isas(const char** names, int max_names) {
+    ensure_built();
+    int n = 0;
+    for (int i = 0; i < N_ISAS && n < max_names; i++)
+        if (g_built[i]) names[n++] = ISAS[i].name;
+    return n;
+}
+
+const KernelSet* kernels_for_isa(const char* name) {
+    ensure_built();
+    for (int i = 0; i < N_ISAS; i++)
+        if (g_built[i] && std::strcmp(ISAS[i].name, name) == 0) return &g_sets[i];
+    return nullptr;
+}
+
+const KernelSet& active_kernels() {
+    ensure_built();
+    return *__atomic_load_n(&g_active, __ATOMIC_ACQUIRE);
+}
+
+bool set_active_isa(const char* name) {
+    const KernelSet* ks = kernels_for_isa(name);
+    if (!ks) return false;
+    __atomic_store_n(&g_active, ks, __ATOMIC_RELEASE);
+    return true;
+}
+
+int cpu_features(const char** names, bool* flags, int max) {
+    const Features& f = features();
+    const struct { const char* n; bool v; } all[] = {
+        {"avx2", f.avx2}, {"fma", f.fma}, {"f16c", f.f16c}, {"avx512f", f.avx512f}, {"avx512bw", f.avx512bw},
+        {"avx512vl", f.avx512vl}, {"avx512vnni", f.avx512vnni}, {"neon", f.neon}, {"dotprod", f.dotprod},
+    };
+    int n = 0;
+    for (const auto& e : all) {
+        if (n >= max) break;
+        names[n] = e.n;
+        flags[n] = e.v;
+        n++;
+    }
+    return n;
+}
+
+}  // namespace ll

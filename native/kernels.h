@@ -1,0 +1,75 @@
+// Leaf kernels and the per-ISA tables that hold them.
+//
+// Every ISA (scalar, avx2, avx512, neon, dotprod) fills a KernelSet with the
+// kernels it has; missing entries fall back to the scalar reference.  The
+// drivers in ops.cpp (threading, activation quantization, tiling) only call
+// through these pointers, so they are compiled once for the baseline ISA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "blocks.h"
+
+namespace ll {
+
+// Dequantize n weights (a multiple of the block size) from src into dst.
+typedef void (*dequant_row_fn)(const void* src, float* dst, int64_t n);
+
+// Quantize n activations (a multiple of the block size) into an activation
+// format (Q8_0, Q8_1 or Q8_K).
+typedef void (*quant_row_fn)(const float* src, void* dst, int64_t n);
+
+// y[r] = dot(weight row r, x) for r in [0, nrows).  Weight rows start
+// row_stride bytes apart; x holds n activations already converted to the weight
+// type's vec_dot_type (plain float32 for F32/F16/BF16 weights).
+typedef void (*dot_rows_fn)(int64_t n, int64_t nrows, const void* w, size_t row_stride, const void* x, float* y);
+
+struct KernelSet {
+    const char* name;
+    dequant_row_fn dequant[TYPE_COUNT];
+    dot_rows_fn dot[TYPE_COUNT];
+    quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
+};
+
+// Registration functions, one per (type family, ISA).  Each sets only the
+// entries it implements.  Families: "legacy" = F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0 and the Q8_0/Q8_1 activation quantizers; "kquants" = Q2_K..Q6_K and
+// the Q8_K activation quantizer.
+void register_legacy_scalar(KernelSet* ks);
+void register_kquants_scalar(KernelSet* ks);
+#if defined(__x86_64__) || defined(_M_X64)
+void register_legacy_avx2(KernelSet* ks);
+void register_kquants_avx2(KernelSet* ks);
+void register_legacy_avx512(KernelSet* ks);
+void register_kquants_avx512(KernelSet* ks);
+#endif
+#if defined(__aarch64__)
+void register_legacy_neon(KernelSet* ks);
+void register_kquants_neon(KernelSet* ks);
+void register_legacy_dotprod(KernelSet* ks);
+void register_kquants_dotprod(KernelSet* ks);
+#endif
+
+// ---- dispatch (dispatch.cpp) ----
+// The scalar reference set, always complete.
+const KernelSet& scalar_kernels();
+// Names of the ISA paths this CPU can run, best first, always ending in "scalar".
+int available_isas(const char** names, int max_names);
+// Kernel set for a named ISA (nullptr if unknown or not supported here).
+const KernelSet* kernels_for_isa(const char* name);
+// The active set: LLAMALOCAL_ISA if set (and supported), else the best path.
+const KernelSet& active_kernels();
+// Returns false (and changes nothing) when the name is unknown or unsupported.
+bool set_active_isa(const char* name);
+// CPU features as name/flag pairs, for `llamalocal sysinfo`.
+int cpu_features(const char** names, bool* flags, int max);
+
+}  // namespace ll
+
+// Per-ISA sources (native/x86/*.cpp, native/arm/*.cpp) are compiled once per
+// ISA with LL_ISA set to the suffix; LL_REGISTER(legacy) names that build's
+// registration function.
+#define LL_CAT2(a, b) a##_##b
+#define LL_CAT(a, b) LL_CAT2(a, b)
+#define LL_REGISTER(family) LL_CAT(register_##family, LL_ISA)

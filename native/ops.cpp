@@ -1,0 +1,111 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <vector>
+
+namespace ll {
+
+namespace {
+
+// Splits [0, n) into contiguous chunks of `chunk` items handed out dynamically,
+// so a thread slowed by the OS does not hold everyone back.
+template <typename F>
+void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, F&& body) {
+    if (n <= 0) return;
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
+    if (n_chunks == 1 || pool.size() == 1) {
+        for (int64_t c = 0; c < n_chunks; c++) body(c * chunk, std::min(n, (c + 1) * chunk));
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
+        for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;)
+            body(c * chunk, std::min(n, (c + 1) * chunk));
+    });
+}
+
+// Rows per chunk: enough chunks for balance (about 8 per thread) but never so
+// small that the per-chunk overhead shows; a multiple of 4 for the kernels.
+int64_t row_chunk(int64_t n_rows, int n_threads, int64_t min_chunk) {
+    int64_t c = n_rows / (8 * (int64_t)n_threads);
+    c = std::max<int64_t>(min_chunk, (c + 3) & ~int64_t(3));
+    return c;
+}
+
+}  // namespace
+
+void quantize_activations(const KernelSet& ks, ThreadPool& pool, int weight_type, const float* x, int64_t n_rows,
+                          int64_t k, uint8_t* dst) {
+    const int vdt = TYPE_TRAITS[weight_type].vec_dot_type;
+    const size_t rb = row_bytes(vdt, k);
+    quant_row_fn q = ks.quant_act[vdt];
+    parallel_chunks(pool, n_rows, std::max<int64_t>(1, n_rows / (4 * pool.size())), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) q(x + r * k, dst + r * rb, k);
+    });
+}
+
+void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, int64_t n_rows, int64_t k,
+            const float* x, int64_t batch, float* y) {
+    const int vdt = TYPE_TRAITS[type].vec_dot_type;
+    const size_t w_rb = row_bytes(type, k);
+    dot_rows_fn dot = ks.dot[type];
+
+    // Integer weight types multiply int8 activations: convert X once, not per row.
+    std::unique_ptr<uint8_t[]> xq_buf;
+    const uint8_t* xq = reinterpret_cast<const uint8_t*>(x);
+    size_t x_rb = (size_t)k * sizeof(float);
+    if (vdt != TYPE_F32) {
+        x_rb = row_bytes(vdt, k);
+        xq_buf.reset(new uint8_t[x_rb * batch]);
+        quantize_activations(ks, pool, type, x, batch, k, xq_buf.get());
+        xq = xq_buf.get();
+    }
+
+    if (batch == 1) {
+        parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16),
+                        [&](int64_t r0, int64_t r1) { dot(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
+        return;
+    }
+    // Batched: a tile of weight rows stays in L2 while every activation row
+    // passes over it, so weights are read from memory once per call.
+    const int64_t tile = std::max<int64_t>(4, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(3)));
+    parallel_chunks(pool, n_rows, tile, [&](int64_t r0, int64_t r1) {
+        for (int64_t b = 0; b < batch; b++) dot(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
+    });
+}
+
+void dequantize(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* src, int64_t n_rows, int64_t k, float* dst) {
+    const size_t rb = row_bytes(type, k);
+    dequant_row_fn f = ks.dequant[type];
+    parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 1), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; r++) f(src + r * rb, dst + r * k, k);
+    });
+}
+
+uint64_t stream_read(ThreadPool& pool, const uint8_t* buf, size_t n) {
+    const size_t words = n / sizeof(uint64_t);
+    const uint64_t* p = reinterpret_cast<const uint64_t*>(buf);
+    std::vector<uint64_t> partial(pool.size(), 0);
+    pool.run([&](int ith, int nth) {
+        const size_t per = (words + nth - 1) / nth;
+        const size_t a = std::min(words, per * ith), b = std::min(words, a + per);
+        // Four independent accumulators let the compiler keep several loads in flight.
+        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        size_t i = a;
+        for (; i + 4 <= b; i += 4) {
+            s0 += p[i];
+            s1 += p[i + 1];
+            s2 += p[i + 2];
+            s3 += p[i + 3];
+        }
+        for (; i < b; i++) s0 += p[i];
+        partial[ith] = s0 + s1 + s2 + s3;
+    });
+    uint64_t s = 0;
+    for (uint64_t v : partial) s += v;
+    return s;
+}
+
+}  // namespace ll

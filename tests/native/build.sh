@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the native kernel test program: build.sh OUT [CXX] [ARCH].
+# ARCH is x86 or arm; per-ISA sources are compiled once per ISA as CMake does.
+set -euo pipefail
+out=$1; cxx=${2:-g++}; arch=${3:-x86}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+flags=(-O2 -std=c++17 -I"$root/native")
+objs=()
+compile() {  # name src isa extra-flags...
+    local name=$1 src=$2 isa=$3; shift 3
+    "$cxx" "${flags[@]}" -DLL_ISA="$isa" "$@" -c "$src" -o "$tmp/$name.o"
+    objs+=("$tmp/$name.o")
+}
+for fam in legacy kquants; do
+    if [ "$arch" = x86 ]; then
+        compile "${fam}_avx2" "$root/native/x86/$fam.cpp" avx2 -mavx2 -mfma -mf16c
+        compile "${fam}_avx512" "$root/native/x86/$fam.cpp" avx512 -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
+    else
+        compile "${fam}_neon" "$root/native/arm/$fam.cpp" neon
+        compile "${fam}_dotprod" "$root/native/arm/$fam.cpp" dotprod -march=armv8.2-a+dotprod
+    fi
+done
+static=()
+[ "$arch" = arm ] && static=(-static)
+"$cxx" "${flags[@]}" "${static[@]}" "$root/tests/native/kernel_test.cpp" "$root/native/blocks.cpp" "$root/native/dispatch.cpp" \
+    "$root/native/scalar/legacy.cpp" "$root/native/scalar/kquants.cpp" "${objs[@]}" -o "$out" -lpthread

@@ -1,0 +1,227 @@
+// Holds every SIMD kernel to the scalar reference, per block format, on the
+// CPU it runs on: all ISA paths this CPU supports (x86: avx2, avx512; AArch64
+// under qemu: neon, dotprod).  The random blocks come from a fixed-seed
+// generator, so x86 and AArch64 runs test the same data (the printed digest
+// shows it).  Output ends with "N passed, N failed"; exit status 1 on failure.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+
+using namespace ll;
+
+namespace {
+
+struct Rng {
+    uint64_t s;
+    uint64_t next() {  // splitmix64
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    float uniform() { return (next() >> 40) * (1.0f / 16777216.0f); }  // [0, 1)
+    float normal() {
+        float u = uniform() + 1e-7f, v = uniform();
+        return std::sqrt(-2.0f * std::log(u)) * std::cos(6.2831853f * v);
+    }
+};
+
+uint64_t g_digest = 1469598103934665603ull;  // FNV-1a over every generated input byte
+void digest(const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; i++) g_digest = (g_digest ^ b[i]) * 1099511628211ull;
+}
+
+int g_passed = 0, g_failed = 0;
+void check(bool ok, const char* isa, const char* type, const char* what, int64_t k, int64_t rows, const char* detail) {
+    if (ok) {
+        g_passed++;
+    } else {
+        g_failed++;
+        std::printf("FAIL %s %s %s k=%lld rows=%lld: %s\n", isa, type, what, (long long)k, (long long)rows, detail);
+    }
+}
+
+// Scale fields (fp16 offsets inside a block) get finite values of the given
+// magnitude; every other byte is random, which covers all quant values.
+struct ScaleFields { int offsets[2]; int count; };
+ScaleFields scale_fields(int t) {
+    switch (t) {
+        case TYPE_Q4_0: case TYPE_Q5_0: case TYPE_Q8_0: return {{0, 0}, 1};
+        case TYPE_Q4_1: case TYPE_Q5_1: case TYPE_Q4_K: case TYPE_Q5_K: return {{0, 2}, 2};
+        case TYPE_Q2_K: return {{80, 82}, 2};
+        case TYPE_Q3_K: return {{108, 0}, 1};
+        case TYPE_Q6_K: return {{208, 0}, 1};
+        default: return {{0, 0}, 0};
+    }
+}
+
+enum ScaleMode { SCALES_NORMAL, SCALES_ZERO, SCALES_TINY, SCALES_HUGE };
+
+std::vector<uint8_t> random_rows(Rng& rng, int t, int64_t k, int64_t rows, ScaleMode mode) {
+    const size_t rb = row_bytes(t, k);
+    std::vector<uint8_t> buf(rb * rows);
+    for (auto& b : buf) b = (uint8_t)rng.next();
+    const int64_t n_values = (int64_t)buf.size() / TYPE_TRAITS[t].type_size;
+    auto scale = [&]() -> float {
+        switch (mode) {
+            case SCALES_ZERO: return 0.0f;
+            case SCALES_TINY: return 6.1e-5f * (0.5f + rng.uniform());   // near fp16's smallest normal
+            case SCALES_HUGE: return 30000.0f * (0.5f + rng.uniform());  // near fp16's largest
+            default: return 0.02f * (0.1f + rng.uniform()) * (rng.uniform() < 0.5f ? -1.0f : 1.0f);
+        }
+    };
+    if (t == TYPE_F32) {
+        float* f = reinterpret_cast<float*>(buf.data());
+        for (int64_t i = 0; i < n_values; i++) f[i] = mode == SCALES_ZERO ? 0.0f : rng.normal();
+    } else if (t == TYPE_F16) {
+        half_t* h = reinterpret_cast<half_t*>(buf.data());
+        for (int64_t i = 0; i < n_values; i++) h[i] = fp32_to_fp16(mode == SCALES_ZERO ? 0.0f : rng.normal());
+    } else if (t == TYPE_BF16) {
+        bf16_t* h = reinterpret_cast<bf16_t*>(buf.data());
+        for (int64_t i = 0; i < n_values; i++) h[i] = (bf16_t)(fp32_to_bits(mode == SCALES_ZERO ? 0.0f : rng.normal()) >> 16);
+    } else {
+        const ScaleFields sf = scale_fields(t);
+        const int ts = TYPE_TRAITS[t].type_size;
+        for (int64_t b = 0; b < n_values; b++)
+            for (int f = 0; f < sf.count; f++) {
+                const half_t h = fp32_to_fp16(scale());
+                std::memcpy(&buf[b * ts + sf.offsets[f]], &h, 2);
+            }
+    }
+    digest(buf.data(), buf.size());
+    return buf;
+}
+
+std::vector<float> random_activations(Rng& rng, int64_t k, bool outliers) {
+    std::vector<float> x(k);
+    for (auto& v : x) v = rng.normal();
+    if (outliers)
+        for (int64_t i = 0; i < k; i += 37) x[i] *= 50.0f;
+    digest(x.data(), x.size() * sizeof(float));
+    return x;
+}
+
+void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
+    const TypeTraits& tt = TYPE_TRAITS[t];
+    const int vdt = tt.vec_dot_type;
+    const int64_t bs = tt.block_size == 1 ? QK : tt.block_size;
+    const int64_t ks_list[] = {bs, 3 * bs, 4096 + (bs == QK_K ? 0 : 96), 16 * bs + (t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 ? 7 : 0)};
+    const int64_t rows_list[] = {1, 3, 17};
+    const ScaleMode modes[] = {SCALES_NORMAL, SCALES_ZERO, SCALES_TINY, SCALES_HUGE};
+    char detail[256];
+    for (int64_t k : ks_list) {
+        for (int64_t rows : rows_list) {
+            for (ScaleMode mode : modes) {
+                std::vector<uint8_t> w = random_rows(rng, t, k, rows, mode);
+                const size_t rb = row_bytes(t, k);
+
+                // dequantize: same floats (a fused multiply-add may differ by an ulp)
+                std::vector<float> d_ref(k * rows), d_isa(k * rows);
+                for (int64_t r = 0; r < rows; r++) {
+                    ref.dequant[t](w.data() + r * rb, d_ref.data() + r * k, k);
+                    ks.dequant[t](w.data() + r * rb, d_isa.data() + r * k, k);
+                }
+                double worst = 0;
+                for (int64_t i = 0; i < k * rows; i++) {
+                    const double e = std::fabs((double)d_ref[i] - d_isa[i]) / (std::fabs((double)d_ref[i]) + 1e-30);
+                    if (!(e <= worst)) worst = e;  // NaN-safe
+                }
+                std::snprintf(detail, sizeof detail, "max relative error %.3g", worst);
+                check(worst <= 2e-7, ks.name, tt.name, "dequant", k, rows, detail);
+
+                // dot products against the same converted activations
+                const std::vector<float> x = random_activations(rng, k, mode == SCALES_HUGE);
+                std::vector<uint8_t> xq;
+                std::vector<float> x_deq(k);
+                if (vdt == TYPE_F32) {
+                    xq.assign(reinterpret_cast<const uint8_t*>(x.data()), reinterpret_cast<const uint8_t*>(x.data() + k));
+                    x_deq = x;
+                } else {
+                    xq.resize(row_bytes(vdt, k));
+                    ref.quant_act[vdt](x.data(), xq.data(), k);
+                    ref.dequant[vdt](xq.data(), x_deq.data(), k);
+                }
+                std::vector<float> y_ref(rows), y_isa(rows);
+                ref.dot[t](k, rows, w.data(), rb, xq.data(), y_ref.data());
+                ks.dot[t](k, rows, w.data(), rb, xq.data(), y_isa.data());
+                bool ok = true;
+                double worst_rel = 0;
+                for (int64_t r = 0; r < rows; r++) {
+                    double mag = 0;  // sum of |terms|: the scale of float rounding error
+                    for (int64_t i = 0; i < k; i++) mag += std::fabs((double)d_ref[r * k + i] * x_deq[i]);
+                    const double e = std::fabs((double)y_ref[r] - y_isa[r]);
+                    const double rel = e / (mag + 1e-30);
+                    if (!(e <= 2e-5 * mag + 1e-30)) ok = false;
+                    if (rel > worst_rel) worst_rel = rel;
+                }
+                std::snprintf(detail, sizeof detail, "max error / sum|terms| = %.3g", worst_rel);
+                check(ok, ks.name, tt.name, "dot", k, rows, detail);
+            }
+        }
+    }
+}
+
+void test_quantizer(const KernelSet& ref, const KernelSet& ks, int vdt, Rng& rng) {
+    char detail[256];
+    if (!ref.quant_act[vdt] || !ref.dequant[vdt]) {
+        check(false, "scalar", TYPE_TRAITS[vdt].name, "reference missing", 0, 0, "no scalar quantizer registered");
+        return;
+    }
+    for (int64_t k : {(int64_t)QK_K, (int64_t)4096, (int64_t)11008}) {
+        for (int variant = 0; variant < 3; variant++) {
+            std::vector<float> x = random_activations(rng, k, variant == 1);
+            if (variant == 2) std::fill(x.begin(), x.begin() + k / 2, 0.0f);  // all-zero blocks
+            std::vector<uint8_t> a(row_bytes(vdt, k)), b(row_bytes(vdt, k));
+            ref.quant_act[vdt](x.data(), a.data(), k);
+            ks.quant_act[vdt](x.data(), b.data(), k);
+            // Equal after dequantization up to one step of q (SIMD rounding of
+            // exact .5 ties may differ): compare the dequantized values.
+            std::vector<float> da(k), db(k);
+            ref.dequant[vdt](a.data(), da.data(), k);
+            ks.dequant[vdt](b.data(), db.data(), k);
+            bool ok = true;
+            const int64_t bsz = TYPE_TRAITS[vdt].block_size;
+            for (int64_t i = 0; i < k && ok; i++) {
+                float amax = 0;
+                for (int64_t j = i / bsz * bsz; j < (i / bsz + 1) * bsz; j++) amax = std::fmax(amax, std::fabs(x[j]));
+                const float step = amax / 127.0f;
+                if (std::fabs(da[i] - db[i]) > 1.01f * step + 1e-30f) ok = false;
+            }
+            std::snprintf(detail, sizeof detail, "variant %d", variant);
+            check(ok, ks.name, TYPE_TRAITS[vdt].name, "quantize", k, 1, detail);
+        }
+    }
+}
+
+}  // namespace
+
+int main() {
+    const int weight_types[] = {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0,
+                                TYPE_Q2_K, TYPE_Q3_K, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K};
+    const KernelSet& ref = scalar_kernels();
+    const char* names[8];
+    const int n_isas = available_isas(names, 8);
+    std::printf("ISA paths:");
+    for (int i = 0; i < n_isas; i++) std::printf(" %s", names[i]);
+    std::printf("\n");
+    for (int i = 0; i < n_isas; i++) {
+        const KernelSet& ks = *kernels_for_isa(names[i]);
+        g_digest = 1469598103934665603ull;
+        Rng rng{42};
+        for (int t : weight_types) {
+            if (!ref.dot[t] || !ref.dequant[t]) {
+                check(false, "scalar", TYPE_TRAITS[t].name, "reference missing", 0, 0, "no scalar kernel registered");
+                continue;
+            }
+            test_type(ref, ks, t, rng);
+        }
+        for (int vdt : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantizer(ref, ks, vdt, rng);
+        std::printf("%s: input digest %016llx\n", names[i], (unsigned long long)g_digest);
+    }
+    std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed ? 1 : 0;
+}
