@@ -57,6 +57,12 @@ const KernelSet& kernels(const py::object& isa) {
     return *ks;
 }
 
+template <typename Fn>
+Fn require(Fn fn, int type, const char* what) {
+    if (!fn) throw std::runtime_error(std::string("no ") + what + " kernel for " + TYPE_TRAITS[type].name);
+    return fn;
+}
+
 // Weight bytes as (rows, row_bytes): a 1-D buffer is one row.
 void weight_rows(const py::array& w, int type, int64_t k, int64_t* n_rows) {
     check_array(w, "w", py::dtype::of<uint8_t>(), "uint8", 1, 2);
@@ -77,6 +83,8 @@ py::array_t<float> matmul_py(int type, const py::array& w, const py::array& x, c
     int64_t n_rows;
     weight_rows(w, type, k, &n_rows);
     const KernelSet& ks = kernels(isa);
+    require(ks.dot[type], type, "dot product");
+    if (TYPE_TRAITS[type].vec_dot_type != TYPE_F32) require(ks.quant_act[TYPE_TRAITS[type].vec_dot_type], type, "activation quantization");
 
     py::array_t<float> y;
     if (out.is_none()) {
@@ -111,6 +119,7 @@ py::array_t<float> dequantize_py(int type, const py::array& src, const py::objec
     const int64_t k = rb_got / ts * bs;
     const int64_t n_rows = src.ndim() == 2 ? src.shape(0) : 1;
     const KernelSet& ks = kernels(isa);
+    require(ks.dequant[type], type, "dequantization");
     py::array_t<float> dst = src.ndim() == 2 ? py::array_t<float>({(py::ssize_t)n_rows, (py::ssize_t)k}) : py::array_t<float>((py::ssize_t)k);
     const uint8_t* sp = static_cast<const uint8_t*>(src.data());
     float* dp = dst.mutable_data();
@@ -132,6 +141,7 @@ py::array_t<uint8_t> quantize_activations_py(int weight_type, const py::array& x
     const int64_t n_rows = x.ndim() == 2 ? x.shape(0) : 1;
     const int64_t rb = (int64_t)row_bytes(vdt, k);
     const KernelSet& ks = kernels(isa);
+    require(ks.quant_act[vdt], vdt, "activation quantization");
     py::array_t<uint8_t> dst = x.ndim() == 2 ? py::array_t<uint8_t>({(py::ssize_t)n_rows, (py::ssize_t)rb}) : py::array_t<uint8_t>((py::ssize_t)rb);
     const float* xp = static_cast<const float*>(x.data());
     uint8_t* dp = dst.mutable_data();
@@ -153,6 +163,8 @@ uint64_t stream_read_py(const py::array& buf) {
 }
 
 }  // namespace
+
+void bind_layer(py::module_& m);  // bindings_layer.cpp
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "llamalocal native kernels: GGML block formats, SIMD dot products, thread pool";
@@ -194,6 +206,7 @@ PYBIND11_MODULE(_native, m) {
             if (type_supported(t)) d[py::int_(t)] = py::make_tuple(TYPE_TRAITS[t].name, TYPE_TRAITS[t].block_size, TYPE_TRAITS[t].type_size, (int)TYPE_TRAITS[t].vec_dot_type);
         return d;
     });
+    bind_layer(m);
     m.attr("arch") =
 #if defined(__x86_64__) || defined(_M_X64)
         "x86_64";

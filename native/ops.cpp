@@ -9,13 +9,18 @@ namespace ll {
 
 namespace {
 
+// Below this many bytes of work a job is done faster by one thread than the
+// wake-up of the others costs.
+constexpr size_t MIN_PARALLEL_BYTES = 64 * 1024;
+
 // Splits [0, n) into contiguous chunks of `chunk` items handed out dynamically,
-// so a thread slowed by the OS does not hold everyone back.
+// so a thread slowed by the OS does not hold everyone back.  `work_bytes` is
+// the memory the whole job touches.
 template <typename F>
-void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, F&& body) {
+void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, size_t work_bytes, F&& body) {
     if (n <= 0) return;
     const int64_t n_chunks = (n + chunk - 1) / chunk;
-    if (n_chunks == 1 || pool.size() == 1) {
+    if (n_chunks == 1 || pool.size() == 1 || work_bytes < MIN_PARALLEL_BYTES) {
         for (int64_t c = 0; c < n_chunks; c++) body(c * chunk, std::min(n, (c + 1) * chunk));
         return;
     }
@@ -41,7 +46,7 @@ void quantize_activations(const KernelSet& ks, ThreadPool& pool, int weight_type
     const int vdt = TYPE_TRAITS[weight_type].vec_dot_type;
     const size_t rb = row_bytes(vdt, k);
     quant_row_fn q = ks.quant_act[vdt];
-    parallel_chunks(pool, n_rows, std::max<int64_t>(1, n_rows / (4 * pool.size())), [&](int64_t r0, int64_t r1) {
+    parallel_chunks(pool, n_rows, std::max<int64_t>(1, n_rows / (4 * pool.size())), n_rows * k * sizeof(float), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) q(x + r * k, dst + r * rb, k);
     });
 }
@@ -64,14 +69,14 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     }
 
     if (batch == 1) {
-        parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16),
+        parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
                         [&](int64_t r0, int64_t r1) { dot(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
         return;
     }
     // Batched: a tile of weight rows stays in L2 while every activation row
     // passes over it, so weights are read from memory once per call.
     const int64_t tile = std::max<int64_t>(4, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(3)));
-    parallel_chunks(pool, n_rows, tile, [&](int64_t r0, int64_t r1) {
+    parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
         for (int64_t b = 0; b < batch; b++) dot(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
     });
 }
@@ -79,7 +84,7 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
 void dequantize(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* src, int64_t n_rows, int64_t k, float* dst) {
     const size_t rb = row_bytes(type, k);
     dequant_row_fn f = ks.dequant[type];
-    parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 1), [&](int64_t r0, int64_t r1) {
+    parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 1), n_rows * k * sizeof(float), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r++) f(src + r * rb, dst + r * k, k);
     });
 }

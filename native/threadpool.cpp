@@ -54,7 +54,12 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     }
     wake_.notify_all();
     fn(0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) LL_PAUSE();
+    // Workers usually finish within microseconds of the caller; if one was
+    // descheduled (a busy machine), yield the core rather than spin against it.
+    for (int polls = 0; pending_.load(std::memory_order_acquire) != 0; polls++) {
+        if (polls < 4096) LL_PAUSE();
+        else std::this_thread::yield();
+    }
     job_ = nullptr;
 }
 
@@ -67,7 +72,8 @@ void ThreadPool::worker(int ith) {
         int polls = 0;
         while ((g = generation_.load(std::memory_order_acquire)) == seen) {
             LL_PAUSE();
-            if (++polls % 256 == 0 && std::chrono::steady_clock::now() > spin_until) {
+            if (++polls % 4096 == 0) std::this_thread::yield();
+            if (polls % 256 == 0 && std::chrono::steady_clock::now() > spin_until) {
                 std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
             }

@@ -1,0 +1,120 @@
+"""Kernel benchmark: matvec at 7B shapes against the machine's read bandwidth.
+
+Decode reads every weight once per token, so a matvec kernel is judged by the
+fraction of memory bandwidth it reaches.  Weights are spread over many copies
+(far more than the last-level cache) and each call reads the next copy, so
+bytes come from DRAM as they do in a real model.  The bandwidth probe (a plain
+streaming sum in the extension) runs in the same process, interleaved with the
+kernels, and every figure is a median.
+
+    python bench/bench_kernels.py [--types Q4_0,Q4_K] [--threads 1,2] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from llamalocal import backend
+from llamalocal.formats import FORMATS, WEIGHT_TYPES, GGMLType as T, block_format
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (rows N, row length K) of LLaMA-7B's projections
+SCALE_FIELDS = {T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q4_1: (0, 2), T.Q5_1: (0, 2), T.Q4_K: (0, 2),
+                T.Q5_K: (0, 2), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q6_K: (208,)}
+
+
+def weight_copies(qtype: T, n: int, k: int, total_bytes: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Distinct weight matrices adding up to at least total_bytes, with sane fp16 scales
+    (random bytes there could be subnormal or NaN, which some CPUs process slowly)."""
+    fmt = FORMATS[qtype]
+    mat_bytes = n * fmt.row_bytes(k)
+    count = max(2, -(-total_bytes // mat_bytes))
+    buf = rng.integers(0, 256, size=count * mat_bytes, dtype=np.uint8)
+    if qtype in (T.F32, T.F16, T.BF16):
+        vals = {T.F32: np.float32, T.F16: np.float16}.get(qtype)
+        if vals is not None:
+            buf.view(vals)[:] = rng.standard_normal(buf.size // np.dtype(vals).itemsize).astype(vals)
+        else:  # bf16: keep the high half of normal floats
+            buf.view(np.uint16)[:] = (rng.standard_normal(buf.size // 2).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    else:
+        blocks = buf.reshape(-1, fmt.type_size)
+        scale = np.array([0.01], np.float16).view(np.uint8)
+        for off in SCALE_FIELDS[qtype]:
+            blocks[:, off] = scale[0]
+            blocks[:, off + 1] = scale[1]
+    return [buf[i * mat_bytes : (i + 1) * mat_bytes].reshape(n, -1) for i in range(count)]
+
+
+def time_calls(fn, items, min_seconds: float) -> float:
+    """Median seconds per call over rounds that each sweep all items once."""
+    per_call = []
+    t_end = time.perf_counter() + min_seconds
+    while time.perf_counter() < t_end or len(per_call) < 3:
+        t0 = time.perf_counter()
+        for it in items:
+            fn(it)
+        per_call.append((time.perf_counter() - t0) / len(items))
+    return statistics.median(per_call)
+
+
+def read_bandwidth(buf: np.ndarray, min_seconds: float) -> float:
+    """GB/s of the streaming-sum probe over a buffer far larger than the caches."""
+    chunks = np.array_split(buf, 8)
+    t = time_calls(backend._native.stream_read, chunks, min_seconds)
+    return chunks[0].nbytes / t / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--types", default=",".join(t.name for t in WEIGHT_TYPES))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--quick", action="store_true", help="shorter timings and smaller working sets")
+    ap.add_argument("--batch", type=int, default=512, help="batch of the matmul GFLOP/s column")
+    args = ap.parse_args()
+    if backend.BACKEND != "native":
+        raise SystemExit("the kernel benchmark needs the C++ extension (backend is numba)")
+    types = [block_format(t).type for t in args.types.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    secs = 0.3 if args.quick else 1.0
+    working_set = (256 if args.quick else 768) << 20
+    rng = np.random.default_rng(0)
+    probe = rng.integers(0, 256, size=1 << 30, dtype=np.uint8)
+
+    print(f"kernel path {backend.active_isa()}, weights swept over >= {working_set >> 20} MiB per shape (DRAM, not cache)")
+    print(f"{'type':6} {'thr':>3} {'shape (N x K)':>14} {'GB/s':>7} {'read BW':>8} {'of BW':>6} {'us/call':>8}")
+    summary = []
+    for nth in threads:
+        backend.set_num_threads(nth)
+        for qtype in types:
+            for n, k in SHAPES:
+                copies = weight_copies(qtype, n, k, working_set, rng)
+                x = rng.standard_normal(k).astype(np.float32)
+                out = np.empty(n, np.float32)
+                bw = read_bandwidth(probe, secs / 2)
+                t = time_calls(lambda w: backend._native.matmul(int(qtype), w, x, out), copies, secs)
+                bw = statistics.median([bw, read_bandwidth(probe, secs / 2)])
+                gbs = copies[0].nbytes / t / 1e9
+                summary.append((qtype.name, nth, gbs / bw))
+                print(f"{qtype.name:6} {nth:>3} {f'{n}x{k}':>14} {gbs:7.1f} {bw:8.1f} {gbs / bw:6.0%} {t * 1e6:8.0f}", flush=True)
+                del copies
+
+    print(f"\nbatch-{args.batch} matmul at 4096x4096 ({max(threads)} threads)")
+    backend.set_num_threads(max(threads))
+    print(f"{'type':6} {'GFLOP/s':>8} {'ms/call':>8}")
+    x = rng.standard_normal((args.batch, 4096)).astype(np.float32)
+    for qtype in types:
+        w = weight_copies(qtype, 4096, 4096, 0, rng)[0]
+        out = np.empty((args.batch, 4096), np.float32)
+        t = time_calls(lambda w_: backend._native.matmul(int(qtype), w_, x, out), [w], secs)
+        print(f"{qtype.name:6} {2 * args.batch * 4096 * 4096 / t / 1e9:8.1f} {t * 1e3:8.1f}", flush=True)
+
+    print("\nmedian fraction of read bandwidth over the three shapes:")
+    for nth in threads:
+        row = [f"{name} {statistics.median(f for n2, t2, f in summary if n2 == name and t2 == nth):.0%}" for name in dict.fromkeys(s[0] for s in summary)]
+        print(f"  {nth} thread(s): " + ", ".join(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""llama2.c checkpoints (`run.c`'s legacy .bin format) as GGUF-named tensors.
+
+Header: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
+seq_len); a negative vocab_size means the classifier is stored separately.
+Then float32 arrays in this order: token embedding, attention norms, wq, wk,
+wv, wo, FFN norms, w1 (gate), w2 (down), w3 (up), final norm, the RoPE
+tables (skipped: RoPE is computed), and the classifier if not shared.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .arch.config import ModelConfig
+from .formats import GGMLType
+from .gguf_errors import ModelFormatError
+from .model import QTensor
+
+HEADER = struct.Struct("<7i")
+
+
+def load_llama2c(path: str | Path) -> tuple[ModelConfig, dict[str, QTensor]]:
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = path.stat().st_size
+        if size < HEADER.size:
+            raise ModelFormatError(path, f"{size} bytes is too short for a llama2.c header")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = HEADER.unpack_from(mm, 0)
+    shared = vocab > 0
+    vocab = abs(vocab)
+    for name, v in (("dim", dim), ("hidden_dim", hidden), ("n_layers", n_layers), ("n_heads", n_heads),
+                    ("n_kv_heads", n_kv_heads), ("vocab_size", vocab), ("seq_len", seq_len)):
+        if not 0 < v < 1 << 24:
+            raise ModelFormatError(path, f"header field {name} = {v} is not a plausible size")
+    if dim % n_heads or n_heads % n_kv_heads or (dim // n_heads) % 2:
+        raise ModelFormatError(path, f"dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads} are inconsistent")
+    head = dim // n_heads
+    kv_dim = head * n_kv_heads
+    # (GGUF name pattern, rows, cols, count): the file's arrays in order
+    layout = [
+        ("token_embd.weight", vocab, dim, 1),
+        ("blk.{}.attn_norm.weight", 1, dim, n_layers),
+        ("blk.{}.attn_q.weight", dim, dim, n_layers),
+        ("blk.{}.attn_k.weight", kv_dim, dim, n_layers),
+        ("blk.{}.attn_v.weight", kv_dim, dim, n_layers),
+        ("blk.{}.attn_output.weight", dim, dim, n_layers),
+        ("blk.{}.ffn_norm.weight", 1, dim, n_layers),
+        ("blk.{}.ffn_gate.weight", hidden, dim, n_layers),
+        ("blk.{}.ffn_down.weight", dim, hidden, n_layers),
+        ("blk.{}.ffn_up.weight", hidden, dim, n_layers),
+        ("output_norm.weight", 1, dim, 1),
+        (None, seq_len, head, 1),  # freq_cis_real and freq_cis_imag: seq_len * head/2 each
+    ]
+    if not shared:
+        layout.append(("output.weight", vocab, dim, 1))
+    expected = HEADER.size + 4 * sum(r * c * n for _, r, c, n in layout)
+    if size != expected:
+        raise ModelFormatError(path, f"file has {size} bytes but its header describes {expected}")
+
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    tensors: dict[str, QTensor] = {}
+    off = HEADER.size
+    for pattern, rows, cols, count in layout:
+        for i in range(count):
+            nbytes = 4 * rows * cols
+            if pattern is not None:
+                name = pattern.format(i)
+                tensors[name] = QTensor(name, GGMLType.F32, rows, cols, buf[off : off + nbytes].reshape(rows, 4 * cols))
+            off += nbytes
+
+    cfg = ModelConfig(
+        arch="llama", n_vocab=vocab, n_embd=dim, n_layer=n_layers, n_head=n_heads, n_head_kv=n_kv_heads, head_dim=head,
+        n_ff=hidden, n_ctx_train=seq_len, norm_eps=1e-5, rope_dim=head, rope_neox=False,
+        rope_base=[10000.0] * n_layers, sliding_window=[0] * n_layers, rope_pos_scale=[1.0] * n_layers,
+    )
+    return cfg, tensors

@@ -1,0 +1,164 @@
+// Bindings of the fused transformer layer: tensors and hyperparameters are
+// checked once when a Layer is built; forward() then checks only the
+// activations and the cache it is handed.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "layer.h"
+#include "ops.h"
+
+namespace py = pybind11;
+using namespace ll;
+
+namespace {
+
+class Layer {
+public:
+    Layer(const py::dict& tensors, const py::dict& hp) {
+        auto geti = [&](const char* k) { return hp.contains(k) ? py::cast<int64_t>(hp[k]) : 0; };
+        auto getf = [&](const char* k, float dflt) { return hp.contains(k) && !hp[k].is_none() ? py::cast<float>(hp[k]) : dflt; };
+        L.n_embd = geti("n_embd");
+        L.n_head = geti("n_head");
+        L.n_head_kv = geti("n_head_kv");
+        L.head_dim = geti("head_dim");
+        L.n_ff = geti("n_ff");
+        L.rope_dim = geti("rope_dim");
+        L.sliding_window = geti("sliding_window");
+        L.rope_base = getf("rope_base", 10000.0f);
+        L.rope_pos_scale = getf("rope_pos_scale", 1.0f);
+        L.norm_eps = getf("norm_eps", 1e-5f);
+        L.attn_scale = getf("attn_scale", 0.0f);
+        L.rope_neox = hp.contains("rope_neox") && py::cast<bool>(hp["rope_neox"]);
+        const std::string act = hp.contains("activation") ? py::cast<std::string>(hp["activation"]) : "silu";
+        if (act != "silu" && act != "gelu_tanh") throw py::value_error("activation must be 'silu' or 'gelu_tanh', got '" + act + "'");
+        L.activation = act == "silu" ? ACT_SILU : ACT_GELU_TANH;
+        if (L.n_embd <= 0 || L.n_head <= 0 || L.n_head_kv <= 0 || L.head_dim <= 0 || L.n_ff <= 0)
+            throw py::value_error("n_embd, n_head, n_head_kv, head_dim and n_ff must be positive");
+        if (L.n_head % L.n_head_kv) throw py::value_error("n_head must be a multiple of n_head_kv");
+        if (L.rope_dim <= 0) L.rope_dim = L.head_dim;
+        if (L.rope_dim > L.head_dim || L.rope_dim % 2) throw py::value_error("rope_dim must be even and at most head_dim");
+        if (L.sliding_window < 0) throw py::value_error("sliding_window must be >= 0");
+
+        const int64_t d = L.n_embd, nq = L.n_head * L.head_dim, nkv = L.n_head_kv * L.head_dim;
+        L.attn_norm = vec(tensors, "attn_norm", d, true);
+        L.wq = mat(tensors, "wq", nq, d);
+        L.wk = mat(tensors, "wk", nkv, d);
+        L.wv = mat(tensors, "wv", nkv, d);
+        L.wo = mat(tensors, "wo", d, nq);
+        L.bq = vec(tensors, "bq", nq, false);
+        L.bk = vec(tensors, "bk", nkv, false);
+        L.bv = vec(tensors, "bv", nkv, false);
+        L.q_norm = vec(tensors, "q_norm", L.head_dim, false);
+        L.k_norm = vec(tensors, "k_norm", L.head_dim, false);
+        L.attn_post_norm = vec(tensors, "attn_post_norm", d, false);
+        L.ffn_norm = vec(tensors, "ffn_norm", d, true);
+        L.w_gate = mat(tensors, "w_gate", L.n_ff, d);
+        L.w_up = mat(tensors, "w_up", L.n_ff, d);
+        L.w_down = mat(tensors, "w_down", d, L.n_ff);
+        L.ffn_post_norm = vec(tensors, "ffn_post_norm", d, false);
+        if (hp.contains("rope_freq_factors") && !hp["rope_freq_factors"].is_none()) {
+            py::array a = py::cast<py::array>(hp["rope_freq_factors"]);
+            check_f32(a, "rope_freq_factors", L.rope_dim / 2);
+            keep_.push_back(a);
+            L.rope_freq_factors = static_cast<const float*>(a.data());
+        }
+    }
+
+    void forward(py::array x, int64_t pos0, py::array k_cache, py::array v_cache) {
+        if (!x.dtype().is(py::dtype::of<float>()) || x.ndim() != 2 || !(x.flags() & py::array::c_style) || !x.writeable())
+            throw py::value_error("x must be a writable C-contiguous float32 array of shape (n_tokens, n_embd)");
+        if (x.shape(1) != L.n_embd) throw py::value_error("x: expected " + std::to_string(L.n_embd) + " features, got " + std::to_string(x.shape(1)));
+        const int64_t T = x.shape(0);
+        KVRef kv;
+        const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().char_() == 'e';
+        const bool f32 = k_cache.dtype().is(py::dtype::of<float>());
+        if (!(f16 || f32) || !k_cache.dtype().is(v_cache.dtype())) throw py::value_error("k_cache and v_cache must both be float16 or both float32");
+        kv.type = f16 ? TYPE_F16 : TYPE_F32;
+        for (py::array* c : {&k_cache, &v_cache})
+            if (c->ndim() != 3 || !(c->flags() & py::array::c_style) || !c->writeable())
+                throw py::value_error("KV cache arrays must be writable, C-contiguous and 3-D");
+        kv.n_ctx = k_cache.shape(0);
+        if (k_cache.shape(1) != L.n_head_kv || k_cache.shape(2) != L.head_dim)
+            throw py::value_error("k_cache: expected shape (n_ctx, " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
+        if (v_cache.shape(0) != L.n_head_kv || v_cache.shape(1) != L.head_dim || v_cache.shape(2) != kv.n_ctx)
+            throw py::value_error("v_cache: expected shape (" + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ", n_ctx)");
+        if (pos0 < 0 || pos0 + T > kv.n_ctx)
+            throw py::value_error("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + T) + " do not fit a cache of " + std::to_string(kv.n_ctx));
+        kv.k = static_cast<uint8_t*>(k_cache.mutable_data());
+        kv.v = static_cast<uint8_t*>(v_cache.mutable_data());
+        float* xp = static_cast<float*>(x.mutable_data());
+        if (T == 0) return;
+        py::gil_scoped_release release;
+        auto pool = global_pool();
+        layer_forward(active_kernels(), *pool, L, xp, T, pos0, kv);
+    }
+
+private:
+    static void check_f32(const py::array& a, const char* name, int64_t n) {
+        if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) || a.size() != n)
+            throw py::value_error(std::string(name) + ": expected a C-contiguous float32 vector of " + std::to_string(n) + " values");
+    }
+
+    TensorRef vec(const py::dict& t, const char* name, int64_t n, bool required) {
+        if (!t.contains(name) || t[name].is_none()) {
+            if (required) throw py::value_error(std::string("layer tensor '") + name + "' is missing");
+            return TensorRef{};
+        }
+        py::array a = py::cast<py::array>(t[name]);
+        check_f32(a, name, n);
+        keep_.push_back(a);
+        TensorRef r;
+        r.data = static_cast<const uint8_t*>(a.data());
+        r.type = TYPE_F32;
+        r.rows = 1;
+        r.cols = n;
+        return r;
+    }
+
+    // A weight matrix is (type_id, uint8 array of shape (rows, row_bytes)).
+    TensorRef mat(const py::dict& t, const char* name, int64_t rows, int64_t cols) {
+        if (!t.contains(name)) throw py::value_error(std::string("layer tensor '") + name + "' is missing");
+        py::tuple tup = py::cast<py::tuple>(t[name]);
+        if (tup.size() != 2) throw py::value_error(std::string(name) + ": expected (type_id, uint8 array)");
+        const int type = py::cast<int>(tup[0]);
+        py::array a = py::cast<py::array>(tup[1]);
+        if (!is_weight_type(type)) throw py::value_error(std::string(name) + ": unsupported tensor type id " + std::to_string(type));
+        if (cols % TYPE_TRAITS[type].block_size)
+            throw py::value_error(std::string(name) + ": row length " + std::to_string(cols) + " is not a multiple of the " + TYPE_TRAITS[type].name + " block size");
+        if (!a.dtype().is(py::dtype::of<uint8_t>()) || a.ndim() != 2 || !(a.flags() & py::array::c_style) || a.shape(0) != rows ||
+            a.shape(1) != (py::ssize_t)row_bytes(type, cols))
+            throw py::value_error(std::string(name) + ": expected C-contiguous uint8 (" + std::to_string(rows) + ", " +
+                                  std::to_string(row_bytes(type, cols)) + ") for " + std::to_string(rows) + "x" + std::to_string(cols) + " " + TYPE_TRAITS[type].name);
+        keep_.push_back(a);
+        TensorRef r;
+        r.data = static_cast<const uint8_t*>(a.data());
+        r.type = type;
+        r.rows = rows;
+        r.cols = cols;
+        return r;
+    }
+
+    LayerSpec L;
+    std::vector<py::array> keep_;  // the arrays the raw pointers in L point into
+};
+
+}  // namespace
+
+void bind_layer(py::module_& m) {
+    py::class_<Layer>(m, "Layer", "One fused LLaMA-family transformer block (attention + FFN).")
+        .def(py::init<const py::dict&, const py::dict&>(), py::arg("tensors"), py::arg("hparams"))
+        .def("forward", &Layer::forward, py::arg("x"), py::arg("pos0"), py::arg("k_cache"), py::arg("v_cache"),
+             "x (n_tokens, n_embd) float32 at positions pos0..: updated in place; K/V written to the caches.");
+    m.def("rms_norm", [](const py::array& x, const py::array& w, float eps) {
+        if (!x.dtype().is(py::dtype::of<float>()) || !w.dtype().is(py::dtype::of<float>()) || !(x.flags() & py::array::c_style) ||
+            !(w.flags() & py::array::c_style) || x.ndim() < 1 || w.ndim() != 1 || x.shape(x.ndim() - 1) != w.shape(0))
+            throw py::value_error("rms_norm: x (..., n) and w (n,) must be C-contiguous float32");
+        py::array_t<float> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+        const int64_t n = w.shape(0);
+        ll::rms_norm(static_cast<const float*>(x.data()), static_cast<const float*>(w.data()), y.mutable_data(), n ? x.size() / n : 0, n, eps);
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("eps"));
+}

@@ -1,0 +1,147 @@
+#include "layer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+
+namespace ll {
+
+void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t n, float eps) {
+    for (int64_t r = 0; r < n_rows; r++, x += n, y += n) {
+        double ss = 0.0;
+        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+        const float scale = 1.0f / std::sqrt((float)(ss / n) + eps);
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+    }
+}
+
+namespace {
+
+// y[T][rows] = x[T][cols] · Wᵀ (+ b)
+void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y) {
+    matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y);
+    if (b.present())
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < W.rows; i++) y[t * W.rows + i] += b.f32()[i];
+}
+
+// Rotary position embedding of every head of n_tokens rows (n_heads * head_dim each).
+void rope(const LayerSpec& L, float* x, int64_t n_tokens, int64_t n_heads, int64_t pos0) {
+    const int64_t half = L.rope_dim / 2;
+    std::vector<float> cs(2 * half);
+    for (int64_t t = 0; t < n_tokens; t++) {
+        const float p = (float)(pos0 + t) * L.rope_pos_scale;
+        for (int64_t i = 0; i < half; i++) {
+            float theta = p * std::pow(L.rope_base, -2.0f * (float)i / (float)L.rope_dim);
+            if (L.rope_freq_factors) theta /= L.rope_freq_factors[i];
+            cs[2 * i] = std::cos(theta);
+            cs[2 * i + 1] = std::sin(theta);
+        }
+        for (int64_t h = 0; h < n_heads; h++) {
+            float* v = x + (t * n_heads + h) * L.head_dim;
+            for (int64_t i = 0; i < half; i++) {
+                // llama GGUFs pair adjacent dims (their converter permuted Q/K rows);
+                // neox-style models (qwen2, gemma3) pair dim i with dim i + d/2.
+                float* a = L.rope_neox ? v + i : v + 2 * i;
+                float* b = L.rope_neox ? v + i + half : v + 2 * i + 1;
+                const float c = cs[2 * i], s = cs[2 * i + 1], x0 = *a, x1 = *b;
+                *a = x0 * c - x1 * s;
+                *b = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+void store_kv(const LayerSpec& L, const KVRef& kv, const float* k, const float* v, int64_t n_tokens, int64_t pos0) {
+    const int64_t hd = L.head_dim, nkv = L.n_head_kv;
+    for (int64_t t = 0; t < n_tokens; t++) {
+        const int64_t p = pos0 + t;
+        for (int64_t i = 0; i < nkv * hd; i++) {
+            const int64_t g = i / hd, d = i % hd;
+            const int64_t k_at = p * nkv * hd + i, v_at = (g * hd + d) * kv.n_ctx + p;
+            if (kv.type == TYPE_F16) {
+                reinterpret_cast<half_t*>(kv.k)[k_at] = fp32_to_fp16(k[t * nkv * hd + i]);
+                reinterpret_cast<half_t*>(kv.v)[v_at] = fp32_to_fp16(v[t * nkv * hd + i]);
+            } else {
+                reinterpret_cast<float*>(kv.k)[k_at] = k[t * nkv * hd + i];
+                reinterpret_cast<float*>(kv.v)[v_at] = v[t * nkv * hd + i];
+            }
+        }
+    }
+}
+
+// out[t][h] = softmax(q[t][h] · K[0..p]ᵀ * scale) · V[0..p], causal (and windowed) per token.
+void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const KVRef& kv, const float* q, float* out,
+               int64_t n_tokens, int64_t pos0) {
+    const int64_t hd = L.head_dim, nkv = L.n_head_kv, group = L.n_head / L.n_head_kv;
+    const size_t esz = kv.type == TYPE_F16 ? 2 : 4;
+    const float scale = L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
+    const dot_rows_fn dot = ks.dot[kv.type];
+    const int64_t n_tasks = n_tokens * L.n_head;
+    std::atomic<int64_t> next{0};
+    auto work = [&](int, int) {
+        std::vector<float> w(pos0 + n_tokens);
+        for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
+            const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group, p = pos0 + t;
+            const int64_t j0 = L.sliding_window > 0 ? std::max<int64_t>(0, p - L.sliding_window + 1) : 0;
+            const int64_t n = p - j0 + 1;
+            const float* qh = q + (t * L.n_head + h) * hd;
+            dot(hd, n, kv.k + ((j0 * nkv + g) * hd) * esz, nkv * hd * esz, qh, w.data());
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < n; j++) mx = std::max(mx, w[j] *= scale);
+            float sum = 0.0f;
+            for (int64_t j = 0; j < n; j++) sum += (w[j] = std::exp(w[j] - mx));
+            for (int64_t j = 0; j < n; j++) w[j] /= sum;
+            dot(n, hd, kv.v + (g * hd * kv.n_ctx + j0) * esz, kv.n_ctx * esz, w.data(), out + (t * L.n_head + h) * hd);
+        }
+    };
+    // K and V bytes read: small attention spans are not worth waking the pool for.
+    const size_t bytes = (size_t)n_tasks * (pos0 + n_tokens) * hd * esz * 2 / group;
+    if (bytes < 64 * 1024) work(0, 1);
+    else pool.run(work);
+}
+
+inline float gelu_tanh(float x) {
+    const float c = 0.7978845608028654f;  // sqrt(2/pi)
+    return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+}
+
+}  // namespace
+
+void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, int64_t pos0, const KVRef& kv) {
+    const int64_t d = L.n_embd, hd = L.head_dim, nq = L.n_head * hd, nkv = L.n_head_kv * hd;
+    std::vector<float> xn(T * d), q(T * nq), k(T * nkv), v(T * nkv), att(T * nq), o(T * d);
+
+    // ---- h = x + attn(norm(x)) ----
+    rms_norm(x, L.attn_norm.f32(), xn.data(), T, d, L.norm_eps);
+    linear(ks, pool, L.wq, L.bq, xn.data(), T, q.data());  // [T, n_head * hd]
+    linear(ks, pool, L.wk, L.bk, xn.data(), T, k.data());  // [T, n_head_kv * hd]
+    linear(ks, pool, L.wv, L.bv, xn.data(), T, v.data());  // [T, n_head_kv * hd]
+    if (L.q_norm.present()) rms_norm(q.data(), L.q_norm.f32(), q.data(), T * L.n_head, hd, L.norm_eps);
+    if (L.k_norm.present()) rms_norm(k.data(), L.k_norm.f32(), k.data(), T * L.n_head_kv, hd, L.norm_eps);
+    rope(L, q.data(), T, L.n_head, pos0);
+    rope(L, k.data(), T, L.n_head_kv, pos0);
+    store_kv(L, kv, k.data(), v.data(), T, pos0);
+    attention(ks, pool, L, kv, q.data(), att.data(), T, pos0);  // [T, n_head * hd]
+    linear(ks, pool, L.wo, TensorRef{}, att.data(), T, o.data());  // [T, d]
+    if (L.attn_post_norm.present()) rms_norm(o.data(), L.attn_post_norm.f32(), o.data(), T, d, L.norm_eps);
+    for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
+
+    // ---- out = h + ffn(norm(h)),  ffn(h) = W_down · (act(W_gate · h) * (W_up · h)) ----
+    std::vector<float> gate(T * L.n_ff), up(T * L.n_ff);
+    rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
+    linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data());  // [T, n_ff]
+    linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data());      // [T, n_ff]
+    for (int64_t i = 0; i < T * L.n_ff; i++) {
+        const float g = gate[i];
+        gate[i] = (L.activation == ACT_GELU_TANH ? gelu_tanh(g) : g / (1.0f + std::exp(-g))) * up[i];
+    }
+    linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data());  // [T, d]
+    if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);
+    for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
+}
+
+}  // namespace ll

@@ -1,0 +1,57 @@
+// One transformer block of the LLaMA family, fused: a decode step crosses into
+// C++ once per layer.  Covers llama (LLaMA 1-3, Mistral, SmolLM2), qwen2 (QKV
+// biases) and gemma3 (QK-norm, post-norms, GeGLU, sliding window).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace ll {
+
+struct TensorRef {
+    const uint8_t* data = nullptr;  // nullptr: tensor absent
+    int type = -1;
+    int64_t rows = 0;  // output features
+    int64_t cols = 0;  // row length (input features); 1-D tensors: rows = 1
+    bool present() const { return data != nullptr; }
+    const float* f32() const { return reinterpret_cast<const float*>(data); }
+};
+
+enum Activation : int { ACT_SILU = 0, ACT_GELU_TANH = 1 };
+
+struct LayerSpec {
+    TensorRef attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm, attn_post_norm;
+    TensorRef ffn_norm, w_gate, w_up, w_down, ffn_post_norm;
+    int64_t n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
+    int64_t rope_dim = 0;           // rotated dimensions per head (<= head_dim)
+    float rope_base = 10000.0f;
+    float rope_pos_scale = 1.0f;    // linear rope scaling: positions multiplied by this
+    const float* rope_freq_factors = nullptr;  // llama3-style per-frequency divisors (rope_dim/2), or null
+    bool rope_neox = false;         // rotate (x[i], x[i+d/2]) instead of (x[2i], x[2i+1])
+    float norm_eps = 1e-5f;
+    int activation = ACT_SILU;
+    int64_t sliding_window = 0;     // 0: attend to every earlier position
+    float attn_scale = 0.0f;        // 0: 1/sqrt(head_dim)
+};
+
+// The KV cache of one layer, owned by Python.  K is [n_ctx][n_head_kv][head_dim];
+// V is stored transposed, [n_head_kv][head_dim][n_ctx], so that both attention
+// products are row dot products over contiguous memory.
+struct KVRef {
+    uint8_t* k = nullptr;
+    uint8_t* v = nullptr;
+    int type = TYPE_F16;  // TYPE_F16 or TYPE_F32
+    int64_t n_ctx = 0;
+};
+
+// x: [n_tokens][n_embd] residual stream of tokens at positions pos0.., updated
+// in place.  Their K and V are written to the cache at those positions first.
+void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t n_tokens, int64_t pos0,
+                   const KVRef& kv);
+
+// y[t] = x[t] / rms(x[t]) * w, for n rows of n_embd.
+void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t n_embd, float eps);
+
+}  // namespace ll
