@@ -16,7 +16,7 @@ import numpy as np
 
 from .arch.config import ModelConfig
 from .formats import GGMLType
-from .gguf_errors import ModelFormatError
+from .gguf_io import ModelFormatError
 from .model import QTensor
 
 HEADER = struct.Struct("<7i")
@@ -27,7 +27,7 @@ def load_llama2c(path: str | Path) -> tuple[ModelConfig, dict[str, QTensor]]:
     with open(path, "rb") as f:
         size = path.stat().st_size
         if size < HEADER.size:
-            raise ModelFormatError(path, f"{size} bytes is too short for a llama2.c header")
+            raise ModelFormatError(f"{path.name}: {size} bytes is too short for a llama2.c header")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = HEADER.unpack_from(mm, 0)
     shared = vocab > 0
@@ -35,9 +35,9 @@ def load_llama2c(path: str | Path) -> tuple[ModelConfig, dict[str, QTensor]]:
     for name, v in (("dim", dim), ("hidden_dim", hidden), ("n_layers", n_layers), ("n_heads", n_heads),
                     ("n_kv_heads", n_kv_heads), ("vocab_size", vocab), ("seq_len", seq_len)):
         if not 0 < v < 1 << 24:
-            raise ModelFormatError(path, f"header field {name} = {v} is not a plausible size")
+            raise ModelFormatError(f"{path.name}: header field {name} = {v} is not a plausible size")
     if dim % n_heads or n_heads % n_kv_heads or (dim // n_heads) % 2:
-        raise ModelFormatError(path, f"dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads} are inconsistent")
+        raise ModelFormatError(f"{path.name}: dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads} are inconsistent")
     head = dim // n_heads
     kv_dim = head * n_kv_heads
     # (GGUF name pattern, rows, cols, count): the file's arrays in order
@@ -59,7 +59,7 @@ def load_llama2c(path: str | Path) -> tuple[ModelConfig, dict[str, QTensor]]:
         layout.append(("output.weight", vocab, dim, 1))
     expected = HEADER.size + 4 * sum(r * c * n for _, r, c, n in layout)
     if size != expected:
-        raise ModelFormatError(path, f"file has {size} bytes but its header describes {expected}")
+        raise ModelFormatError(f"{path.name}: file has {size} bytes but its header describes {expected} (not a llama2.c checkpoint, or truncated)")
 
     buf = np.frombuffer(mm, dtype=np.uint8)
     tensors: dict[str, QTensor] = {}

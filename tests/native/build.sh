@@ -21,7 +21,10 @@ for fam in legacy kquants; do
         compile "${fam}_dotprod" "$root/native/arm/$fam.cpp" dotprod -march=armv8.2-a+dotprod
     fi
 done
+# scalar references: no contraction into FMA, as in CMakeLists.txt
+"$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/legacy.cpp" -o "$tmp/scalar_legacy.o"
+"$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/kquants.cpp" -o "$tmp/scalar_kquants.o"
 static=()
 [ "$arch" = arm ] && static=(-static)
 "$cxx" "${flags[@]}" "${static[@]}" "$root/tests/native/kernel_test.cpp" "$root/native/blocks.cpp" "$root/native/dispatch.cpp" \
-    "$root/native/scalar/legacy.cpp" "$root/native/scalar/kquants.cpp" "${objs[@]}" -o "$out" -lpthread
+    "${objs[@]}" "$tmp/scalar_legacy.o" "$tmp/scalar_kquants.o" -o "$out" -lpthread
