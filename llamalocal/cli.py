@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 import platform
+import sys
+from typing import Optional
 
 import click
 
 from . import __version__
+
+
+def _fail(message: str) -> "click.ClickException":
+    return click.ClickException(message)
+
+
+def _backend():
+    try:
+        from . import backend
+    except RuntimeError as e:  # BackendError: a forced backend or ISA cannot be used here
+        raise _fail(str(e)) from None
+    return backend
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,12 +31,7 @@ def main() -> None:
 @main.command()
 def sysinfo() -> None:
     """Show CPU features, the active kernel path, threads and backend."""
-    try:
-        from . import backend
-    except RuntimeError as e:  # BackendError: a forced backend or ISA cannot be used here
-        raise click.ClickException(str(e)) from None
-
-    info = backend.info()
+    info = _backend().info()
     click.echo(f"llamalocal {__version__} on {platform.machine()} ({platform.system()}), Python {platform.python_version()}")
     click.echo(f"backend:      {info['backend']}")
     click.echo(f"kernel path:  {info['active_isa']}")
@@ -34,6 +43,114 @@ def sysinfo() -> None:
     else:
         click.echo(f"threads:      {info['threads']}")
         click.echo(f"why numba:    {info['fallback_reason']}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+def info(model: str) -> None:
+    """Describe a GGUF model: architecture, hyperparameters, tensor types, tokenizer, memory."""
+    from .gguf_io import ModelFormatError, describe
+
+    try:
+        click.echo(describe(model))
+    except (ModelFormatError, OSError) as e:
+        raise _fail(str(e)) from None
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-p", "--prompt", default="", help="Prompt text (default: empty, generation starts from BOS).")
+@click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), help="Read the prompt from a file.")
+@click.option("-n", "--n-predict", default=128, show_default=True, help="Tokens to generate.")
+@click.option("--temp", "temperature", default=0.8, show_default=True, help="Temperature; 0 = greedy.")
+@click.option("--top-k", default=40, show_default=True)
+@click.option("--top-p", default=0.95, show_default=True)
+@click.option("--min-p", default=0.05, show_default=True)
+@click.option("--repeat-penalty", default=1.0, show_default=True)
+@click.option("--repeat-last-n", default=64, show_default=True)
+@click.option("--frequency-penalty", default=0.0, show_default=True)
+@click.option("--presence-penalty", default=0.0, show_default=True)
+@click.option("-s", "--seed", type=int, default=None, help="RNG seed (default: random).")
+@click.option("-t", "--threads", type=int, default=0, help="Threads (default: physical cores).")
+@click.option("-c", "--ctx", "n_ctx", type=int, default=0, help="Context size (default: the model's, at most 4096).")
+@click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False),
+              help="Tokenizer for llama2.c checkpoints (tokenizer.bin or a SentencePiece .model).")
+@click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
+@click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence tokens.")
+def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int, temperature: float, top_k: int, top_p: float,
+             min_p: float, repeat_penalty: float, repeat_last_n: int, frequency_penalty: float, presence_penalty: float,
+             seed: Optional[int], threads: int, n_ctx: int, tokenizer_path: Optional[str], echo: bool, ignore_eos: bool) -> None:
+    """Generate text after a prompt.  Only the generated text goes to stdout
+    (the prompt too with --echo); timings and notices go to stderr."""
+    from .arch.config import UnsupportedModelError
+    from .generation import GenerationStats, generate_tokens
+    from .gguf_io import ModelFormatError
+    from .kv_cache import ContextFullError
+    from .loader import load_model
+    from .sampling import Llama2cSampler, SamplerConfig, make_sampler
+
+    backend = _backend()
+    if n_predict < 0 or n_ctx < 0 or threads < 0:
+        raise _fail("-n, --ctx and --threads must not be negative")
+    if prompt_file:
+        with open(prompt_file, encoding="utf-8") as fh:
+            prompt = fh.read()
+    backend.set_num_threads(threads)
+    try:
+        lm = load_model(model, tokenizer_path)
+    except (ModelFormatError, UnsupportedModelError, OSError) as e:
+        raise _fail(str(e)) from None
+    if lm.tokenizer is None:
+        raise _fail(f"{model}: the file has no tokenizer; pass one with -z")
+    tok = lm.tokenizer
+    try:
+        if lm.format == "llama2c":
+            # llama2.c's run: its own sampler (xorshift RNG, top-p), so seeds reproduce run.c's output
+            sample = Llama2cSampler(temperature, top_p, seed)
+        else:
+            sample = make_sampler(SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                                presence_penalty=presence_penalty, repeat_last_n=repeat_last_n, seed=seed))
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+    ids = tok.encode(prompt)
+    if not ids:
+        if tok.bos_id is None:
+            raise _fail("the prompt is empty and the model has no BOS token to start from")
+        ids = [tok.bos_id]
+    cache = lm.model.new_cache(n_ctx or None)
+    if len(ids) >= cache.n_ctx:
+        raise _fail(f"the prompt is {len(ids)} tokens, the context only {cache.n_ctx}")
+    n_predict = min(n_predict, cache.n_ctx - len(ids))
+    stop = frozenset() if ignore_eos else frozenset(tok.eot_ids)
+
+    out = sys.stdout
+    if echo:
+        out.write(prompt)
+        out.flush()
+    stats = GenerationStats()
+    decoder = tok.stream_decoder()
+    for t in ids:  # prime the detokenizer so leading-space rules see the prompt
+        decoder.feed(t)
+    try:
+        for token in generate_tokens(lm.model, ids, sample, n_predict, cache, stop, stats):
+            text = decoder.feed(token)
+            if text:
+                out.write(text)
+                out.flush()
+        out.write(decoder.flush())
+        out.flush()
+    except ContextFullError as e:
+        raise _fail(str(e)) from None
+    except KeyboardInterrupt:
+        out.flush()
+        click.echo("\ninterrupted", err=True)
+    click.echo(
+        f"\nprompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} t/s | generation: {stats.n_generated} tokens, "
+        f"{stats.gen_tps:.1f} t/s | stop: {stats.stop_reason or 'interrupted'} | {backend.active_isa()}, {backend.num_threads()} threads",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

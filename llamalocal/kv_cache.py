@@ -2,8 +2,7 @@
 
 Owned by the session layer, which decides what to evaluate and when the
 context is full; the native layer only reads and writes the arrays in place.
-K is stored (n_ctx, n_kv_heads, head_dim); V transposed, (n_kv_heads,
-head_dim, n_ctx), so that both attention products are contiguous row dots.
+K and V are both stored (n_ctx, n_kv_heads, head_dim).
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ class KVCache:
         self.n_ctx = n_ctx
         self.dtype = dtype
         self.k = [np.zeros((n_ctx, n_kv_heads, head_dim), np_dtype) for _ in range(n_layers)]
-        self.v = [np.zeros((n_kv_heads, head_dim, n_ctx), np_dtype) for _ in range(n_layers)]
+        self.v = [np.zeros((n_ctx, n_kv_heads, head_dim), np_dtype) for _ in range(n_layers)]
         self.n_tokens = 0
 
     @property
@@ -46,14 +45,6 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
 
-    def reserve(self, n: int) -> int:
-        """Claims positions for n new tokens and returns the first one."""
-        if n > self.n_free:
-            raise ContextFullError(f"{n} more tokens do not fit: {self.n_tokens} of {self.n_ctx} context positions are used")
-        pos0 = self.n_tokens
-        self.n_tokens += n
-        return pos0
-
     def truncate(self, n: int) -> None:
         """Forgets every token from position n on (the entries are simply overwritten later)."""
         if not 0 <= n <= self.n_tokens:
@@ -62,7 +53,7 @@ class KVCache:
 
     def save(self) -> CacheState:
         n = self.n_tokens
-        return CacheState(n, [k[:n].copy() for k in self.k], [v[:, :, :n].copy() for v in self.v])
+        return CacheState(n, [k[:n].copy() for k in self.k], [v[:n].copy() for v in self.v])
 
     def restore(self, state: CacheState) -> None:
         if state.n_tokens > self.n_ctx or len(state.k) != len(self.k):
@@ -71,5 +62,5 @@ class KVCache:
         for dst, src in zip(self.k, state.k):
             dst[:n] = src
         for dst, src in zip(self.v, state.v):
-            dst[:, :, :n] = src
+            dst[:n] = src
         self.n_tokens = n

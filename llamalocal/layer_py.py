@@ -10,9 +10,10 @@ from . import backend
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    scale = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)
-    return (x * scale.astype(np.float32) * w).astype(np.float32)
+    """x / rms(x) * w, rounded as ggml does: squares in float32, summed in float64."""
+    mean = ((x * x).astype(np.float64).sum(axis=-1, keepdims=True) / x.shape[-1]).astype(np.float32)
+    scale = np.float32(1.0) / np.sqrt(mean + np.float32(eps))
+    return (x * scale * w).astype(np.float32)
 
 
 def rope(x: np.ndarray, pos: np.ndarray, hp: dict) -> np.ndarray:
@@ -35,7 +36,26 @@ def rope(x: np.ndarray, pos: np.ndarray, hp: dict) -> np.ndarray:
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x * x * x)))
+    """GELU as llama.cpp computes it: on the fp16 value of x, result rounded to fp16."""
+    xh = x.astype(np.float16).astype(np.float32)
+    g = 0.5 * xh * (1.0 + np.tanh(np.float32(0.7978845608028654) * xh * (1.0 + np.float32(0.044715) * xh * xh)))
+    g = g.astype(np.float16).astype(np.float32)
+    return np.where(x <= -10.0, np.float32(0.0), np.where(x >= 10.0, x, g)).astype(np.float32)
+
+
+def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible: np.ndarray, scale: float, cache_dtype) -> np.ndarray:
+    """softmax(q · Kᵀ * scale) · V as ggml computes it (flash attention off, the
+    llama.cpp default): q and the softmax weights are rounded to the cache type
+    before their products with K and V.
+
+    q [T, H, hd]; keys, values [n, H, hd] (already expanded to query heads);
+    visible [T, n] says which positions each query sees."""
+    rnd = (lambda a: a.astype(np.float16).astype(np.float32)) if cache_dtype == np.float16 else (lambda a: a)
+    s = np.einsum("thd,nhd->thn", rnd(q), keys) * np.float32(scale)  # [T, H, n]
+    s = np.where(visible[:, None, :], s, -np.inf)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    w = e * (1.0 / e.sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    return np.einsum("thn,nhd->thd", rnd(w), values).astype(np.float32)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -65,26 +85,18 @@ class PyLayer:
         pos = np.arange(pos0, pos0 + T)
         q, k = rope(q, pos, hp), rope(k, pos, hp)
         k_cache[pos0 : pos0 + T] = k
-        v_cache[:, :, pos0 : pos0 + T] = v.transpose(1, 2, 0)
+        v_cache[pos0 : pos0 + T] = v
 
         n = pos0 + T
-        keys = k_cache[:n].astype(np.float32)  # [n, nkv, hd]
-        values = v_cache[:, :, :n].astype(np.float32)  # [nkv, hd, n]
-        scale = hp["attn_scale"] or 1.0 / np.sqrt(hd)
-        group = nh // nkv
+        group = nh // nkv  # each KV head serves `group` query heads
+        keys = np.repeat(k_cache[:n].astype(np.float32), group, axis=1)  # [n, nh, hd]
+        values = np.repeat(v_cache[:n].astype(np.float32), group, axis=1)
         # causal mask, narrowed to the last `window` positions on sliding-window layers
         j, p = np.arange(n)[None, :], pos[:, None]
         visible = j <= p
         if hp["sliding_window"]:
             visible &= j > p - hp["sliding_window"]
-        out = np.empty((T, nh, hd), np.float32)
-        for h in range(nh):
-            g = h // group
-            scores = (q[:, h, :] @ keys[:, g, :].T) * np.float32(scale)  # [T, n]
-            scores = np.where(visible, scores, -np.inf)
-            w = np.exp(scores - scores.max(axis=1, keepdims=True))
-            w /= w.sum(axis=1, keepdims=True)
-            out[:, h, :] = w @ values[g].T  # [T, hd]
+        out = attend(q, keys, values, visible, hp["attn_scale"] or 1.0 / np.sqrt(hd), k_cache.dtype)  # [T, nh, hd]
         o = self.linear("wo", out.reshape(T, nh * hd))
         return rms_norm(o, self.t["attn_post_norm"], eps) if "attn_post_norm" in self.t else o
 

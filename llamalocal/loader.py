@@ -18,6 +18,7 @@ class LoadedModel:
     model: Transformer
     tokenizer: Any  # tokenizer.Tokenizer, or None when the file carries none
     metadata: dict = field(default_factory=dict)
+    format: str = "gguf"  # or "llama2c"
     _file: Optional[GGUFFile] = None  # keeps the memory map the weights point into alive
 
     @property
@@ -62,14 +63,14 @@ def load_model(path: str | Path, tokenizer_path: str | Path | None = None) -> Lo
         except Exception:
             f.close()
             raise
-        return LoadedModel(path, model, tokenizer, dict(f.metadata), f)
+        return LoadedModel(path, model, tokenizer, dict(f.metadata), "gguf", f)
 
     from .llama2c import load_llama2c
 
     config, tensors = load_llama2c(path)
     model = Transformer(config, tensors, source=path.name)
     tokenizer = _tokenizer_from_path(Path(tokenizer_path)) if tokenizer_path else None
-    return LoadedModel(path, model, tokenizer, {"general.architecture": "llama", "general.name": path.stem})
+    return LoadedModel(path, model, tokenizer, {"general.architecture": "llama", "general.name": path.stem}, "llama2c")
 
 
 def _tokenizer_from_path(p: Path):

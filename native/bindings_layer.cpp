@@ -38,6 +38,7 @@ public:
         if (L.n_embd <= 0 || L.n_head <= 0 || L.n_head_kv <= 0 || L.head_dim <= 0 || L.n_ff <= 0)
             throw py::value_error("n_embd, n_head, n_head_kv, head_dim and n_ff must be positive");
         if (L.n_head % L.n_head_kv) throw py::value_error("n_head must be a multiple of n_head_kv");
+        if (L.head_dim > 1024) throw py::value_error("head_dim above 1024 is not supported");
         if (L.rope_dim <= 0) L.rope_dim = L.head_dim;
         if (L.rope_dim > L.head_dim || L.rope_dim % 2) throw py::value_error("rope_dim must be even and at most head_dim");
         if (L.sliding_window < 0) throw py::value_error("sliding_window must be >= 0");
@@ -83,8 +84,8 @@ public:
         kv.n_ctx = k_cache.shape(0);
         if (k_cache.shape(1) != L.n_head_kv || k_cache.shape(2) != L.head_dim)
             throw py::value_error("k_cache: expected shape (n_ctx, " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
-        if (v_cache.shape(0) != L.n_head_kv || v_cache.shape(1) != L.head_dim || v_cache.shape(2) != kv.n_ctx)
-            throw py::value_error("v_cache: expected shape (" + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ", n_ctx)");
+        if (v_cache.shape(0) != kv.n_ctx || v_cache.shape(1) != L.n_head_kv || v_cache.shape(2) != L.head_dim)
+            throw py::value_error("v_cache: expected the shape of k_cache (" + std::to_string(kv.n_ctx) + ", " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
         if (pos0 < 0 || pos0 + T > kv.n_ctx)
             throw py::value_error("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + T) + " do not fit a cache of " + std::to_string(kv.n_ctx));
         kv.k = static_cast<uint8_t*>(k_cache.mutable_data());

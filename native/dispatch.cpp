@@ -62,20 +62,20 @@ typedef void (*register_fn)(KernelSet*);
 struct IsaEntry {
     const char* name;
     bool (*supported)(const Features&);
-    register_fn families[2];
+    register_fn families[3];
 };
 
 const IsaEntry ISAS[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; },
-     {register_legacy_avx512, register_kquants_avx512}},
-    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, {register_legacy_avx2, register_kquants_avx2}},
+     {register_legacy_avx512, register_kquants_avx512, register_attn_avx512}},
+    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, {register_legacy_avx2, register_kquants_avx2, register_attn_avx2}},
 #endif
 #if defined(__aarch64__)
-    {"dotprod", [](const Features& f) { return f.dotprod; }, {register_legacy_dotprod, register_kquants_dotprod}},
-    {"neon", [](const Features& f) { return f.neon; }, {register_legacy_neon, register_kquants_neon}},
+    {"dotprod", [](const Features& f) { return f.dotprod; }, {register_legacy_dotprod, register_kquants_dotprod, register_attn_dotprod}},
+    {"neon", [](const Features& f) { return f.neon; }, {register_legacy_neon, register_kquants_neon, register_attn_neon}},
 #endif
-    {"scalar", [](const Features&) { return true; }, {register_legacy_scalar, register_kquants_scalar}},
+    {"scalar", [](const Features&) { return true; }, {register_legacy_scalar, register_kquants_scalar, register_attn_scalar}},
 };
 constexpr int N_ISAS = sizeof(ISAS) / sizeof(ISAS[0]);
 
@@ -88,6 +88,7 @@ void build_all() {
     KernelSet scalar{};
     register_legacy_scalar(&scalar);
     register_kquants_scalar(&scalar);
+    register_attn_scalar(&scalar);
     scalar.name = "scalar";
     for (int i = 0; i < N_ISAS; i++) {
         if (!ISAS[i].supported(features())) continue;
@@ -98,6 +99,7 @@ void build_all() {
             if (!ks.dequant[t]) ks.dequant[t] = scalar.dequant[t];
             if (!ks.dot[t]) ks.dot[t] = scalar.dot[t];
             if (!ks.quant_act[t]) ks.quant_act[t] = scalar.quant_act[t];
+            if (!ks.attn[t]) ks.attn[t] = scalar.attn[t];
         }
         ks.name = ISAS[i].name;
         g_sets[i] = ks;

@@ -25,30 +25,38 @@ typedef void (*quant_row_fn)(const float* src, void* dst, int64_t n);
 // type's vec_dot_type (plain float32 for F32/F16/BF16 weights).
 typedef void (*dot_rows_fn)(int64_t n, int64_t nrows, const void* w, size_t row_stride, const void* x, float* y);
 
+// Attention of one query over n cached positions: K and V rows of hd values of
+// the cache type, k_stride / v_stride elements apart; scratch holds n floats;
+// the result goes to out[hd].  The arithmetic is ggml's (flash attention off,
+// llama.cpp's default): q and the softmax weights are rounded to the cache
+// type before their products with K and V, sums are float.
+typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, size_t k_stride, const void* v, size_t v_stride,
+                        float scale, float* scratch, float* out);
+
 struct KernelSet {
     const char* name;
     dequant_row_fn dequant[TYPE_COUNT];
     dot_rows_fn dot[TYPE_COUNT];
     quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
+    attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
 };
 
 // Registration functions, one per (type family, ISA).  Each sets only the
 // entries it implements.  Families: "legacy" = F32, F16, BF16, Q4_0, Q4_1, Q5_0,
 // Q5_1, Q8_0 and the Q8_0/Q8_1 activation quantizers; "kquants" = Q2_K..Q6_K and
-// the Q8_K activation quantizer.
-void register_legacy_scalar(KernelSet* ks);
-void register_kquants_scalar(KernelSet* ks);
+// the Q8_K activation quantizer; "attn" = attention over the KV cache.
+#define LL_DECLARE_FAMILIES(isa)             \
+    void register_legacy_##isa(KernelSet* ks);  \
+    void register_kquants_##isa(KernelSet* ks); \
+    void register_attn_##isa(KernelSet* ks);
+LL_DECLARE_FAMILIES(scalar)
 #if defined(__x86_64__) || defined(_M_X64)
-void register_legacy_avx2(KernelSet* ks);
-void register_kquants_avx2(KernelSet* ks);
-void register_legacy_avx512(KernelSet* ks);
-void register_kquants_avx512(KernelSet* ks);
+LL_DECLARE_FAMILIES(avx2)
+LL_DECLARE_FAMILIES(avx512)
 #endif
 #if defined(__aarch64__)
-void register_legacy_neon(KernelSet* ks);
-void register_kquants_neon(KernelSet* ks);
-void register_legacy_dotprod(KernelSet* ks);
-void register_kquants_dotprod(KernelSet* ks);
+LL_DECLARE_FAMILIES(neon)
+LL_DECLARE_FAMILIES(dotprod)
 #endif
 
 // ---- dispatch (dispatch.cpp) ----

@@ -9,11 +9,14 @@
 
 namespace ll {
 
+// As ggml computes it (squares in float, summed in double), so that the int8
+// activations quantized from the result round exactly as llama.cpp's do.
 void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t n, float eps) {
     for (int64_t r = 0; r < n_rows; r++, x += n, y += n) {
         double ss = 0.0;
-        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-        const float scale = 1.0f / std::sqrt((float)(ss / n) + eps);
+        for (int64_t i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+        const float mean = (float)(ss / (double)n);
+        const float scale = 1.0f / std::sqrt(mean + eps);
         for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
     }
 }
@@ -56,46 +59,36 @@ void rope(const LayerSpec& L, float* x, int64_t n_tokens, int64_t n_heads, int64
 }
 
 void store_kv(const LayerSpec& L, const KVRef& kv, const float* k, const float* v, int64_t n_tokens, int64_t pos0) {
-    const int64_t hd = L.head_dim, nkv = L.n_head_kv;
-    for (int64_t t = 0; t < n_tokens; t++) {
-        const int64_t p = pos0 + t;
-        for (int64_t i = 0; i < nkv * hd; i++) {
-            const int64_t g = i / hd, d = i % hd;
-            const int64_t k_at = p * nkv * hd + i, v_at = (g * hd + d) * kv.n_ctx + p;
-            if (kv.type == TYPE_F16) {
-                reinterpret_cast<half_t*>(kv.k)[k_at] = fp32_to_fp16(k[t * nkv * hd + i]);
-                reinterpret_cast<half_t*>(kv.v)[v_at] = fp32_to_fp16(v[t * nkv * hd + i]);
-            } else {
-                reinterpret_cast<float*>(kv.k)[k_at] = k[t * nkv * hd + i];
-                reinterpret_cast<float*>(kv.v)[v_at] = v[t * nkv * hd + i];
-            }
+    const int64_t row = L.n_head_kv * L.head_dim;  // one position of the cache
+    for (int64_t i = 0; i < n_tokens * row; i++) {
+        const int64_t at = pos0 * row + i;
+        if (kv.type == TYPE_F16) {
+            reinterpret_cast<half_t*>(kv.k)[at] = fp32_to_fp16(k[i]);
+            reinterpret_cast<half_t*>(kv.v)[at] = fp32_to_fp16(v[i]);
+        } else {
+            reinterpret_cast<float*>(kv.k)[at] = k[i];
+            reinterpret_cast<float*>(kv.v)[at] = v[i];
         }
     }
 }
 
-// out[t][h] = softmax(q[t][h] · K[0..p]ᵀ * scale) · V[0..p], causal (and windowed) per token.
+// out[t][h] = softmax(q[t][h] · K[j0..p]ᵀ * scale) · V[j0..p] for each token t at
+// position p (causal; j0 > p - window on sliding-window layers).
 void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const KVRef& kv, const float* q, float* out,
                int64_t n_tokens, int64_t pos0) {
-    const int64_t hd = L.head_dim, nkv = L.n_head_kv, group = L.n_head / L.n_head_kv;
+    const int64_t hd = L.head_dim, row = L.n_head_kv * hd, group = L.n_head / L.n_head_kv;
     const size_t esz = kv.type == TYPE_F16 ? 2 : 4;
     const float scale = L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
-    const dot_rows_fn dot = ks.dot[kv.type];
+    const attn_fn attn = ks.attn[kv.type];
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
     auto work = [&](int, int) {
-        std::vector<float> w(pos0 + n_tokens);
+        std::vector<float> scratch(pos0 + n_tokens);
         for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
             const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group, p = pos0 + t;
             const int64_t j0 = L.sliding_window > 0 ? std::max<int64_t>(0, p - L.sliding_window + 1) : 0;
-            const int64_t n = p - j0 + 1;
-            const float* qh = q + (t * L.n_head + h) * hd;
-            dot(hd, n, kv.k + ((j0 * nkv + g) * hd) * esz, nkv * hd * esz, qh, w.data());
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < n; j++) mx = std::max(mx, w[j] *= scale);
-            float sum = 0.0f;
-            for (int64_t j = 0; j < n; j++) sum += (w[j] = std::exp(w[j] - mx));
-            for (int64_t j = 0; j < n; j++) w[j] /= sum;
-            dot(n, hd, kv.v + (g * hd * kv.n_ctx + j0) * esz, kv.n_ctx * esz, w.data(), out + (t * L.n_head + h) * hd);
+            const size_t first = (size_t)(j0 * row + g * hd) * esz;
+            attn(p - j0 + 1, hd, q + (t * L.n_head + h) * hd, kv.k + first, row, kv.v + first, row, scale, scratch.data(), out + (t * L.n_head + h) * hd);
         }
     };
     // K and V bytes read: small attention spans are not worth waking the pool for.
@@ -104,9 +97,14 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
     else pool.run(work);
 }
 
+// GELU as llama.cpp computes it: looked up by the fp16 value of x in a table of
+// fp16 results (ggml_vec_geglu_f32), so both roundings are reproduced here.
 inline float gelu_tanh(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    const float xh = fp16_to_fp32(fp32_to_fp16(x));
     const float c = 0.7978845608028654f;  // sqrt(2/pi)
-    return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+    return fp16_to_fp32(fp32_to_fp16(0.5f * xh * (1.0f + std::tanh(c * xh * (1.0f + 0.044715f * xh * xh)))));
 }
 
 }  // namespace

@@ -36,9 +36,8 @@ struct LayerSpec {
     float attn_scale = 0.0f;        // 0: 1/sqrt(head_dim)
 };
 
-// The KV cache of one layer, owned by Python.  K is [n_ctx][n_head_kv][head_dim];
-// V is stored transposed, [n_head_kv][head_dim][n_ctx], so that both attention
-// products are row dot products over contiguous memory.
+// The KV cache of one layer, owned by Python: K and V are both
+// [n_ctx][n_head_kv][head_dim], in the cache type (F16 or F32).
 struct KVRef {
     uint8_t* k = nullptr;
     uint8_t* v = nullptr;

@@ -91,7 +91,13 @@ void dequant_q8_1(const void* src, float* dst, int64_t n) {
     }
 }
 
-// ---- activation quantizers (ggml's quantize_row_q8_0_ref / q8_1_ref) ----
+// ---- activation quantizers ----
+// llama.cpp's runtime quantizers (its x86 SIMD ones, which produced the
+// reference logits): scale id = 127/amax and round half to even.  ggml's
+// *_ref functions, which gguf.quants mirrors for weights, use 1/d and round
+// half away from zero instead; the two differ in rare last-bit cases.
+
+static inline int8_t round_even(float v) { return (int8_t)std::nearbyint(v); }
 
 void quant_q8_0(const float* x, void* dst, int64_t n) {
     block_q8_0* y = static_cast<block_q8_0*>(dst);
@@ -99,9 +105,9 @@ void quant_q8_0(const float* x, void* dst, int64_t n) {
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(x[j]));
         const float d = amax / 127.0f;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK; j++) y[i].qs[j] = (int8_t)std::roundf(x[j] * id);
+        for (int j = 0; j < QK; j++) y[i].qs[j] = round_even(x[j] * id);
     }
 }
 
@@ -111,14 +117,14 @@ void quant_q8_1(const float* x, void* dst, int64_t n) {
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(x[j]));
         const float d = amax / 127.0f;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[i].d = fp32_to_fp16(d);
         int sum = 0;
         for (int j = 0; j < QK; j++) {
-            y[i].qs[j] = (int8_t)std::roundf(x[j] * id);
+            y[i].qs[j] = round_even(x[j] * id);
             sum += y[i].qs[j];
         }
-        y[i].s = fp32_to_fp16(sum * d);
+        y[i].s = fp32_to_fp16(d * (float)sum);
     }
 }
 

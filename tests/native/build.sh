@@ -12,7 +12,7 @@ compile() {  # name src isa extra-flags...
     "$cxx" "${flags[@]}" -DLL_ISA="$isa" "$@" -c "$src" -o "$tmp/$name.o"
     objs+=("$tmp/$name.o")
 }
-for fam in legacy kquants; do
+for fam in legacy kquants attention; do
     if [ "$arch" = x86 ]; then
         compile "${fam}_avx2" "$root/native/x86/$fam.cpp" avx2 -mavx2 -mfma -mf16c
         compile "${fam}_avx512" "$root/native/x86/$fam.cpp" avx512 -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
@@ -24,7 +24,8 @@ done
 # scalar references: no contraction into FMA, as in CMakeLists.txt
 "$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/legacy.cpp" -o "$tmp/scalar_legacy.o"
 "$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/kquants.cpp" -o "$tmp/scalar_kquants.o"
+"$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/attention.cpp" -o "$tmp/scalar_attention.o"
 static=()
 [ "$arch" = arm ] && static=(-static)
 "$cxx" "${flags[@]}" "${static[@]}" "$root/tests/native/kernel_test.cpp" "$root/native/blocks.cpp" "$root/native/dispatch.cpp" \
-    "${objs[@]}" "$tmp/scalar_legacy.o" "$tmp/scalar_kquants.o" -o "$out" -lpthread
+    "${objs[@]}" "$tmp/scalar_legacy.o" "$tmp/scalar_kquants.o" "$tmp/scalar_attention.o" -o "$out" -lpthread
