@@ -75,11 +75,14 @@ def info(model: str) -> None:
 @click.option("-c", "--ctx", "n_ctx", type=int, default=0, help="Context size (default: the model's, at most 4096).")
 @click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False),
               help="Tokenizer for llama2.c checkpoints (tokenizer.bin or a SentencePiece .model).")
+@click.option("--cache-type", type=click.Choice(["auto", "f16", "f32"]), default="auto", show_default=True,
+              help="KV cache precision; auto = f16 for GGUF (as llama.cpp), f32 for llama2.c checkpoints (as run.c).")
 @click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence tokens.")
 def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int, temperature: float, top_k: int, top_p: float,
              min_p: float, repeat_penalty: float, repeat_last_n: int, frequency_penalty: float, presence_penalty: float,
-             seed: Optional[int], threads: int, n_ctx: int, tokenizer_path: Optional[str], echo: bool, ignore_eos: bool) -> None:
+             seed: Optional[int], threads: int, n_ctx: int, tokenizer_path: Optional[str], cache_type: str, echo: bool,
+             ignore_eos: bool) -> None:
     """Generate text after a prompt.  Only the generated text goes to stdout
     (the prompt too with --echo); timings and notices go to stderr."""
     from .arch.config import UnsupportedModelError
@@ -119,7 +122,9 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
         if tok.bos_id is None:
             raise _fail("the prompt is empty and the model has no BOS token to start from")
         ids = [tok.bos_id]
-    cache = lm.model.new_cache(n_ctx or None)
+    if cache_type == "auto":
+        cache_type = "f32" if lm.format == "llama2c" else "f16"
+    cache = lm.model.new_cache(n_ctx or None, cache_type)
     if len(ids) >= cache.n_ctx:
         raise _fail(f"the prompt is {len(ids)} tokens, the context only {cache.n_ctx}")
     n_predict = min(n_predict, cache.n_ctx - len(ids))

@@ -1,0 +1,258 @@
+"""Model runtime end to end: llama2.c's expected text, llama.cpp's logits,
+every kernel path, the KV cache and bad model files."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from models import GEMMA3, SMOLLM2, golden_path, model_path
+
+from llamalocal.gguf_io import ModelFormatError
+from llamalocal.kv_cache import ContextFullError
+from llamalocal.loader import load_model
+
+
+def expected_llama2c() -> dict[str, bytes]:
+    """Ground truth copied verbatim from llama2.c (expected_llama2c_outputs.md)."""
+    text = model_path("expected_llama2c_outputs.md").read_text(encoding="utf-8")
+    greedy = ast.literal_eval(re.search(r"expected_stdout = (b'.*')", text).group(1))
+    sampled = re.search(r"-s 133742\n(.*?)\n```", text, re.S).group(1).encode()
+    return {"greedy200": greedy, "sampled": sampled}
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamalocal.cli", *args], capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# ---------------------------------------------------------------- llama2.c
+
+def test_llama2c_bin_greedy_matches_run_c():
+    r = cli("generate", str(model_path("stories260K.bin")), "-z", str(model_path("tok512.bin")), "--temp", "0", "-n", "200")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == expected_llama2c()["greedy200"]
+    assert b"generation: 200 tokens" in r.stderr
+
+
+def test_llama2c_bin_sampled_matches_run_c():
+    """run.c's sampler (xorshift RNG, top-p 0.9, seed 133742) and an F32 cache like run.c's."""
+    r = cli("generate", str(model_path("stories260K.bin")), "-z", str(model_path("tok512.bin")),
+            "--temp", "1.0", "--top-p", "0.9", "-s", "133742", "-n", "256")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().strip() == expected_llama2c()["sampled"].decode().strip()
+
+
+def test_stories_gguf_greedy_matches_run_c():
+    """The same weights from GGUF with the embedded vocabulary."""
+    r = cli("generate", str(model_path("stories260K.gguf")), "--temp", "0", "-n", "200")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == expected_llama2c()["greedy200"]
+
+
+# ---------------------------------------------------------------- llama.cpp logits
+
+GOLDEN = {"stories260K.gguf": "stories260k.raw.json", SMOLLM2: "smollm2-135m-q4_1.raw.json", GEMMA3: "gemma3-270m-q4_k_m.raw.json"}
+
+
+def check_against_golden(model_name: str) -> dict:
+    """Batched prompt logits and one-token-at-a-time greedy decoding against
+    llama.cpp.  Returns the figures; raises AssertionError on a hard failure."""
+    lm = load_model(model_path(model_name))
+    g = json.loads(golden_path(GOLDEN[model_name]).read_text())
+    errors, report = [], {"top1_checked": 0, "greedy": []}
+    for case in g["cases"]:
+        ids = case["token_ids"]
+        assert lm.tokenizer.encode(case["prompt"]) == ids, "prompt tokens differ from llama.cpp's"
+        logits = lm.model.forward(ids, lm.model.new_cache(256), all_logits=True)
+        for i, top in enumerate(case["prompt_top"]):
+            errors += list(np.abs(logits[i][top["ids"]] - np.array(top["logits"])))
+            if top["logits"][0] - top["logits"][1] > 0.5:  # llama.cpp's choice is clear: ours must agree
+                report["top1_checked"] += 1
+                assert int(np.argmax(logits[i])) == top["ids"][0], f"{case['prompt']!r} position {i}: top-1 differs"
+        # Greedy: must agree until llama.cpp's own choice was a near tie (margin < 0.5).
+        cache = lm.model.new_cache(256)
+        out, nxt = [], lm.model.forward(ids, cache)
+        for k, want in enumerate(case["greedy_ids"]):
+            tok = int(np.argmax(nxt))
+            out.append(tok)
+            if tok != want:
+                close = [m for m in case["greedy_margins"][: k + 1] if m < 0.5]
+                assert close, f"{case['prompt']!r}: greedy token {k} differs where llama.cpp's margin was {case['greedy_margins'][k]}"
+                break
+            nxt = lm.model.forward([tok], cache)
+        report["greedy"].append((len(out) - (out != case["greedy_ids"][: len(out)]), len(case["greedy_ids"])))
+    e = np.array(errors)
+    report.update(median=float(np.median(e)), p95=float(np.percentile(e, 95)), max=float(e.max()), n=len(e))
+    return report
+
+
+@pytest.mark.parametrize("model_name", list(GOLDEN))
+def test_logits_and_greedy_match_llama_cpp(model_name):
+    r = check_against_golden(model_name)
+    print(model_name, r)
+    # llama.cpp's batched and one-token paths differ from each other by up to
+    # ~0.4 on these models (golden/README.md): we meet its 0.5 tolerance on 95%
+    # of the top-10 logits and stay within 1.25 on all of them.
+    assert r["p95"] <= 0.5, r
+    assert r["max"] <= 1.25, r
+    assert r["top1_checked"] > 0
+
+
+ISA_CHECK = """
+import sys, json
+sys.path.insert(0, {tests!r})
+from test_model import check_against_golden
+from llamalocal import backend
+r = check_against_golden({model!r})
+print(json.dumps({{"isa": backend.active_isa(), **{{k: v for k, v in r.items() if k != "greedy"}}}}))
+"""
+
+
+def kernel_paths() -> list[dict]:
+    from llamalocal import _native
+
+    paths = [{"LLAMALOCAL_ISA": isa} for isa in _native.available_isas()]
+    return paths + [{"LLAMALOCAL_BACKEND": "numba"}]
+
+
+@pytest.mark.parametrize("env", kernel_paths(), ids=lambda e: next(iter(e.values())))
+def test_every_kernel_path_matches_llama_cpp(env):
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-c", ISA_CHECK.format(tests=tests_dir, model=SMOLLM2)], capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["isa"] == next(iter(env.values()))
+    assert res["p95"] <= 0.5 and res["max"] <= 1.25, res
+
+
+# ---------------------------------------------------------------- runtime pieces
+
+def test_native_and_numpy_layers_agree():
+    """native/layer.cpp and layer_py.py are two statements of one block: on
+    float32 weights (no activation quantization to amplify last-bit
+    differences) they agree closely."""
+    from llamalocal import backend
+
+    lm = load_model(model_path("stories260K.gguf"))
+    ids = lm.tokenizer.encode("Once upon a time, there was a little")
+    a = lm.model.forward(ids, lm.model.new_cache(64), all_logits=True)
+    saved = backend.BACKEND
+    try:
+        backend.BACKEND = "numba"  # builds PyLayer objects; matmuls still go through the extension
+        b = load_model(model_path("stories260K.gguf")).model.forward(ids, lm.model.new_cache(64), all_logits=True)
+    finally:
+        backend.BACKEND = saved
+    assert np.abs(a - b).max() < 2e-3 * np.abs(a).max()
+
+
+def test_kv_cache_truncate_save_restore_and_overflow():
+    lm = load_model(model_path(SMOLLM2))
+    m, tok = lm.model, lm.tokenizer
+    ids = tok.encode("The capital of France is")
+    cache = m.new_cache(32)
+    full = m.forward(ids + [12, 13], cache, all_logits=True)
+    assert cache.n_tokens == len(ids) + 2
+    cache.truncate(len(ids))
+    again = m.forward([12, 13], cache, all_logits=True)
+    np.testing.assert_allclose(again, full[-2:], atol=1e-4)
+    state = cache.save()
+    m.forward([99] * 5, cache)
+    cache.restore(state)
+    assert cache.n_tokens == len(ids) + 2
+    np.testing.assert_allclose(m.forward([14], cache), m.forward([14], _replay(m, ids + [12, 13])), atol=1e-4)
+    with pytest.raises(ContextFullError):
+        m.forward(list(range(40)), cache)
+    assert cache.n_tokens == len(ids) + 3  # a refused batch changes nothing
+
+
+def _replay(m, ids):
+    c = m.new_cache(32)
+    m.forward(ids, c)
+    return c
+
+
+def test_f32_cache_option():
+    lm = load_model(model_path(SMOLLM2))
+    ids = lm.tokenizer.encode("def fibonacci(n):")
+    a = lm.model.forward(ids, lm.model.new_cache(32, "f32"))
+    b = lm.model.forward(ids, lm.model.new_cache(32, "f16"))
+    assert int(np.argmax(a)) == int(np.argmax(b))
+
+
+def test_generate_streams_only_generated_text_to_stdout():
+    r = cli("generate", str(model_path(SMOLLM2)), "-p", "The capital of France is", "--temp", "0", "-n", "4")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().startswith(" Paris")
+    assert "t/s" in r.stderr.decode() and "t/s" not in r.stdout.decode()
+    echo = cli("generate", str(model_path(SMOLLM2)), "-p", "The capital of France is", "--temp", "0", "-n", "4", "--echo")
+    assert echo.stdout.decode() == "The capital of France is" + r.stdout.decode()
+
+
+def test_generate_seeded_sampling_is_reproducible():
+    args = ("generate", str(model_path(SMOLLM2)), "-p", "Once upon a time", "--temp", "0.9", "-n", "24", "-s", "7")
+    a, b = cli(*args), cli(*args)
+    assert a.returncode == 0 and a.stdout == b.stdout and len(a.stdout) > 0
+
+
+# ---------------------------------------------------------------- bad files
+
+def _assert_clean_failure(path, what: str):
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFormatError) as e:
+        load_model(path)
+    assert time.perf_counter() - t0 < 1.0
+    assert path.name in str(e.value)
+    r = cli("generate", str(path), "-p", "x", "-n", "1", timeout=120)
+    assert r.returncode == 1
+    err = r.stderr.decode().strip()
+    assert err.startswith("Error:") and path.name in err and "Traceback" not in err, (what, err)
+
+
+def test_truncated_model_is_refused(tmp_path):
+    src = model_path(SMOLLM2)
+    bad = tmp_path / "truncated.gguf"
+    with open(src, "rb") as f:
+        bad.write_bytes(f.read(src.stat().st_size // 2))
+    _assert_clean_failure(bad, "truncated")
+
+
+def test_tensor_offset_past_eof_is_refused(tmp_path):
+    from llamalocal.gguf_io import GGUFFile
+
+    src = model_path("stories260K.gguf")
+    with GGUFFile(src) as g:
+        first = next(iter(g.tensors.values()))
+        data_offset = g.data_offset
+    raw = bytearray(src.read_bytes())
+    rel = first.offset - data_offset
+    at = raw.find(struct.pack("<Q", rel), 24, data_offset)  # the first tensor info's offset field
+    assert at > 0
+    raw[at : at + 8] = struct.pack("<Q", 1 << 40)
+    bad = tmp_path / "offset.gguf"
+    bad.write_bytes(bytes(raw))
+    _assert_clean_failure(bad, "offset past EOF")
+
+
+def test_absurd_tensor_count_is_refused(tmp_path):
+    raw = bytearray(model_path("stories260K.gguf").read_bytes())
+    raw[8:16] = struct.pack("<Q", 1 << 60)
+    bad = tmp_path / "count.gguf"
+    bad.write_bytes(bytes(raw))
+    _assert_clean_failure(bad, "absurd tensor count")
+
+
+def test_llama2c_bin_with_wrong_size_is_refused(tmp_path):
+    bad = tmp_path / "short.bin"
+    bad.write_bytes(model_path("stories260K.bin").read_bytes()[:-100])
+    _assert_clean_failure(bad, "llama2.c size")
