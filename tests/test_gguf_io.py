@@ -13,22 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402
+
+from models import model_path  # noqa: E402
 
 from llamalocal.formats import GGMLType  # noqa: E402
 from llamalocal.gguf_io import GGUFFile, ModelFormatError, TensorInfo, describe  # noqa: E402
-
-
-def models_dir() -> Path:
-    env = os.environ.get("LLAMALOCAL_TEST_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "models"
-
-
-def model_path(name: str) -> Path:
-    p = models_dir() / name
-    if not p.is_file():
-        pytest.skip(f"shared test model {p} not found")
-    return p
 
 
 STORIES = "stories260K.gguf"
@@ -166,9 +156,6 @@ def test_api_smollm():
 
 
 def test_dequantize_matches_reference():
-    quants = pytest.importorskip("llamalocal.quants")
-    if not hasattr(quants, "dequantize"):
-        pytest.skip("llamalocal.quants.dequantize not available yet")
     path = model_path(SMOLLM)
     ref = {t.name: t for t in reference(SMOLLM).tensors}
     with GGUFFile(path) as f:

