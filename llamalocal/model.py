@@ -18,7 +18,7 @@ import numpy as np
 
 from . import backend
 from .arch.config import ModelConfig, UnsupportedModelError
-from .formats import FORMATS, GGMLType
+from .formats import GGMLType
 from .kv_cache import ContextFullError, KVCache
 
 
