@@ -197,6 +197,43 @@ void test_quantizer(const KernelSet& ref, const KernelSet& ks, int vdt, Rng& rng
     }
 }
 
+void test_attention(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
+    char detail[256];
+    for (int cache_type : {TYPE_F16, TYPE_F32}) {
+        const size_t esz = cache_type == TYPE_F16 ? 2 : 4;
+        for (int64_t hd : {8, 64, 72, 256}) {
+            for (int64_t n : {1, 7, 100, 333}) {
+                // two KV heads interleaved per position: rows are 2*hd apart, as in the cache
+                const size_t stride = 2 * hd;
+                std::vector<uint8_t> k(n * stride * esz), v(n * stride * esz);
+                for (size_t i = 0; i < (size_t)n * stride; i++) {
+                    const float a = rng.normal(), b = rng.normal();
+                    if (cache_type == TYPE_F16) {
+                        reinterpret_cast<half_t*>(k.data())[i] = fp32_to_fp16(a);
+                        reinterpret_cast<half_t*>(v.data())[i] = fp32_to_fp16(b);
+                    } else {
+                        reinterpret_cast<float*>(k.data())[i] = a;
+                        reinterpret_cast<float*>(v.data())[i] = b;
+                    }
+                }
+                digest(k.data(), k.size());
+                std::vector<float> q(hd), scratch(n), o_ref(hd), o_isa(hd);
+                for (auto& x : q) x = 3.0f * rng.normal();
+                const float scale = 1.0f / std::sqrt((float)hd);
+                const size_t off = hd * esz;  // the second head
+                ref.attn[cache_type](n, hd, q.data(), k.data() + off, stride, v.data() + off, stride, scale, scratch.data(), o_ref.data());
+                ks.attn[cache_type](n, hd, q.data(), k.data() + off, stride, v.data() + off, stride, scale, scratch.data(), o_isa.data());
+                double worst = 0;
+                for (int64_t d = 0; d < hd; d++) worst = std::fmax(worst, std::fabs((double)o_ref[d] - o_isa[d]));
+                // outputs are convex mixes of unit-normal values: an fp16 weight
+                // rounding that flips between paths moves them by ~1e-3
+                std::snprintf(detail, sizeof detail, "max abs error %.3g", worst);
+                check(worst <= 2e-3, ks.name, cache_type == TYPE_F16 ? "F16 cache" : "F32 cache", "attention", hd, n, detail);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -220,6 +257,7 @@ int main() {
             test_type(ref, ks, t, rng);
         }
         for (int vdt : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantizer(ref, ks, vdt, rng);
+        test_attention(ref, ks, rng);
         std::printf("%s: input digest %016llx\n", names[i], (unsigned long long)g_digest);
     }
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
