@@ -1,2 +1,442 @@
+// x86 SIMD kernels for the float types and the legacy 32-weight block formats
+// (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the Q8_0/Q8_1 activation
+// quantizers.  Compiled twice: LL_ISA=avx2 (-mavx2 -mfma -mf16c) and
+// LL_ISA=avx512 (adds AVX-512 F/BW/VL/DQ/VNNI).  Both builds run the same
+// 256-bit code; the only difference is LL_MACC, the u8 x s8 multiply-accumulate
+// (VPDPBUSD with VNNI, VPMADDUBSW + VPMADDWD otherwise).
+//
+// Integer math is exact: 4/5-bit weights stay unsigned (0..15 / 0..31) so
+// VPMADDUBSW never saturates (31 * 128 * 2 < 32767), and Q8_0 x Q8_0 uses the
+// sign trick, |w| (0..128) times sign(y, w).  Q4_0/Q5_0's -8/-16 offset is
+// applied per block in float through the activation block sum (see
+// "quantized dot products" below, which also explains how the matvec kernels
+// keep up with DRAM).  Dequantization and the activation quantizers give
+// bit-identical results to the scalar reference.
+//
+// Everything here has internal linkage (anonymous namespace): the two ISA
+// builds of this file must not share any externally visible inline symbol.
+#include <immintrin.h>
+
+#include <cstddef>
+
 #include "../kernels.h"
-namespace ll { void LL_REGISTER(legacy)(KernelSet*) {} }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+// acc (8 x i32) += sum of 4 adjacent u8 * s8 products
+#define LL_MACC(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
+#else
+#define LL_MACC(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
+#endif
+
+namespace ll {
+namespace {
+
+// ---- helpers ----
+
+inline float h2f(half_t h) { return _cvtsh_ss(h); }  // exact, same as fp16_to_fp32
+
+// Stops the compiler from fusing a rounded product into a later add (GCC
+// contracts vector intrinsics into FMA under -ffp-contract=fast); used where
+// the result must match the scalar reference bit for bit.
+inline __m256 opaque(__m256 v) {
+    __asm__("" : "+x"(v));
+    return v;
+}
+
+inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline int hsum8i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// 16 packed bytes -> 32 bytes in 0..15: low nibbles (weights 0..15) in bytes
+// 0..15, high nibbles (weights 16..31) in bytes 16..31.  The broadcast load
+// needs no shuffle uop; the upper lane is shifted right by 4 per dword.
+inline __m256i nibbles32(const uint8_t* qs) {
+    const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);  // little-endian, as the format stores it
+    return v;
+}
+
+// Bit j of `bits` -> byte j = 0x10 if set, else 0 (the fifth bit of Q5 weights).
+inline __m256i bits_to_0x10(uint32_t bits) {
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000ll, 0x0101010101010101ll, 0x0202020202020202ll,
+                                            0x0303030303030303ll);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);  // byte j = bits byte j/8
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfell));     // all bits but j%8
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+inline __m256i q5_values(const uint8_t* qs, const uint8_t* qh) {
+    return _mm256_or_si256(nibbles32(qs), bits_to_0x10(load_u32(qh)));
+}
+
+// 32 bytes (int8) -> 4 x 8 floats times d, stored to dst[0..31].
+inline void store_i8x32_scaled(__m256i q, float d, float* dst) {
+    const __m256 vd = _mm256_set1_ps(d);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(dst + 0, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), vd));
+    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), vd));
+    _mm256_storeu_ps(dst + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), vd));
+    _mm256_storeu_ps(dst + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), vd));
+}
+
+// 32 bytes (0..31 unsigned) -> q * d + m (product rounded first, as in scalar).
+inline void store_u8x32_scaled_min(__m256i q, float d, float m, float* dst) {
+    const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const __m256 p = opaque(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j])), vd));
+        _mm256_storeu_ps(dst + 8 * j, _mm256_add_ps(p, vm));
+    }
+}
+
+// ---- dequantize ----
+
+void dequant_f32(const void* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+
+void dequant_f16(const void* src, float* dst, int64_t n) {
+    const half_t* s = static_cast<const half_t*>(src);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+    for (; i < n; i++) dst[i] = h2f(s[i]);
+}
+
+void dequant_bf16(const void* src, float* dst, int64_t n) {
+    const bf16_t* s = static_cast<const bf16_t*>(src);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+    }
+    for (; i < n; i++) dst[i] = bf16_to_fp32(s[i]);
+}
+
+void dequant_q4_0(const void* src, float* dst, int64_t n) {
+    const block_q4_0* b = static_cast<const block_q4_0*>(src);
+    for (int64_t i = 0; i < n / QK; i++, dst += QK)
+        store_i8x32_scaled(_mm256_sub_epi8(nibbles32(b[i].qs), _mm256_set1_epi8(8)), h2f(b[i].d), dst);
+}
+
+void dequant_q4_1(const void* src, float* dst, int64_t n) {
+    const block_q4_1* b = static_cast<const block_q4_1*>(src);
+    for (int64_t i = 0; i < n / QK; i++, dst += QK) store_u8x32_scaled_min(nibbles32(b[i].qs), h2f(b[i].d), h2f(b[i].m), dst);
+}
+
+void dequant_q5_0(const void* src, float* dst, int64_t n) {
+    const block_q5_0* b = static_cast<const block_q5_0*>(src);
+    for (int64_t i = 0; i < n / QK; i++, dst += QK)
+        store_i8x32_scaled(_mm256_sub_epi8(q5_values(b[i].qs, b[i].qh), _mm256_set1_epi8(16)), h2f(b[i].d), dst);
+}
+
+void dequant_q5_1(const void* src, float* dst, int64_t n) {
+    const block_q5_1* b = static_cast<const block_q5_1*>(src);
+    for (int64_t i = 0; i < n / QK; i++, dst += QK)
+        store_u8x32_scaled_min(q5_values(b[i].qs, b[i].qh), h2f(b[i].d), h2f(b[i].m), dst);
+}
+
+void dequant_q8_0(const void* src, float* dst, int64_t n) {
+    const block_q8_0* b = static_cast<const block_q8_0*>(src);
+    for (int64_t i = 0; i < n / QK; i++, dst += QK)
+        store_i8x32_scaled(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs)), h2f(b[i].d), dst);
+}
+
+void dequant_q8_1(const void* src, float* dst, int64_t n) {
+    const block_q8_1* b = static_cast<const block_q8_1*>(src);
+    for (int64_t i = 0; i < n / QK; i++, dst += QK)
+        store_i8x32_scaled(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs)), h2f(b[i].d), dst);
+}
+
+// ---- activation quantizers ----
+// Same bytes as the scalar reference, which follows llama.cpp's runtime (x86
+// SIMD) quantizers: d = amax / 127, id = 127 / amax (0 for an all-zero block),
+// q = x * id rounded half to even.
+
+// Quantizes 32 floats: returns d, writes qs, and the int32 lanes summing to sum(q).
+inline float quant_block32(const float* x, int8_t* qs, __m256i* lane_sums) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(x + 8 * j);
+    __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    const float m = hmax8(amax);
+    const float d = m / 127.0f;
+    const __m256 vid = _mm256_set1_ps(m != 0.0f ? 127.0f / m : 0.0f);
+    __m256i q[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        q[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    *lane_sums = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    // pack i32 -> i8; packs work per 128-bit lane, the permute restores order
+    const __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs), p);
+    return d;
+}
+
+void quant_q8_0(const float* x, void* dst, int64_t n) {
+    block_q8_0* y = static_cast<block_q8_0*>(dst);
+    for (int64_t i = 0; i < n / QK; i++, x += QK) {
+        __m256i sums;
+        y[i].d = fp32_to_fp16(quant_block32(x, y[i].qs, &sums));
+    }
+}
+
+void quant_q8_1(const float* x, void* dst, int64_t n) {
+    block_q8_1* y = static_cast<block_q8_1*>(dst);
+    for (int64_t i = 0; i < n / QK; i++, x += QK) {
+        __m256i sums;
+        const float d = quant_block32(x, y[i].qs, &sums);
+        y[i].d = fp32_to_fp16(d);
+        y[i].s = fp32_to_fp16(d * (float)hsum8i(sums));
+    }
+}
+
+// ---- float dot products (one row at a time; x is float32) ----
+
+inline __m256 load_f32(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_f16(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 load_bf16(const bf16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline float scalar_f32(float v) { return v; }
+inline float scalar_f16(half_t v) { return h2f(v); }
+inline float scalar_bf16(bf16_t v) { return bf16_to_fp32(v); }
+
+// One row at a time (x stays in L1), four independent accumulators.  No
+// software prefetch here: a single sequential stream per call is what the
+// hardware prefetchers handle well (measured: adding one made F16 slower).
+#define LL_FLOAT_DOT(NAME, T, LOAD, SCALAR)                                                              \
+    float NAME##_row(int64_t n, const T* a, const float* b) {                                            \
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;                                      \
+        int64_t i = 0;                                                                                   \
+        for (; i + 32 <= n; i += 32) {                                                                   \
+            s0 = _mm256_fmadd_ps(LOAD(a + i), _mm256_loadu_ps(b + i), s0);                               \
+            s1 = _mm256_fmadd_ps(LOAD(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);                       \
+            s2 = _mm256_fmadd_ps(LOAD(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);                     \
+            s3 = _mm256_fmadd_ps(LOAD(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);                     \
+        }                                                                                                \
+        for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(LOAD(a + i), _mm256_loadu_ps(b + i), s0);        \
+        float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));                    \
+        for (; i < n; i++) s += SCALAR(a[i]) * b[i];                                                     \
+        return s;                                                                                        \
+    }                                                                                                    \
+    void NAME(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {         \
+        const uint8_t* p = static_cast<const uint8_t*>(w);                                               \
+        for (int64_t r = 0; r < nrows; r++)                                                              \
+            y[r] = NAME##_row(n, reinterpret_cast<const T*>(p + r * stride), static_cast<const float*>(x)); \
+    }
+
+LL_FLOAT_DOT(dot_f32, float, load_f32, scalar_f32)
+LL_FLOAT_DOT(dot_f16, half_t, load_f16, scalar_f16)
+LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
+#undef LL_FLOAT_DOT
+
+// ---- quantized dot products ----
+//
+// Structure (all five formats):
+//  * The activation row is prepared once per call, SEG blocks at a time, as
+//    two floats per block: d_y, and c_y = the block's constant term.  For Q8_1
+//    that is its s = d_y * sum(y); for Q8_0 against Q4_0/Q5_0 it is
+//    -offset * d_y * sum(y), which turns sum(u * y) over the unsigned weights u
+//    into sum((u - offset) * y).  So all 4/5-bit formats compute
+//        d_w * d_y * sum(u * y)  +  t_w * c_y
+//    with t_w = m (Q4_1/Q5_1) or d_w (Q4_0/Q5_0): the integer dot product is
+//    exact, the offset term is added in float as ggml does for Q4_1 (about
+//    15% faster for Q4_0 than an exact int32 correction per row and block).
+//  * Weight rows go ROWS_PER_PASS = 4 at a time (leftover rows one at a time):
+//    each activation block is loaded once per pass, the four float
+//    accumulators are independent dependency chains, and each row gets one
+//    horizontal sum at the end.
+//  * While a pass streams its rows, it prefetches the same bytes of the rows
+//    of the next pass (R * stride further on): the hardware prefetchers alone
+//    leave the loads waiting on DRAM (measured: about 60% of stream_read
+//    bandwidth on one core without this, about 90% with it).
+//  * Per block, the rows' fp16 scales are packed into one u64 in general
+//    registers and converted by a single VCVTPH2PS; the products with d_y go
+//    to a small stack array, from which each row's FMA takes a broadcast load
+//    (a load-port uop, no shuffle); the R constant terms are one 4-lane FMA.
+
+constexpr int64_t SEG = 512;  // activation blocks per segment: k <= 16384 is one segment
+constexpr int ROWS_PER_PASS = 4;
+
+struct Prep {
+    float d[SEG];
+    float c[SEG];
+};
+
+// Q8_0 activations; OFFSET = 8 (Q4_0), 16 (Q5_0), or 0 (Q8_0: no c needed).
+template <int OFFSET>
+inline void prep_q8_0(const block_q8_0* y, int64_t nb, Prep* p) {
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = h2f(y[i].d);
+        p->d[i] = d;
+        if (OFFSET) {
+            const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
+            p->c[i] = d * (float)(-OFFSET * hsum8i(LL_MACC(_mm256_setzero_si256(), _mm256_set1_epi8(1), qy)));
+        }
+    }
+}
+
+inline void prep_q8_1(const block_q8_1* y, int64_t nb, Prep* p) {
+    for (int64_t i = 0; i < nb; i++) {
+        p->d[i] = h2f(y[i].d);
+        p->c[i] = h2f(y[i].s);
+    }
+}
+
+inline uint16_t load_u16(const uint8_t* p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
+
+// The fp16 at p + r * stride for r < R, as floats in lanes 0..R-1 (others 0).
+template <int R>
+inline __m128 row_halves(const uint8_t* p, size_t stride) {
+    uint64_t h = 0;
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) h |= (uint64_t)load_u16(p + r * stride) << (16 * r);
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
+}
+
+// First segment stores, later segments add.
+inline void put(float* out, float v, bool add) { *out = add ? *out + v : v; }
+
+// Block layouts of the 4/5-bit formats: byte offsets of d, m (or -1), qh (or -1), qs.
+template <int T> struct Fmt;
+template <> struct Fmt<TYPE_Q4_0> { enum { size = sizeof(block_q4_0), d = 0, m = -1, qh = -1, qs = offsetof(block_q4_0, qs) }; };
+template <> struct Fmt<TYPE_Q4_1> { enum { size = sizeof(block_q4_1), d = 0, m = offsetof(block_q4_1, m), qh = -1, qs = offsetof(block_q4_1, qs) }; };
+template <> struct Fmt<TYPE_Q5_0> { enum { size = sizeof(block_q5_0), d = 0, m = -1, qh = offsetof(block_q5_0, qh), qs = offsetof(block_q5_0, qs) }; };
+template <> struct Fmt<TYPE_Q5_1> { enum { size = sizeof(block_q5_1), d = 0, m = offsetof(block_q5_1, m), qh = offsetof(block_q5_1, qh), qs = offsetof(block_q5_1, qs) }; };
+
+// Q4_0 / Q4_1 / Q5_0 / Q5_1 against Q8_0 / Q8_1 (see the structure notes above).
+template <int R, int T, class YBLOCK>
+inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out,
+                         bool add, bool prefetch) {
+    typedef Fmt<T> F;
+    __m256 acc[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    __m128 cacc = _mm_setzero_ps();  // lane r: sum of t_w * c_y for row r
+    for (int64_t i = 0; i < nb; i++, w += F::size) {
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
+        const __m128 dw = row_halves<R>(w + F::d, stride);
+        alignas(16) float sc[4];  // d_w[r] * d_y
+        _mm_store_ps(sc, _mm_mul_ps(dw, _mm_broadcast_ss(p->d + i)));
+        cacc = _mm_fmadd_ps(F::m >= 0 ? row_halves<R>(w + F::m, stride) : dw, _mm_broadcast_ss(p->c + i), cacc);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t* b = w + r * stride;
+            if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
+            const __m256i qw = F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs);
+            const __m256i sum = LL_MACC(_mm256_setzero_si256(), qw, qy);  // sum(u * y), exact
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
+        }
+    }
+    alignas(16) float c[4];
+    _mm_store_ps(c, cacc);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) put(out + r, hsum8(acc[r]) + c[r], add);
+}
+
+// Q8_0 against Q8_0, sign trick: |w| (0..128, unsigned) * sign(y, w) = w * y.
+template <int R, int T, class YBLOCK>
+inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out,
+                          bool add, bool prefetch) {
+    __m256 acc[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q8_0)) {
+        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
+        alignas(16) float sc[4];
+        _mm_store_ps(sc, _mm_mul_ps(row_halves<R>(w, stride), _mm_broadcast_ss(p->d + i)));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const uint8_t* b = w + r * stride;
+            if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
+            const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
+            const __m256i sum = LL_MACC(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw));
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) put(out + r, hsum8(acc[r]), add);
+}
+
+#define LL_QUANT_DOT(NAME, PASS, T, WBLOCK, YBLOCK, PREP_FN)                                                      \
+    void NAME(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {                  \
+        const uint8_t* p = static_cast<const uint8_t*>(w);                                                        \
+        const YBLOCK* xb = static_cast<const YBLOCK*>(x);                                                         \
+        const int64_t nb = n / QK;                                                                                \
+        Prep prep;                                                                                                \
+        for (int64_t s0 = 0; s0 < nb; s0 += SEG) {                                                                \
+            const int64_t ns = nb - s0 < SEG ? nb - s0 : SEG;                                                     \
+            PREP_FN(xb + s0, ns, &prep);                                                                          \
+            const uint8_t* ps = p + s0 * sizeof(WBLOCK);                                                          \
+            int64_t r = 0;                                                                                        \
+            for (; r + ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                                \
+                PASS<ROWS_PER_PASS, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, s0 > 0,        \
+                                               r + 2 * ROWS_PER_PASS <= nrows);                                   \
+            for (; r < nrows; r++) PASS<1, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, s0 > 0, false); \
+        }                                                                                                         \
+    }
+
+LL_QUANT_DOT(dot_q4_0, dot_q45_pass, TYPE_Q4_0, block_q4_0, block_q8_0, prep_q8_0<8>)
+LL_QUANT_DOT(dot_q5_0, dot_q45_pass, TYPE_Q5_0, block_q5_0, block_q8_0, prep_q8_0<16>)
+LL_QUANT_DOT(dot_q4_1, dot_q45_pass, TYPE_Q4_1, block_q4_1, block_q8_1, prep_q8_1)
+LL_QUANT_DOT(dot_q5_1, dot_q45_pass, TYPE_Q5_1, block_q5_1, block_q8_1, prep_q8_1)
+LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8_0<0>)
+#undef LL_QUANT_DOT
+
+}  // namespace
+
+void LL_REGISTER(legacy)(KernelSet* ks) {
+    ks->dequant[TYPE_F32] = dequant_f32;
+    ks->dequant[TYPE_F16] = dequant_f16;
+    ks->dequant[TYPE_BF16] = dequant_bf16;
+    ks->dequant[TYPE_Q4_0] = dequant_q4_0;
+    ks->dequant[TYPE_Q4_1] = dequant_q4_1;
+    ks->dequant[TYPE_Q5_0] = dequant_q5_0;
+    ks->dequant[TYPE_Q5_1] = dequant_q5_1;
+    ks->dequant[TYPE_Q8_0] = dequant_q8_0;
+    ks->dequant[TYPE_Q8_1] = dequant_q8_1;
+
+    ks->quant_act[TYPE_Q8_0] = quant_q8_0;
+    ks->quant_act[TYPE_Q8_1] = quant_q8_1;
+
+    ks->dot[TYPE_F32] = dot_f32;
+    ks->dot[TYPE_F16] = dot_f16;
+    ks->dot[TYPE_BF16] = dot_bf16;
+    ks->dot[TYPE_Q4_0] = dot_q4_0;
+    ks->dot[TYPE_Q4_1] = dot_q4_1;
+    ks->dot[TYPE_Q5_0] = dot_q5_0;
+    ks->dot[TYPE_Q5_1] = dot_q5_1;
+    ks->dot[TYPE_Q8_0] = dot_q8_0;
+}
+
+}  // namespace ll
+
+#undef LL_MACC
