@@ -299,7 +299,28 @@ def quantize_activation(qtype_of_weights, x) -> np.ndarray:
     vfmt = FORMATS[fmt.vec_dot_type]
     if x2.shape[1] % vfmt.block_size:
         raise ValueError(f"x: length {x2.shape[1]} is not a multiple of the {vfmt.name} block size {vfmt.block_size}")
+    if vfmt.type in (GGMLType.Q8_0, GGMLType.Q8_1):
+        return _quantize_q8_runtime(x, with_sum=vfmt.type == GGMLType.Q8_1)
     return quants.quantize(x, vfmt.type)
+
+
+def _quantize_q8_runtime(x: np.ndarray, with_sum: bool) -> np.ndarray:
+    """Q8_0 / Q8_1 activations rounded as the native kernels and llama.cpp's
+    runtime quantizers do: id = 127/amax and round half to even (ggml's *_ref
+    weight quantizers, which quants.quantize mirrors, use 1/d and round half
+    away from zero)."""
+    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    d = amax / np.float32(127.0)
+    safe = np.where(amax != 0, amax, np.float32(1.0))
+    inv = np.where(amax != 0, np.float32(127.0) / safe, np.float32(0.0)).astype(np.float32)
+    q = np.rint(blocks * inv).astype(np.int8)
+    parts = [d.astype(np.float16).view(np.uint8)]
+    if with_sum:
+        s = d * q.astype(np.int32).sum(axis=1, keepdims=True).astype(np.float32)
+        parts.append(s.astype(np.float16).view(np.uint8))
+    parts.append(q.view(np.uint8))
+    return np.concatenate(parts, axis=1).reshape(*x.shape[:-1], -1)
 
 
 def dequantize(qtype, w) -> np.ndarray:
@@ -342,7 +363,7 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         _mm_f16(w.view(np.uint16), _F16_LUT if t == T.F16 else _BF16_LUT, x2, out2)
     else:
         vt = fmt.vec_dot_type
-        xqs, xd, xsum = _split_activation(vt, quants.quantize(x2, vt), K)
+        xqs, xd, xsum = _split_activation(vt, quantize_activation(fmt.type, x2), K)
         if vt == T.Q8_K:
             _mm_int(_KIND[t], QK_K, 16, w, _F16_LUT, xqs, xd, xsum, out2)
         else:

@@ -23,16 +23,14 @@ _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _F32 = np.float32(32.0)
 _F63 = np.float32(63.0)
-_NEG128 = np.float32(-128.0)
 _TENTH = np.float32(0.1)
 _MAGIC = np.float32(12582912.0)  # 1.5 * 2**23, see nearest_int
 _GROUP_MAX_EPS = np.float32(1e-15)
 
-# Q8_K activation scale numerator.  llamalocal's spec uses -128, the value of
-# ggml's original quantize_row_q8_K_ref; ggml master has since switched to
-# -127 (for its IQ2_XXS AVX kernels).  The native kernels must use the same
-# value as this module for native and fallback matmuls to agree.
-_Q8K_NUMERATOR = _NEG128
+# Q8_K activation scale numerator: -127, as ggml's quantize_row_q8_K_ref uses
+# today (it was -128 before ggml's IQ2 kernels), so activations of k-quant
+# matmuls round as llama.cpp's do.  The native kernels use the same value.
+_Q8K_NUMERATOR = np.float32(-127.0)
 
 TS_Q2_K = FORMATS[GGMLType.Q2_K].type_size
 TS_Q3_K = FORMATS[GGMLType.Q3_K].type_size
@@ -492,7 +490,7 @@ def quant_q6_k(x, dst):
             for t in range(TS_Q6_K):
                 dst[o + t] = 0
             continue
-        iscale = _NEG128 / max_scale
+        iscale = np.float32(-128.0) / max_scale
         write_f16(dst, o + 208, _F1 / iscale)
         d_all = read_f16(dst, o + 208)
         for g in range(16):

@@ -110,8 +110,16 @@ def test_quantize_activation_formats():
     assert fallback.quantize_activation(T.Q4_0, x).shape == (3, 16 * 34)
     assert fallback.quantize_activation(T.Q4_1, x).shape == (3, 16 * 36)
     assert fallback.quantize_activation(T.Q6_K, x).shape == (3, 2 * 292)
-    assert np.array_equal(fallback.quantize_activation(T.Q8_0, x), quants.quantize(x, T.Q8_0))
-    assert np.array_equal(fallback.quantize_activation(T.Q5_1, x), quants.quantize(x, T.Q8_1))
+    # Q8_0/Q8_1 activations round like llama.cpp's runtime quantizers (id = 127/amax,
+    # half to even), as the native kernels do; ggml's *_ref rounding, which
+    # quants.quantize mirrors, differs from it by at most one step.
+    from llamalocal import _native
+
+    for wt, at in ((T.Q8_0, T.Q8_0), (T.Q5_1, T.Q8_1)):
+        got = fallback.quantize_activation(wt, x)
+        assert np.array_equal(got, _native.quantize_activations(int(wt), x, isa="scalar"))
+        step = np.repeat(np.abs(x).reshape(3, -1, 32).max(-1) / 127, 32, axis=1)
+        assert np.all(np.abs(quants.dequantize(got, at) - quants.dequantize(quants.quantize(x, at), at)) <= 1.01 * step)
     assert np.array_equal(fallback.quantize_activation(T.Q2_K, x), quants.quantize(x, T.Q8_K))
     assert np.array_equal(fallback.quantize_activation(T.BF16, x).view(np.float32), x)
 

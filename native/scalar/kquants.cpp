@@ -197,8 +197,9 @@ void dequant_q8_k(const void* src, float* y, int64_t n) {
 
 // ---- activation quantizer (ggml's quantize_row_q8_K_ref) ----
 //
-// The scale numerator is -128 (the reference algorithm as written; ggml master
-// uses -127).  llamalocal/quants_k.py uses the same value.
+// The scale numerator is -127, as in current ggml (it was -128 before ggml's
+// IQ2 kernels), so k-quant activations round as llama.cpp's do.
+// llamalocal/quants_k.py uses the same value.
 
 void quant_q8_k(const float* x, void* dst, int64_t n) {
     block_q8_K* y = static_cast<block_q8_K*>(dst);
@@ -217,7 +218,7 @@ void quant_q8_k(const float* x, void* dst, int64_t n) {
             std::memset(y[i].bsums, 0, sizeof(y[i].bsums));
             continue;
         }
-        const float iscale = -128.f / max;
+        const float iscale = -127.f / max;
         for (int j = 0; j < QK_K; ++j) {
             const int v = nearest_int(iscale * x[j]);
             y[i].qs[j] = (int8_t)(v < 127 ? v : 127);

@@ -387,7 +387,7 @@ LL_DOT_ROWS(dot_q6_k, block_q6_K, block2_q6_k)
 
 #undef LL_DOT_ROWS
 
-// ---- Q8_K activation quantizer (quantize_row_q8_K_ref, -128 numerator) ----
+// ---- Q8_K activation quantizer (quantize_row_q8_K_ref, -127 numerator as in current ggml) ----
 
 void quant_q8_k(const float* x, void* dst, int64_t n) {
     block_q8_K* y = static_cast<block_q8_K*>(dst);
@@ -417,7 +417,7 @@ void quant_q8_k(const float* x, void* dst, int64_t n) {
                 break;
             }
         }
-        const float iscale = -128.f / max;
+        const float iscale = -127.f / max;
         const __m256 vs = _mm256_set1_ps(iscale);
         __m256i bs[8];  // per 32 values: sums of 4 consecutive qs
         _Pragma("GCC unroll 8")
