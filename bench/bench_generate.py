@@ -75,7 +75,8 @@ def main() -> None:
     backend.set_num_threads(args.threads)
     lm = load_model(args.model)
     n_ctx = args.pp + args.tg + 16
-    llm = Llama(model_path=args.model, n_ctx=n_ctx, n_batch=max(args.pp, 32), n_threads=args.threads,
+    # n_batch = n_ctx: llama-cpp-python keeps the last logits in a row indexed by position
+    llm = Llama(model_path=args.model, n_ctx=n_ctx, n_batch=n_ctx, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False)
     text = open(__file__, encoding="utf-8").read() * 4  # any text: only the token count matters
     prompt = lm.tokenizer.encode(text)[: args.pp]

@@ -26,12 +26,13 @@ typedef void (*quant_row_fn)(const float* src, void* dst, int64_t n);
 typedef void (*dot_rows_fn)(int64_t n, int64_t nrows, const void* w, size_t row_stride, const void* x, float* y);
 
 // Attention of one query over n cached positions: K and V rows of hd values of
-// the cache type, k_stride / v_stride elements apart; scratch holds n floats;
-// the result goes to out[hd].  The arithmetic is ggml's (flash attention off,
-// llama.cpp's default): q and the softmax weights are rounded to the cache
-// type before their products with K and V, sums are float.
+// the cache type, k_stride / v_stride elements apart, the first at cache cell
+// `first`; scratch holds 2n + 64 + 32hd floats; the result goes to out[hd].  For an F16
+// cache the arithmetic is ggml's (flash attention off, llama.cpp's default),
+// so logits agree with llama.cpp: cells padded to 32, q and the softmax weights
+// rounded to fp16, ggml's expf and its fp16 dot-product summation order.
 typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, size_t k_stride, const void* v, size_t v_stride,
-                        float scale, float* scratch, float* out);
+                        float scale, int64_t first, float* scratch, float* out);
 
 struct KernelSet {
     const char* name;

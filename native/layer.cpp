@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ggml_math.h"
 #include "ops.h"
 
 namespace ll {
@@ -36,12 +37,15 @@ void rope(const LayerSpec& L, float* x, int64_t n_tokens, int64_t n_heads, int64
     const int64_t half = L.rope_dim / 2;
     std::vector<float> cs(2 * half);
     for (int64_t t = 0; t < n_tokens; t++) {
-        const float p = (float)(pos0 + t) * L.rope_pos_scale;
+        // angles as ggml builds them: theta_i = p * theta_scale^i by repeated multiplication
+        const float theta_scale = std::pow(L.rope_base, -2.0f / (float)L.rope_dim);
+        float theta = (float)(pos0 + t);
         for (int64_t i = 0; i < half; i++) {
-            float theta = p * std::pow(L.rope_base, -2.0f * (float)i / (float)L.rope_dim);
-            if (L.rope_freq_factors) theta /= L.rope_freq_factors[i];
-            cs[2 * i] = std::cos(theta);
-            cs[2 * i + 1] = std::sin(theta);
+            const float ff = L.rope_freq_factors ? L.rope_freq_factors[i] : 1.0f;
+            const float angle = L.rope_pos_scale * (theta / ff);
+            cs[2 * i] = std::cos(angle);
+            cs[2 * i + 1] = std::sin(angle);
+            theta *= theta_scale;
         }
         for (int64_t h = 0; h < n_heads; h++) {
             float* v = x + (t * n_heads + h) * L.head_dim;
@@ -83,12 +87,12 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
     auto work = [&](int, int) {
-        std::vector<float> scratch(pos0 + n_tokens);
+        std::vector<float> scratch(2 * (pos0 + n_tokens) + 64 + 32 * hd);  // see attn_fn
         for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
             const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group, p = pos0 + t;
             const int64_t j0 = L.sliding_window > 0 ? std::max<int64_t>(0, p - L.sliding_window + 1) : 0;
             const size_t first = (size_t)(j0 * row + g * hd) * esz;
-            attn(p - j0 + 1, hd, q + (t * L.n_head + h) * hd, kv.k + first, row, kv.v + first, row, scale, scratch.data(), out + (t * L.n_head + h) * hd);
+            attn(p - j0 + 1, hd, q + (t * L.n_head + h) * hd, kv.k + first, row, kv.v + first, row, scale, j0, scratch.data(), out + (t * L.n_head + h) * hd);
         }
     };
     // K and V bytes read: small attention spans are not worth waking the pool for.
@@ -133,9 +137,10 @@ void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, fl
     rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
     linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data());  // [T, n_ff]
     linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data());      // [T, n_ff]
+    const int64_t n_vec = L.n_ff & ~int64_t(7);  // ggml's SwiGLU: vector expf in groups of 8, libm for a row's tail
     for (int64_t i = 0; i < T * L.n_ff; i++) {
         const float g = gate[i];
-        gate[i] = (L.activation == ACT_GELU_TANH ? gelu_tanh(g) : g / (1.0f + std::exp(-g))) * up[i];
+        gate[i] = (L.activation == ACT_GELU_TANH ? gelu_tanh(g) : ggml_silu(g, i % L.n_ff < n_vec)) * up[i];
     }
     linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data());  // [T, d]
     if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);

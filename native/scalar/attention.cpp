@@ -1,8 +1,9 @@
-// Scalar reference of the attention leaf, following ggml's non-flash path:
-// KQ = K·q with q rounded to the cache type, softmax(KQ * scale) with its sum
-// in double, weights rounded to the cache type, then V·weights.
+// Scalar reference of the attention leaf.  F16 caches follow ggml's non-flash
+// path step for step (see ggml_math.h): KQ = K·fp16(q); softmax over the
+// cells padded to 32 with ggml's expf, summed per 8 cells; V·fp16(weights).
 #include <cmath>
 
+#include "../ggml_math.h"
 #include "../kernels.h"
 
 namespace ll {
@@ -10,43 +11,51 @@ namespace {
 
 static inline float round_f16(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
 
-// w[0..n) = softmax(w * scale), as ggml_soft_max_f32 computes it
-static inline void softmax(float* w, int64_t n, float scale) {
+// Softmax weights of the cells [lead, lead + n) among `cells` (a multiple of
+// 32), rounded to fp16, written to w[0, cells) (0 outside); s[i] = q·k_i * scale.
+static inline void softmax_cells(const float* s, int64_t n, int64_t lead, int64_t cells, float* w) {
     float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) mx = std::fmax(mx, w[j] *= scale);
+    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i]);
+    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? ggml_expf(s[a - lead] - mx) : 0.0f;
     double sum = 0.0;
-    for (int64_t j = 0; j < n; j++) sum += (double)(w[j] = std::exp(w[j] - mx));
+    for (int64_t a = 0; a < cells; a += 8) sum += (double)ggml_hsum8(w + a);
     const float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < n; j++) w[j] *= inv;
+    for (int64_t a = 0; a < cells; a++) w[a] = round_f16(w[a] * inv);
 }
 
 void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
-              float* w, float* out) {
+              int64_t first, float* scratch, float* out) {
     const half_t* k = static_cast<const half_t*>(kp);
     const half_t* v = static_cast<const half_t*>(vp);
-    for (int64_t j = 0; j < n; j++) {
-        float s = 0.0f;
-        for (int64_t d = 0; d < hd; d++) s += round_f16(q[d]) * fp16_to_fp32(k[j * k_stride + d]);
-        w[j] = s;
+    const int64_t lead = first % 32, cells = (lead + n + 31) & ~int64_t(31);
+    float* s = scratch + cells;  // scratch: cells weights, then n scores
+    for (int64_t i = 0; i < n; i++) {
+        const half_t* ki = k + i * k_stride;
+        s[i] = ggml_dot_f16(hd, [&](int64_t d) { return fp16_to_fp32(ki[d]); }, [&](int64_t d) { return round_f16(q[d]); }) * scale;
     }
-    softmax(w, n, scale);
-    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        const float p = round_f16(w[j]);
-        for (int64_t d = 0; d < hd; d++) out[d] += p * fp16_to_fp32(v[j * v_stride + d]);
-    }
+    float* w = scratch;
+    softmax_cells(s, n, lead, cells, w);
+    for (int64_t d = 0; d < hd; d++)
+        out[d] = ggml_dot_f16(
+            cells, [&](int64_t a) { return a >= lead && a < lead + n ? fp16_to_fp32(v[(a - lead) * v_stride + d]) : 0.0f; },
+            [&](int64_t a) { return w[a]; });
 }
 
+// F32 caches (llama2.c checkpoints): plain float attention, as llama2.c's run.c.
 void attn_f32(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
-              float* w, float* out) {
+              int64_t, float* w, float* out) {
     const float* k = static_cast<const float*>(kp);
     const float* v = static_cast<const float*>(vp);
+    float mx = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
         float s = 0.0f;
         for (int64_t d = 0; d < hd; d++) s += q[d] * k[j * k_stride + d];
-        w[j] = s;
+        w[j] = s * scale;
+        mx = std::fmax(mx, w[j]);
     }
-    softmax(w, n, scale);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) sum += (w[j] = std::exp(w[j] - mx));
+    for (int64_t j = 0; j < n; j++) w[j] /= sum;
     for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
     for (int64_t j = 0; j < n; j++)
         for (int64_t d = 0; d < hd; d++) out[d] += w[j] * v[j * v_stride + d];

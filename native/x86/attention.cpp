@@ -1,57 +1,113 @@
-// AVX2 attention leaf (compiled as avx2 and avx512): the scalar reference's
-// arithmetic 8 lanes at a time (fp16 rounding through F16C).
+// AVX2 attention leaf (compiled as avx2 and avx512) for F16 caches: the scalar
+// reference's arithmetic (ggml's, see ggml_math.h) with the same roundings in
+// the same order, so results are bit-identical.  V·weights runs across head
+// dimensions with one partial sum per cell slot (cell mod 32), which is how
+// ggml_vec_dot_f16 groups each output's terms.
 #include <immintrin.h>
 
 #include <cmath>
 
+#include "../ggml_math.h"
 #include "../kernels.h"
 
 namespace ll {
 namespace {
 
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+inline __m256 load_h(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 round_h(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
+
+// ggml_v_expf (AVX2)
+inline __m256 v_expf(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+    const __m256i c = _mm256_castps_si256(_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(126), _CMP_GT_OQ));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    if (!_mm256_movemask_ps(_mm256_castsi256_ps(c))) return _mm256_fmadd_ps(j, k, k);
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)), _mm256_set1_epi32(0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000u)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256i d = _mm256_castps_si256(_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(192), _CMP_GT_OQ));
+    return _mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
+                        _mm256_andnot_ps(_mm256_castsi256_ps(d),
+                                         _mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(c), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                                                      _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
+}
+
+inline float hsum_ggml(__m256 v) {  // ggml's 256-bit horizontal add
+    __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-inline __m256 load_h(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline __m256 round_h(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
-inline float round_h1(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
-
 constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
 
+// ggml_vec_dot_f16(hd, k, qh): four 8-lane accumulators over chunks of 32, its reduction tree, double tail
+inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
+    const int64_t np = hd & ~int64_t(31);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < np; i += 32) {
+        a0 = _mm256_fmadd_ps(load_h(k + i), _mm256_loadu_ps(qh + i), a0);
+        a1 = _mm256_fmadd_ps(load_h(k + i + 8), _mm256_loadu_ps(qh + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_h(k + i + 16), _mm256_loadu_ps(qh + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_h(k + i + 24), _mm256_loadu_ps(qh + i + 24), a3);
+    }
+    const __m256 x = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    const __m128 t1 = _mm_hadd_ps(t0, t0);
+    double sum = (double)_mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    for (int64_t i = np; i < hd; i++) sum += (double)(fp16_to_fp32(k[i]) * qh[i]);
+    return (float)sum;
+}
+
 void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
-              float* w, float* out) {
+              int64_t first, float* scratch, float* out) {
     const half_t* k = static_cast<const half_t*>(kp);
     const half_t* v = static_cast<const half_t*>(vp);
-    const int64_t hd8 = hd & ~int64_t(7);
+    const int64_t lead = first % 32, cells = (lead + n + 31) & ~int64_t(31);
+    float* w = scratch;             // [cells] softmax weights
+    float* s = scratch + cells;     // [n] scores
+    float* slots = scratch + 2 * n + 64;  // [32][hd] partial sums of V·w
+
     alignas(32) float qh[MAX_HD];
+    const int64_t hd8 = hd & ~int64_t(7);
     for (int64_t d = 0; d < hd8; d += 8) _mm256_store_ps(qh + d, round_h(_mm256_loadu_ps(q + d)));
-    for (int64_t d = hd8; d < hd; d++) qh[d] = round_h1(q[d]);
+    for (int64_t d = hd8; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
 
     float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) {
-        const half_t* kj = k + j * k_stride;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t d = 0; d < hd8; d += 8) acc = _mm256_fmadd_ps(_mm256_load_ps(qh + d), load_h(kj + d), acc);
-        float s = hsum(acc);
-        for (int64_t d = hd8; d < hd; d++) s += qh[d] * fp16_to_fp32(kj[d]);
-        w[j] = s * scale;
-        mx = std::fmax(mx, w[j]);
-    }
+    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i] = dot_kq(hd, k + i * k_stride, qh) * scale);
+    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
     double sum = 0.0;
-    for (int64_t j = 0; j < n; j++) sum += (double)(w[j] = std::exp(w[j] - mx));
-    const float inv = (float)(1.0 / sum);
+    for (int64_t a = 0; a < cells; a += 8) {
+        const __m256 e = v_expf(_mm256_loadu_ps(w + a));
+        _mm256_storeu_ps(w + a, e);
+        sum += (double)hsum_ggml(e);
+    }
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    for (int64_t a = 0; a < cells; a += 8) _mm256_storeu_ps(w + a, round_h(_mm256_mul_ps(_mm256_loadu_ps(w + a), inv)));
 
-    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-        const float p = round_h1(w[j] * inv);
-        const __m256 vp8 = _mm256_set1_ps(p);
-        const half_t* vj = v + j * v_stride;
-        for (int64_t d = 0; d < hd8; d += 8) _mm256_storeu_ps(out + d, _mm256_fmadd_ps(vp8, load_h(vj + d), _mm256_loadu_ps(out + d)));
-        for (int64_t d = hd8; d < hd; d++) out[d] += p * fp16_to_fp32(vj[d]);
+    for (int64_t i = 0; i < 32 * hd; i++) slots[i] = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t a = lead + i;
+        float* acc = slots + (a % 32) * hd;
+        const half_t* vi = v + i * v_stride;
+        const __m256 p = _mm256_set1_ps(w[a]);
+        int64_t d = 0;
+        for (; d < hd8; d += 8) _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(load_h(vi + d), p, _mm256_loadu_ps(acc + d)));
+        for (; d < hd; d++) acc[d] = std::fmaf(fp16_to_fp32(vi[d]), w[a], acc[d]);
+    }
+    for (int64_t d = 0; d < hd; d++) {
+        float r[8];
+        for (int l = 0; l < 8; l++) r[l] = (slots[l * hd + d] + slots[(16 + l) * hd + d]) + (slots[(8 + l) * hd + d] + slots[(24 + l) * hd + d]);
+        out[d] = ((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7]));
     }
 }
 

@@ -285,17 +285,22 @@ constexpr int ROWS_PER_PASS = 4;
 struct Prep {
     float d[SEG];
     float c[SEG];
+    // Q4_0 / Q5_0: offset * (sums of the activations over each 4-byte group),
+    // subtracted from the unsigned products' lane sums so that every int32
+    // lane equals ggml's signed one and the float rounding that follows is
+    // llama.cpp's.
+    __m256i off[SEG];
 };
 
-// Q8_0 activations; OFFSET = 8 (Q4_0), 16 (Q5_0), or 0 (Q8_0: no c needed).
+// Q8_0 activations; OFFSET = 8 (Q4_0), 16 (Q5_0), or 0 (Q8_0: no offset).
 template <int OFFSET>
 inline void prep_q8_0(const block_q8_0* y, int64_t nb, Prep* p) {
     for (int64_t i = 0; i < nb; i++) {
-        const float d = h2f(y[i].d);
-        p->d[i] = d;
+        p->d[i] = h2f(y[i].d);
         if (OFFSET) {
             const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-            p->c[i] = d * (float)(-OFFSET * hsum8i(LL_MACC(_mm256_setzero_si256(), _mm256_set1_epi8(1), qy)));
+            const __m256i lane_sums = LL_MACC(_mm256_setzero_si256(), _mm256_set1_epi8(1), qy);
+            p->off[i] = _mm256_mullo_epi32(lane_sums, _mm256_set1_epi32(OFFSET));
         }
     }
 }
@@ -340,19 +345,20 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
     __m256 acc[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-    __m128 cacc = _mm_setzero_ps();  // lane r: sum of t_w * c_y for row r
+    __m128 cacc = _mm_setzero_ps();  // Q4_1 / Q5_1, lane r: sum of m_w * s_y for row r
     for (int64_t i = 0; i < nb; i++, w += F::size) {
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
         const __m128 dw = row_halves<R>(w + F::d, stride);
         alignas(16) float sc[4];  // d_w[r] * d_y
         _mm_store_ps(sc, _mm_mul_ps(dw, _mm_broadcast_ss(p->d + i)));
-        cacc = _mm_fmadd_ps(F::m >= 0 ? row_halves<R>(w + F::m, stride) : dw, _mm_broadcast_ss(p->c + i), cacc);
+        if (F::m >= 0) cacc = _mm_fmadd_ps(row_halves<R>(w + F::m, stride), _mm_broadcast_ss(p->c + i), cacc);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t* b = w + r * stride;
             if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
             const __m256i qw = F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs);
-            const __m256i sum = LL_MACC(_mm256_setzero_si256(), qw, qy);  // sum(u * y), exact
+            __m256i sum = LL_MACC(_mm256_setzero_si256(), qw, qy);  // sum(u * y) per 4-byte lane, exact
+            if (F::m < 0) sum = _mm256_sub_epi32(sum, p->off[i]);   // sum((u - offset) * y): ggml's signed lanes
             acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
         }
     }
