@@ -95,16 +95,25 @@ def check_against_golden(model_name: str) -> dict:
     return report
 
 
+# Largest |logit - llama.cpp's| over the golden top-10s on the x86 SIMD paths,
+# whose arithmetic follows ggml's (activation rounding, lane order, attention).
+# SmolLM2 and stories260K meet llama.cpp's 0.5 tolerance everywhere (measured
+# max 0.47 and 0.000).  Gemma 3 does not yet (measured max 0.73, p95 0.35): its
+# Q4_K / Q6_K kernels still sum in a different lane order than ggml's.
+X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.8}
+
+
 @pytest.mark.parametrize("model_name", list(GOLDEN))
 def test_logits_and_greedy_match_llama_cpp(model_name):
+    from llamalocal import backend
+
     r = check_against_golden(model_name)
     print(model_name, r)
-    # llama.cpp's batched and one-token paths differ from each other by up to
-    # ~0.4 on these models (golden/README.md): we meet its 0.5 tolerance on 95%
-    # of the top-10 logits and stay within 1.25 on all of them.
-    assert r["p95"] <= 0.5, r
-    assert r["max"] <= 1.25, r
     assert r["top1_checked"] > 0
+    assert r["p95"] <= 0.5, r
+    # Other ISAs sum in other orders, which these quantized models amplify to
+    # about the gap between llama.cpp's own batched and one-token paths.
+    assert r["max"] <= (X86_MAX[model_name] if backend.active_isa() in ("avx2", "avx512") else 0.8), r
 
 
 ISA_CHECK = """
@@ -132,7 +141,7 @@ def test_every_kernel_path_matches_llama_cpp(env):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["isa"] == next(iter(env.values()))
-    assert res["p95"] <= 0.5 and res["max"] <= 1.25, res
+    assert res["p95"] <= 0.5 and res["max"] <= 0.8, res
 
 
 # ---------------------------------------------------------------- runtime pieces

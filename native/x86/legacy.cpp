@@ -257,15 +257,13 @@ LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
 // ---- quantized dot products ----
 //
 // Structure (all five formats):
-//  * The activation row is prepared once per call, SEG blocks at a time, as
-//    two floats per block: d_y, and c_y = the block's constant term.  For Q8_1
-//    that is its s = d_y * sum(y); for Q8_0 against Q4_0/Q5_0 it is
-//    -offset * d_y * sum(y), which turns sum(u * y) over the unsigned weights u
-//    into sum((u - offset) * y).  So all 4/5-bit formats compute
-//        d_w * d_y * sum(u * y)  +  t_w * c_y
-//    with t_w = m (Q4_1/Q5_1) or d_w (Q4_0/Q5_0): the integer dot product is
-//    exact, the offset term is added in float as ggml does for Q4_1 (about
-//    15% faster for Q4_0 than an exact int32 correction per row and block).
+//  * The activation row is prepared once per call, SEG blocks at a time: d_y
+//    per block, plus for Q8_1 its s = d_y * sum(y) and for Q4_0/Q5_0 the
+//    offset (8 or 16) times the sums of y over each 4-byte group.  The 4/5-bit
+//    weights are unpacked unsigned (u); Q4_0/Q5_0 subtract those products from
+//    the int32 lanes of sum(u * y), which leaves exactly ggml's signed lanes
+//    sum((u - offset) * y), so the float FMA that follows rounds as llama.cpp's
+//    does.  Q4_1/Q5_1 add m_w * s_y per block in float, as ggml does.
 //  * Weight rows go ROWS_PER_PASS = 4 at a time (leftover rows one at a time):
 //    each activation block is loaded once per pass, the four float
 //    accumulators are independent dependency chains, and each row gets one
