@@ -264,3 +264,14 @@ def test_llama2c_bin_with_wrong_size_is_refused(tmp_path):
     bad = tmp_path / "short.bin"
     bad.write_bytes(model_path("stories260K.bin").read_bytes()[:-100])
     _assert_clean_failure(bad, "llama2.c size")
+
+
+def test_info_and_sysinfo_commands():
+    r = cli("info", str(model_path(SMOLLM2)))
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    assert "llama" in out and "Q4_1" in out and "gpt2" in out
+    bad = cli("info", str(model_path("tok512.bin")))
+    assert bad.returncode == 1 and "tok512.bin" in bad.stderr.decode() and "Traceback" not in bad.stderr.decode()
+    r = cli("sysinfo")
+    assert r.returncode == 0 and "kernel path:" in r.stdout.decode()

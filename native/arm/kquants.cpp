@@ -14,26 +14,10 @@
 #include <cmath>
 
 #include "../kernels.h"
+#include "neon_common.h"
 
 namespace ll {
 namespace {
-
-#if defined(__ARM_FEATURE_DOTPROD)
-#define LL_VDOT(acc, a, b) vdotq_s32((acc), (a), (b))
-#else
-static inline int32x4_t vdot_emul(int32x4_t acc, int8x16_t a, int8x16_t b) {
-    const int16x8_t p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));  // |a*b| <= 128*128 fits int16
-    const int16x8_t p1 = vmull_high_s8(a, b);
-    return vpadalq_s16(vpadalq_s16(acc, p0), p1);
-}
-#define LL_VDOT(acc, a, b) vdot_emul((acc), (a), (b))
-#endif
-
-static inline float h2f(half_t h) {
-    __fp16 f;
-    std::memcpy(&f, &h, sizeof f);
-    return (float)f;
-}
 
 // Sum of the 16 products of one int8 vector pair.
 static inline int32_t dot16(int8x16_t a, int8x16_t b) { return vaddvq_s32(LL_VDOT(vdupq_n_s32(0), a, b)); }

@@ -97,33 +97,28 @@ void dequant_q8_1(const void* src, float* dst, int64_t n) {
 // *_ref functions, which gguf.quants mirrors for weights, use 1/d and round
 // half away from zero instead; the two differ in rare last-bit cases.
 
-static inline int8_t round_even(float v) { return (int8_t)std::nearbyint(v); }
+// One block of 32: qs = round_even(x * 127/amax); returns d = amax/127 and sum(qs).
+static inline float quant_block_q8(const float* x, int8_t* qs, int* sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(x[j]));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    *sum = 0;
+    for (int j = 0; j < QK; j++) *sum += qs[j] = (int8_t)std::nearbyint(x[j] * id);
+    return amax / 127.0f;
+}
 
 void quant_q8_0(const float* x, void* dst, int64_t n) {
     block_q8_0* y = static_cast<block_q8_0*>(dst);
-    for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(x[j]));
-        const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        y[i].d = fp32_to_fp16(d);
-        for (int j = 0; j < QK; j++) y[i].qs[j] = round_even(x[j] * id);
-    }
+    int sum;
+    for (int64_t i = 0; i < n / QK; i++, x += QK) y[i].d = fp32_to_fp16(quant_block_q8(x, y[i].qs, &sum));
 }
 
 void quant_q8_1(const float* x, void* dst, int64_t n) {
     block_q8_1* y = static_cast<block_q8_1*>(dst);
+    int sum;
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = std::fmax(amax, std::fabs(x[j]));
-        const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const float d = quant_block_q8(x, y[i].qs, &sum);
         y[i].d = fp32_to_fp16(d);
-        int sum = 0;
-        for (int j = 0; j < QK; j++) {
-            y[i].qs[j] = round_even(x[j] * id);
-            sum += y[i].qs[j];
-        }
         y[i].s = fp32_to_fp16(d * (float)sum);
     }
 }
