@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Working directory for `python -m llamalocal...` subprocesses: from the
+# repository root, Python would import the source tree (which has no compiled
+# extension) instead of the installed package.
+TESTS_DIR = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("LLAMALOCAL_TEST_CACHE", Path.home() / ".cache" / "llamalocal-tests"))
 GOLDEN = Path(os.environ.get("LLAMALOCAL_TEST_GOLDEN", REPO.parent / "shared" / "golden"))
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from models import GEMMA3, SMOLLM2, golden_path, model_path
+from models import GEMMA3, SMOLLM2, TESTS_DIR, golden_path, model_path
 
 from llamalocal.gguf_io import ModelFormatError
 from llamalocal.kv_cache import ContextFullError
@@ -31,7 +31,7 @@ def expected_llama2c() -> dict[str, bytes]:
 
 def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamalocal.cli", *args], capture_output=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=TESTS_DIR)
 
 
 # ---------------------------------------------------------------- llama2.c
@@ -136,7 +136,7 @@ def kernel_paths() -> list[dict]:
 @pytest.mark.parametrize("env", kernel_paths(), ids=lambda e: next(iter(e.values())))
 def test_every_kernel_path_matches_llama_cpp(env):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run([sys.executable, "-c", ISA_CHECK.format(tests=tests_dir, model=SMOLLM2)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", ISA_CHECK.format(tests=tests_dir, model=SMOLLM2)], capture_output=True, text=True, cwd=TESTS_DIR,
                        env={**os.environ, **env}, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from blockgen import random_blocks
+from models import TESTS_DIR
 from llamalocal.formats import FORMATS, WEIGHT_TYPES, GGMLType as T
 
 # No importorskip: a missing extension must fail here, not quietly leave only
@@ -191,7 +192,8 @@ class TestBadArguments:
 
 
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
+                          cwd=TESTS_DIR)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -202,7 +204,7 @@ def test_isa_env_var_selects_path(isa):
 
 
 def test_isa_env_var_rejects_unavailable_path():
-    r = subprocess.run([sys.executable, "-m", "llamalocal.cli", "sysinfo"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "llamalocal.cli", "sysinfo"], capture_output=True, text=True, cwd=TESTS_DIR,
                        env={**os.environ, "LLAMALOCAL_ISA": "pdp11"}, timeout=120)
     assert r.returncode != 0 and "LLAMALOCAL_ISA='pdp11' is not available" in r.stderr
 
