@@ -96,11 +96,13 @@ def check_against_golden(model_name: str) -> dict:
 
 
 # Largest |logit - llama.cpp's| over the golden top-10s on the x86 SIMD paths,
-# whose arithmetic follows ggml's (activation rounding, lane order, attention).
-# SmolLM2 and stories260K meet llama.cpp's 0.5 tolerance everywhere (measured
-# max 0.47 and 0.000).  Gemma 3 does not yet (measured max 0.73, p95 0.35): its
-# Q4_K / Q6_K kernels still sum in a different lane order than ggml's.
-X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.8}
+# whose arithmetic follows ggml's (activation rounding, int32 lane order,
+# attention, SiLU, GELU).  stories260K and SmolLM2 meet llama.cpp's 0.5
+# tolerance everywhere (measured max 0.000 and 0.471; 2 of SmolLM2's 5 prompts
+# bit-identical).  Gemma 3 does not yet: measured max 0.597, p95 0.30, 1 of 5
+# prompts bit-identical; the first differences appear at position 1, cause
+# not yet found.
+X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.65}
 
 
 @pytest.mark.parametrize("model_name", list(GOLDEN))

@@ -127,19 +127,20 @@ LL_INLINE __m256i scaled_dot16(const __m256i u[8], const int8_t* q8, __m128i sca
 
 // 8 sub-blocks of 32 weights (u[j] is sub-block j) with int16 scales s0..s7
 // in both 128-bit lanes of sc: returns lanes summing to sum_j scale_j * dot_j.
+// Lane i holds bytes 4i..4i+3 of every 32-weight vector, as in ggml's
+// ggml_vec_dot_q4_K_q8_K: the same int32 lanes, so the float FMA that
+// follows rounds exactly as llama.cpp's does.
 LL_INLINE __m256i scaled_dot8(const __m256i u[8], const int8_t* q8, __m256i sc) {
-    // dword j of each lane = (s2j, s2j+1)
-    const __m256i s[4] = {_mm256_shuffle_epi32(sc, 0x00), _mm256_shuffle_epi32(sc, 0x55), _mm256_shuffle_epi32(sc, 0xAA),
-                          _mm256_shuffle_epi32(sc, 0xFF)};
-    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    __m256i acc = _mm256_setzero_si256();
     _Pragma("GCC unroll 4")
     for (int j = 0; j < 4; ++j) {
-        const __m256i a = _mm256_maddubs_epi16(u[2 * j], loadu256(q8 + 64 * j));
-        const __m256i b = _mm256_maddubs_epi16(u[2 * j + 1], loadu256(q8 + 64 * j + 32));
-        acc0 = MADD16_ACC(acc0, _mm256_unpacklo_epi16(a, b), s[j]);
-        acc1 = MADD16_ACC(acc1, _mm256_unpackhi_epi16(a, b), s[j]);
+        // s_2j and s_2j+1 broadcast to every int16 position
+        const __m256i s_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
+        const __m256i s_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
+        acc = MADD16_ACC(acc, _mm256_maddubs_epi16(u[2 * j], loadu256(q8 + 64 * j)), s_lo);
+        acc = MADD16_ACC(acc, _mm256_maddubs_epi16(u[2 * j + 1], loadu256(q8 + 64 * j + 32)), s_hi);
     }
-    return _mm256_add_epi32(acc0, acc1);
+    return acc;
 }
 
 // ---- Q4_K/Q5_K: the scale, min and float work of a pair of rows ----
@@ -284,9 +285,22 @@ LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, __m256 acc
         u[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
         u[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
     }
-    // sum_k s_k * (sum u*q8 - 32 * bsum_k)
-    const __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), loadu256(y->bsums));
-    const __m256i sumi = _mm256_sub_epi32(scaled_dot16(u, y->qs, scales), _mm256_slli_epi32(bias, 5));
+    // As ggml_vec_dot_q6_K_q8_K: the -32 is taken off each int16 pair sum,
+    // (u - 32) * q8 = u * q8 - 32 * q8, and vector v's two sub-blocks (bytes
+    // 0..15 and 16..31) are scaled by s_2v and s_2v+1.  Int32 lane i then holds
+    // bytes 4i..4i+3 of every vector, ggml's lanes, so the float FMA rounds
+    // exactly as llama.cpp's does.
+    const __m256i m32s = _mm256_set1_epi8(32);
+    __m256i sumi = _mm256_setzero_si256();
+    _Pragma("GCC unroll 8")
+    for (int v = 0; v < 8; ++v) {
+        const __m256i q8 = loadu256(y->qs + 32 * v);
+        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u[v], q8), _mm256_maddubs_epi16(m32s, q8));
+        const __m256i sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+            scales, _mm_setr_epi8(2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1,
+                                  2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1)));
+        sumi = MADD16_ACC(sumi, p16, sv);
+    }
     return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(sumi), acc);
 }
 
