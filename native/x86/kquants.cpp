@@ -131,16 +131,17 @@ LL_INLINE __m256i scaled_dot16(const __m256i u[8], const int8_t* q8, __m128i sca
 // ggml_vec_dot_q4_K_q8_K: the same int32 lanes, so the float FMA that
 // follows rounds exactly as llama.cpp's does.
 LL_INLINE __m256i scaled_dot8(const __m256i u[8], const int8_t* q8, __m256i sc) {
-    __m256i acc = _mm256_setzero_si256();
+    // two independent accumulators (integer sums: the order does not matter)
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
     _Pragma("GCC unroll 4")
     for (int j = 0; j < 4; ++j) {
         // s_2j and s_2j+1 broadcast to every int16 position
         const __m256i s_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
         const __m256i s_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
-        acc = MADD16_ACC(acc, _mm256_maddubs_epi16(u[2 * j], loadu256(q8 + 64 * j)), s_lo);
-        acc = MADD16_ACC(acc, _mm256_maddubs_epi16(u[2 * j + 1], loadu256(q8 + 64 * j + 32)), s_hi);
+        acc0 = MADD16_ACC(acc0, _mm256_maddubs_epi16(u[2 * j], loadu256(q8 + 64 * j)), s_lo);
+        acc1 = MADD16_ACC(acc1, _mm256_maddubs_epi16(u[2 * j + 1], loadu256(q8 + 64 * j + 32)), s_hi);
     }
-    return acc;
+    return _mm256_add_epi32(acc0, acc1);
 }
 
 // ---- Q4_K/Q5_K: the scale, min and float work of a pair of rows ----
@@ -269,7 +270,13 @@ LL_INLINE void block2_q5_k(const block_q5_K* x0, const block_q5_K* x1, const blo
     finish_k4x2(&x0->d, &x1->d, y, sumi0, sumi1, s.mins, acc0, acc1, accm);
 }
 
-LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, __m256 acc) {
+// As ggml_vec_dot_q6_K_q8_K: the -32 is taken off each int16 pair sum,
+// (u - 32) * q8 = u * q8 - 32 * q8, and vector v's two sub-blocks (bytes
+// 0..15 and 16..31) are scaled by s_2v and s_2v+1.  Int32 lane i then holds
+// bytes 4i..4i+3 of every vector, ggml's lanes, so the float FMA rounds
+// exactly as llama.cpp's does.  q8s[v] = 32 * (pair sums of the activations)
+// depends only on the activations and is shared by the rows of a pair.
+LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, const __m256i q8s[8], __m256 acc) {
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i m30 = _mm256_set1_epi8(0x30);
     const __m128i scales = loadu128(x->scales);
@@ -285,23 +292,26 @@ LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, __m256 acc
         u[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30));
         u[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
     }
-    // As ggml_vec_dot_q6_K_q8_K: the -32 is taken off each int16 pair sum,
-    // (u - 32) * q8 = u * q8 - 32 * q8, and vector v's two sub-blocks (bytes
-    // 0..15 and 16..31) are scaled by s_2v and s_2v+1.  Int32 lane i then holds
-    // bytes 4i..4i+3 of every vector, ggml's lanes, so the float FMA rounds
-    // exactly as llama.cpp's does.
-    const __m256i m32s = _mm256_set1_epi8(32);
-    __m256i sumi = _mm256_setzero_si256();
+    __m256i sumi[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
     _Pragma("GCC unroll 8")
     for (int v = 0; v < 8; ++v) {
-        const __m256i q8 = loadu256(y->qs + 32 * v);
-        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u[v], q8), _mm256_maddubs_epi16(m32s, q8));
+        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u[v], loadu256(y->qs + 32 * v)), q8s[v]);
         const __m256i sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
             scales, _mm_setr_epi8(2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1,
                                   2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1)));
-        sumi = MADD16_ACC(sumi, p16, sv);
+        sumi[v % 4] = MADD16_ACC(sumi[v % 4], p16, sv);  // independent chains; integer sums
     }
-    return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(sumi), acc);
+    const __m256i total = _mm256_add_epi32(_mm256_add_epi32(sumi[0], sumi[1]), _mm256_add_epi32(sumi[2], sumi[3]));
+    return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(total), acc);
+}
+
+LL_INLINE void block2_q6_k(const block_q6_K* x0, const block_q6_K* x1, const block_q8_K* y, __m256& acc0, __m256& acc1, __m256&) {
+    const __m256i m32s = _mm256_set1_epi8(32);
+    __m256i q8s[8];
+    _Pragma("GCC unroll 8")
+    for (int v = 0; v < 8; ++v) q8s[v] = _mm256_maddubs_epi16(m32s, loadu256(y->qs + 32 * v));
+    acc0 = block_q6_k(x0, y, q8s, acc0);
+    acc1 = block_q6_k(x1, y, q8s, acc1);
 }
 
 // The other formats have little per-block bookkeeping: a pair is two rows.
@@ -312,7 +322,6 @@ LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, __m256 acc
     }
 LL_PAIR_OF(block2_q2_k, block_q2_K, block_q2_k)
 LL_PAIR_OF(block2_q3_k, block_q3_K, block_q3_k)
-LL_PAIR_OF(block2_q6_k, block_q6_K, block_q6_k)
 #undef LL_PAIR_OF
 
 // ---- row drivers: two rows per pass share the activation loads ----
