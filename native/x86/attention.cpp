@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "../ggml_math.h"
 #include "../kernels.h"
@@ -94,7 +95,7 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
     for (int64_t a = 0; a < cells; a += 8) _mm256_storeu_ps(w + a, round_h(_mm256_mul_ps(_mm256_loadu_ps(w + a), inv)));
 
-    for (int64_t i = 0; i < 32 * hd; i++) slots[i] = 0.0f;
+    std::memset(slots, 0, sizeof(float) * 32 * hd);
     for (int64_t i = 0; i < n; i++) {
         const int64_t a = lead + i;
         float* acc = slots + (a % 32) * hd;
@@ -104,7 +105,16 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         for (; d < hd8; d += 8) _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(load_h(vi + d), p, _mm256_loadu_ps(acc + d)));
         for (; d < hd; d++) acc[d] = std::fmaf(fp16_to_fp32(vi[d]), w[a], acc[d]);
     }
-    for (int64_t d = 0; d < hd; d++) {
+    // ggml's reduction tree per output, 8 outputs at a time (the same adds in the same order)
+    auto S = [&](int slot, int64_t d) { return _mm256_loadu_ps(slots + slot * hd + d); };
+    int64_t d = 0;
+    for (; d < hd8; d += 8) {
+        __m256 r[8];
+        for (int l = 0; l < 8; l++) r[l] = _mm256_add_ps(_mm256_add_ps(S(l, d), S(16 + l, d)), _mm256_add_ps(S(8 + l, d), S(24 + l, d)));
+        const __m256 t0 = _mm256_add_ps(r[0], r[4]), t1 = _mm256_add_ps(r[1], r[5]), t2 = _mm256_add_ps(r[2], r[6]), t3 = _mm256_add_ps(r[3], r[7]);
+        _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+    }
+    for (; d < hd; d++) {
         float r[8];
         for (int l = 0; l < 8; l++) r[l] = (slots[l * hd + d] + slots[(16 + l) * hd + d]) + (slots[(8 + l) * hd + d] + slots[(24 + l) * hd + d]);
         out[d] = ((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7]));
