@@ -1,2 +1,87 @@
+// NEON attention leaf (compiled as neon and dotprod) for F16 caches: the
+// scalar reference's arithmetic (ggml's, see ggml_math.h) with the same
+// roundings in the same order, so results are bit-identical to it.  The
+// O(n * hd) work is vectorised: K·q follows ggml_vec_dot_f16's four 8-lane
+// accumulators (eight 4-lane ones here), and V·weights keeps one partial sum
+// per cell slot (cell mod 32) across head dimensions.
+#include <arm_neon.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "../ggml_math.h"
 #include "../kernels.h"
-namespace ll { void LL_REGISTER(attn)(KernelSet*) {} }
+
+namespace ll {
+namespace {
+
+inline float32x4_t load_h(const half_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+
+constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
+
+// ggml_vec_dot_f16(hd, k, qh) in ggml's x86 order
+inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
+    const int64_t np = hd & ~int64_t(31);
+    float32x4_t acc[8];
+    for (int a = 0; a < 8; a++) acc[a] = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < np; i += 32)
+        for (int a = 0; a < 8; a++) acc[a] = vfmaq_f32(acc[a], load_h(k + i + 4 * a), vld1q_f32(qh + i + 4 * a));
+    float lanes[32];
+    for (int a = 0; a < 8; a++) vst1q_f32(lanes + 4 * a, acc[a]);
+    float r[8];
+    for (int l = 0; l < 8; l++) r[l] = (lanes[l] + lanes[16 + l]) + (lanes[8 + l] + lanes[24 + l]);
+    double sum = (double)(((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7])));
+    for (int64_t i = np; i < hd; i++) sum += (double)(fp16_to_fp32(k[i]) * qh[i]);
+    return (float)sum;
+}
+
+void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
+              int64_t first, float* scratch, float* out) {
+    const half_t* k = static_cast<const half_t*>(kp);
+    const half_t* v = static_cast<const half_t*>(vp);
+    const int64_t lead = first % 32, cells = (lead + n + 31) & ~int64_t(31);
+    float* w = scratch;                   // [cells] softmax weights
+    float* s = scratch + cells;           // [n] scores
+    float* slots = scratch + 2 * n + 64;  // [32][hd] partial sums of V·w
+
+    float qh[MAX_HD];
+    for (int64_t d = 0; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i] = dot_kq(hd, k + i * k_stride, qh) * scale);
+    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? ggml_expf(s[a - lead] - mx) : 0.0f;
+    double sum = 0.0;
+    for (int64_t a = 0; a < cells; a += 8) sum += (double)ggml_hsum8(w + a);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t a = 0; a < cells; a++) w[a] = fp16_to_fp32(fp32_to_fp16(w[a] * inv));
+
+    std::memset(slots, 0, sizeof(float) * 32 * hd);
+    const int64_t hd4 = hd & ~int64_t(3);
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t a = lead + i;
+        float* acc = slots + (a % 32) * hd;
+        const half_t* vi = v + i * v_stride;
+        int64_t d = 0;
+        for (; d < hd4; d += 4) vst1q_f32(acc + d, vfmaq_n_f32(vld1q_f32(acc + d), load_h(vi + d), w[a]));
+        for (; d < hd; d++) acc[d] = std::fmaf(fp16_to_fp32(vi[d]), w[a], acc[d]);
+    }
+    // ggml's reduction tree per output, 4 outputs at a time (same adds, same order)
+    auto S = [&](int slot, int64_t d) { return vld1q_f32(slots + slot * hd + d); };
+    int64_t d = 0;
+    for (; d < hd4; d += 4) {
+        float32x4_t r[8];
+        for (int l = 0; l < 8; l++) r[l] = vaddq_f32(vaddq_f32(S(l, d), S(16 + l, d)), vaddq_f32(S(8 + l, d), S(24 + l, d)));
+        const float32x4_t t0 = vaddq_f32(r[0], r[4]), t1 = vaddq_f32(r[1], r[5]), t2 = vaddq_f32(r[2], r[6]), t3 = vaddq_f32(r[3], r[7]);
+        vst1q_f32(out + d, vaddq_f32(vaddq_f32(t0, t1), vaddq_f32(t2, t3)));
+    }
+    for (; d < hd; d++) {
+        float r[8];
+        for (int l = 0; l < 8; l++) r[l] = (slots[l * hd + d] + slots[(16 + l) * hd + d]) + (slots[(8 + l) * hd + d] + slots[(24 + l) * hd + d]);
+        out[d] = ((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7]));
+    }
+}
+
+}  // namespace
+
+void LL_REGISTER(attn)(KernelSet* ks) { ks->attn[TYPE_F16] = attn_f16; }
+
+}  // namespace ll
