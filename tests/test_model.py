@@ -277,3 +277,16 @@ def test_info_and_sysinfo_commands():
     assert bad.returncode == 1 and "tok512.bin" in bad.stderr.decode() and "Traceback" not in bad.stderr.decode()
     r = cli("sysinfo")
     assert r.returncode == 0 and "kernel path:" in r.stdout.decode()
+
+
+def test_library_api():
+    import llamalocal
+
+    lm = llamalocal.load_model(model_path("stories260K.gguf"))
+    sample = llamalocal.make_sampler(llamalocal.SamplerConfig(temperature=0.0))
+    bos = lm.tokenizer.bos_id
+    ids = list(llamalocal.generate_tokens(lm.model, [bos], sample, 20, lm.model.new_cache(64)))
+    text = lm.tokenizer.decode([bos] + ids).encode()  # SPM drops the leading space after BOS
+    assert len(ids) == 20 and text == expected_llama2c()["greedy200"][: len(text)]
+    with pytest.raises(AttributeError):
+        llamalocal.no_such_thing
