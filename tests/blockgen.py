@@ -29,12 +29,14 @@ def random_blocks(rng: np.random.Generator, qtype: T, n_rows: int, k: int, scale
     """uint8 array (n_rows, row_bytes) of valid `qtype` rows of k weights."""
     fmt = FORMATS[qtype]
     lo, hi = SCALE_RANGES[scales]
+    # float types: normal values of magnitude `hi`, kept below fp16's largest finite value
+    mag = min(hi, 8e3) if scales != "zero" else 0.0
     if qtype == T.F32:
-        return (rng.standard_normal((n_rows, k)) * (hi if scales != "zero" else 0)).astype(np.float32).view(np.uint8)
+        return (rng.standard_normal((n_rows, k)) * mag).astype(np.float32).view(np.uint8)
     if qtype == T.F16:
-        return (rng.standard_normal((n_rows, k)) * (hi if scales != "zero" else 0)).astype(np.float16).view(np.uint8)
+        return (rng.standard_normal((n_rows, k)) * mag).astype(np.float16).view(np.uint8)
     if qtype == T.BF16:
-        f = (rng.standard_normal((n_rows, k)) * (hi if scales != "zero" else 0)).astype(np.float32)
+        f = (rng.standard_normal((n_rows, k)) * mag).astype(np.float32)
         return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     n_blocks = k // fmt.block_size
     data = rng.integers(0, 256, size=(n_rows, n_blocks, fmt.type_size), dtype=np.uint8)
