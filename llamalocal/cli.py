@@ -158,5 +158,43 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
     )
 
 
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-f", "--file", "text_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Text to score.")
+@click.option("-c", "--ctx", "n_ctx", default=512, show_default=True, help="Tokens per chunk.")
+@click.option("--chunks", "n_chunks", type=int, default=None, help="Chunks to score (default: all).")
+@click.option("-t", "--threads", type=int, default=0, help="Threads (default: physical cores).")
+@click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False), help="Tokenizer for llama2.c checkpoints.")
+def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], threads: int, tokenizer_path: Optional[str]) -> None:
+    """Perplexity of a model on a text, by llama.cpp's method (chunks of --ctx
+    tokens, loss over the second half of each)."""
+    from .arch.config import UnsupportedModelError
+    from .gguf_io import ModelFormatError
+    from .loader import load_model
+    from .perplexity import perplexity as run
+
+    backend = _backend()
+    backend.set_num_threads(threads)
+    if n_ctx < 4 or (n_chunks is not None and n_chunks < 1):
+        raise _fail("--ctx must be at least 4 and --chunks at least 1")
+    try:
+        lm = load_model(model, tokenizer_path)
+    except (ModelFormatError, UnsupportedModelError, OSError) as e:
+        raise _fail(str(e)) from None
+    if lm.tokenizer is None:
+        raise _fail(f"{model}: the file has no tokenizer; pass one with -z")
+    with open(text_file, encoding="utf-8") as fh:
+        text = fh.read()
+    tokens = lm.tokenizer.encode(text)
+    bos = lm.tokenizer.bos_id if lm.tokenizer.add_bos else None
+    click.echo(f"{len(tokens)} tokens, chunks of {n_ctx}", err=True)
+    try:
+        r = run(lm.model, tokens, n_ctx, n_chunks, bos,
+                progress=lambda i, n, p: click.echo(f"[{i}/{n}] {p:.4f}", err=True))
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    click.echo(f"PPL = {r.ppl:.4f} +/- {r.stderr:.5f} ({r.n_chunks} chunks of {n_ctx}, {r.n_scored} predictions)")
+
+
 if __name__ == "__main__":
     main()

@@ -105,9 +105,10 @@ class Transformer:
             x *= np.float32(self.config.embed_scale)
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False, n_logits: Optional[int] = None) -> np.ndarray:
         """Evaluates tokens at the cache's next positions; returns logits of the
-        last token (vocab,) or of every token (T, vocab)."""
+        last token (vocab,), of every token (T, vocab), or of the last n_logits
+        tokens (n_logits, vocab)."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n = len(tokens)
         if n == 0:
@@ -121,7 +122,7 @@ class Transformer:
         for layer, k, v in zip(self.layers, cache.k, cache.v):
             layer.forward(x, pos0, k, v)  # x = h + ffn(norm(h)), h = x + attn(norm(x))
         cache.n_tokens = pos0 + n
-        x = x if all_logits else x[-1:]
-        x = backend.rms_norm(np.ascontiguousarray(x), self.output_norm, self.config.norm_eps)
-        logits = backend.matmul(self.output.type, self.output.data, x)  # [T, vocab]
-        return logits if all_logits else logits[0]
+        keep = n if all_logits else (n_logits or 1)
+        x = backend.rms_norm(np.ascontiguousarray(x[n - keep :]), self.output_norm, self.config.norm_eps)
+        logits = backend.matmul(self.output.type, self.output.data, x)  # [keep, vocab]
+        return logits if (all_logits or n_logits) else logits[0]
