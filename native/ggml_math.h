@@ -41,16 +41,21 @@ static inline float ggml_silu(float x, bool vector_lane) {
 // ggml_vec_dot_f16 (AVX2 build): four 8-lane FMA accumulators over chunks of
 // 32, a fixed reduction tree, the tail added in double.  x(i) and y(i) return
 // the i-th (fp16-exact) operands as floats.
+// The reduction tree of ggml_vec_dot_f16's accumulators: a[k * stride] is
+// accumulator k / 8, lane k % 8 (GGML_F32x8_REDUCE, then two horizontal adds).
+static inline float ggml_reduce32(const float* a, int64_t stride) {
+    float r[8];
+    for (int l = 0; l < 8; l++) r[l] = (a[l * stride] + a[(16 + l) * stride]) + (a[(8 + l) * stride] + a[(24 + l) * stride]);
+    return ((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7]));
+}
+
 template <typename X, typename Y>
 static inline float ggml_dot_f16(int64_t n, X x, Y y) {
     const int64_t np = n & ~int64_t(31);
     float acc[32] = {0};  // acc[8 * a + l]: accumulator a, lane l
     for (int64_t i = 0; i < np; i += 32)
         for (int a = 0; a < 32; a++) acc[a] = std::fmaf(x(i + a), y(i + a), acc[a]);
-    float r[8];
-    for (int l = 0; l < 8; l++) r[l] = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
-    const float t0 = r[0] + r[4], t1 = r[1] + r[5], t2 = r[2] + r[6], t3 = r[3] + r[7];
-    double sum = (double)((t0 + t1) + (t2 + t3));
+    double sum = (double)ggml_reduce32(acc, 1);
     for (int64_t i = np; i < n; i++) sum += (double)(x(i) * y(i));
     return (float)sum;
 }
@@ -59,6 +64,21 @@ static inline float ggml_dot_f16(int64_t n, X x, Y y) {
 static inline float ggml_hsum8(const float* v) {
     const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
     return (a0 + a2) + (a1 + a3);
+}
+
+// Softmax weights of the cells [lead, lead + n) among `cells` (a multiple of
+// 32), as ggml_soft_max computes them over a KV range padded to 32 cells:
+// ggml's expf, sums per 8 cells in its horizontal-add order added in double,
+// then rounded to fp16 for the product with V.  s[i] = q·k_i * scale; the
+// weights go to w[0, cells), 0 outside the visible cells.
+static inline void ggml_softmax_cells(const float* s, int64_t n, int64_t lead, int64_t cells, float* w) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i]);
+    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? ggml_expf(s[a - lead] - mx) : 0.0f;
+    double sum = 0.0;
+    for (int64_t a = 0; a < cells; a += 8) sum += (double)ggml_hsum8(w + a);
+    const float inv = (float)(1.0 / sum);
+    for (int64_t a = 0; a < cells; a++) w[a] = fp16_to_fp32(fp32_to_fp16(w[a] * inv));
 }
 
 }  // namespace ll

@@ -28,9 +28,7 @@ inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
         for (int a = 0; a < 8; a++) acc[a] = vfmaq_f32(acc[a], load_h(k + i + 4 * a), vld1q_f32(qh + i + 4 * a));
     float lanes[32];
     for (int a = 0; a < 8; a++) vst1q_f32(lanes + 4 * a, acc[a]);
-    float r[8];
-    for (int l = 0; l < 8; l++) r[l] = (lanes[l] + lanes[16 + l]) + (lanes[8 + l] + lanes[24 + l]);
-    double sum = (double)(((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7])));
+    double sum = (double)ggml_reduce32(lanes, 1);
     for (int64_t i = np; i < hd; i++) sum += (double)(fp16_to_fp32(k[i]) * qh[i]);
     return (float)sum;
 }
@@ -46,13 +44,8 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
 
     float qh[MAX_HD];
     for (int64_t d = 0; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i] = dot_kq(hd, k + i * k_stride, qh) * scale);
-    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? ggml_expf(s[a - lead] - mx) : 0.0f;
-    double sum = 0.0;
-    for (int64_t a = 0; a < cells; a += 8) sum += (double)ggml_hsum8(w + a);
-    const float inv = (float)(1.0 / sum);
-    for (int64_t a = 0; a < cells; a++) w[a] = fp16_to_fp32(fp32_to_fp16(w[a] * inv));
+    for (int64_t i = 0; i < n; i++) s[i] = dot_kq(hd, k + i * k_stride, qh) * scale;
+    ggml_softmax_cells(s, n, lead, cells, w);
 
     std::memset(slots, 0, sizeof(float) * 32 * hd);
     const int64_t hd4 = hd & ~int64_t(3);
@@ -73,11 +66,7 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         const float32x4_t t0 = vaddq_f32(r[0], r[4]), t1 = vaddq_f32(r[1], r[5]), t2 = vaddq_f32(r[2], r[6]), t3 = vaddq_f32(r[3], r[7]);
         vst1q_f32(out + d, vaddq_f32(vaddq_f32(t0, t1), vaddq_f32(t2, t3)));
     }
-    for (; d < hd; d++) {
-        float r[8];
-        for (int l = 0; l < 8; l++) r[l] = (slots[l * hd + d] + slots[(16 + l) * hd + d]) + (slots[(8 + l) * hd + d] + slots[(24 + l) * hd + d]);
-        out[d] = ((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7]));
-    }
+    for (; d < hd; d++) out[d] = ggml_reduce32(slots + d, hd);
 }
 
 }  // namespace

@@ -11,18 +11,6 @@ namespace {
 
 static inline float round_f16(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
 
-// Softmax weights of the cells [lead, lead + n) among `cells` (a multiple of
-// 32), rounded to fp16, written to w[0, cells) (0 outside); s[i] = q·k_i * scale.
-static inline void softmax_cells(const float* s, int64_t n, int64_t lead, int64_t cells, float* w) {
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i]);
-    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? ggml_expf(s[a - lead] - mx) : 0.0f;
-    double sum = 0.0;
-    for (int64_t a = 0; a < cells; a += 8) sum += (double)ggml_hsum8(w + a);
-    const float inv = (float)(1.0 / sum);
-    for (int64_t a = 0; a < cells; a++) w[a] = round_f16(w[a] * inv);
-}
-
 void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
               int64_t first, float* scratch, float* out) {
     const half_t* k = static_cast<const half_t*>(kp);
@@ -34,7 +22,7 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         s[i] = ggml_dot_f16(hd, [&](int64_t d) { return fp16_to_fp32(ki[d]); }, [&](int64_t d) { return round_f16(q[d]); }) * scale;
     }
     float* w = scratch;
-    softmax_cells(s, n, lead, cells, w);
+    ggml_softmax_cells(s, n, lead, cells, w);
     for (int64_t d = 0; d < hd; d++)
         out[d] = ggml_dot_f16(
             cells, [&](int64_t a) { return a >= lead && a < lead + n ? fp16_to_fp32(v[(a - lead) * v_stride + d]) : 0.0f; },

@@ -114,11 +114,7 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         const __m256 t0 = _mm256_add_ps(r[0], r[4]), t1 = _mm256_add_ps(r[1], r[5]), t2 = _mm256_add_ps(r[2], r[6]), t3 = _mm256_add_ps(r[3], r[7]);
         _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
     }
-    for (; d < hd; d++) {
-        float r[8];
-        for (int l = 0; l < 8; l++) r[l] = (slots[l * hd + d] + slots[(16 + l) * hd + d]) + (slots[(8 + l) * hd + d] + slots[(24 + l) * hd + d]);
-        out[d] = ((r[0] + r[4]) + (r[1] + r[5])) + ((r[2] + r[6]) + (r[3] + r[7]));
-    }
+    for (; d < hd; d++) out[d] = ggml_reduce32(slots + d, hd);
 }
 
 }  // namespace
