@@ -18,11 +18,9 @@ import time
 import numpy as np
 
 from llamalocal import backend
-from llamalocal.formats import FORMATS, WEIGHT_TYPES, GGMLType as T, block_format
+from llamalocal.formats import FORMATS, SCALE_FIELDS, WEIGHT_TYPES, GGMLType as T, block_format
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (rows N, row length K) of LLaMA-7B's projections
-SCALE_FIELDS = {T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q4_1: (0, 2), T.Q5_1: (0, 2), T.Q4_K: (0, 2),
-                T.Q5_K: (0, 2), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q6_K: (208,)}
 
 
 def weight_copies(qtype: T, n: int, k: int, total_bytes: int, rng: np.random.Generator) -> list[np.ndarray]:

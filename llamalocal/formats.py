@@ -82,6 +82,15 @@ FORMATS: dict[GGMLType, BlockFormat] = {
     )
 }
 
+# Byte offsets, within a block, of its fp16 scale fields (d, and m or dmin
+# where present), as laid out in native/blocks.h.  Tests and benchmarks that
+# fill blocks with random bytes set these to finite scales.
+SCALE_FIELDS: dict[GGMLType, tuple[int, ...]] = {
+    T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,),
+    T.Q4_1: (0, 2), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q6_K: (208,),
+}
+
 # Weight types the kernels multiply by (Q8_1 and Q8_K exist only as activations).
 WEIGHT_TYPES: tuple[GGMLType, ...] = tuple(t for t in FORMATS if t not in (T.Q8_1, T.Q8_K))
 

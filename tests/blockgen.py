@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llamalocal.formats import FORMATS, GGMLType as T
+from llamalocal.formats import FORMATS, SCALE_FIELDS, GGMLType as T
 
-# Byte offsets of the fp16 scale fields (d, and m / dmin where present) in each block.
-SCALE_FIELDS = {
-    T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,),
-    T.Q4_1: (0, 2), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
-    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q6_K: (208,),
-}
 
 SCALE_RANGES = {
     "normal": (1e-3, 5e-2),

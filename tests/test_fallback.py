@@ -8,13 +8,10 @@ import pytest
 from gguf import GGMLQuantizationType as G
 
 from llamalocal import fallback, quants
-from llamalocal.formats import FORMATS, QK_K, WEIGHT_TYPES, GGMLType
+from llamalocal.formats import FORMATS, QK_K, SCALE_FIELDS, WEIGHT_TYPES, GGMLType
 
 T = GGMLType
 QUANTIZABLE = {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K}
-_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,)}
-
-
 def make_weights(qtype: GGMLType, n: int, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if qtype in QUANTIZABLE:
@@ -22,7 +19,7 @@ def make_weights(qtype: GGMLType, n: int, k: int, seed: int) -> np.ndarray:
     # Q2_K / Q3_K: random quants and sub-scales under sane super-block scales
     ts = FORMATS[qtype].type_size
     w = rng.integers(0, 256, (n, k // QK_K, ts), dtype=np.uint8)
-    for off in _SCALE_FIELDS[qtype]:
+    for off in SCALE_FIELDS[qtype]:
         w[:, :, off:off + 2] = (rng.uniform(0.002, 0.02, (n, k // QK_K, 1))
                                 .astype(np.float16).view(np.uint8))
     return w.reshape(n, -1)
