@@ -196,5 +196,70 @@ def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], 
     click.echo(f"PPL = {r.ppl:.4f} +/- {r.stderr:.5f} ({r.n_chunks} chunks of {n_ctx}, {r.n_scored} predictions)")
 
 
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(dir_okay=False))
+@click.option("--type", "type_name", required=True,
+              help="F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K_S, Q4_K_M (= Q4_K), Q5_K_S, Q5_K_M (= Q5_K), Q6_K.")
+@click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+              help="Round to nearest, or GPTQ (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; needs --calib).")
+@click.option("--calib", "calib_file", type=click.Path(exists=True, dir_okay=False), help="Calibration text for GPTQ.")
+@click.option("--calib-tokens", default=16384, show_default=True, help="Calibration tokens GPTQ uses.")
+@click.option("--calib-ctx", default=512, show_default=True, help="Tokens per calibration sequence.")
+@click.option("--damp", default=0.01, show_default=True, help="GPTQ damping, as a fraction of the mean Hessian diagonal.")
+@click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True),
+              help="Tokenizer for inputs that carry none (llama2.c: tokenizer.bin or tokenizer.model).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Save the per-tensor report as JSON.")
+@click.option("-t", "--threads", type=int, default=0, help="Threads (default: all cores).")
+@click.option("-q", "--quiet", is_flag=True, help="No per-tensor table.")
+def quantize(input_path: str, output_path: str, type_name: str, method: str, calib_file: Optional[str], calib_tokens: int,
+             calib_ctx: int, damp: float, act_order: bool, tokenizer_path: Optional[str], force: bool,
+             report_path: Optional[str], threads: int, quiet: bool) -> None:
+    """Convert a checkpoint (Hugging Face directory, Meta .pth directory, llama2.c
+    .bin, or GGUF) to a GGUF file of the chosen type.  The output appears only
+    when complete."""
+    import signal
+
+    from tqdm import tqdm
+
+    from .checkpoint import CheckpointError
+    from .gguf_io import ModelFormatError
+    from .quantize import format_report, quantize_model
+
+    if method == "gptq" and not calib_file:
+        raise _fail("--method gptq needs calibration text: --calib FILE")
+    if method == "rtn" and calib_file:
+        raise _fail("--calib is only used by --method gptq")
+    # A terminated run unwinds like Ctrl-C, so the partial output is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bar = tqdm(total=0, unit="tensor", desc="quantize", file=sys.stderr, disable=None, leave=False)
+
+    def progress(name: str, i: int, n: int) -> None:
+        bar.total = n
+        bar.n = i
+        bar.set_postfix_str(name, refresh=True)
+
+    gptq_options = {"calib_file": calib_file, "calib_tokens": calib_tokens, "calib_ctx": calib_ctx, "damp": damp,
+                    "act_order": act_order, "log": lambda m: bar.write(m, file=sys.stderr)}
+    try:
+        res = quantize_model(input_path, output_path, type_name, method=method, tokenizer=tokenizer_path, force=force,
+                             threads=threads, gptq_options=gptq_options if method == "gptq" else None, progress=progress)
+    except (CheckpointError, ModelFormatError, ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    finally:
+        bar.close()
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if not quiet:
+        click.echo(format_report(res))
+    if report_path:
+        with open(report_path, "w", encoding="utf-8") as fh:
+            fh.write(res.to_json())
+    click.echo(f"wrote {res.output}: {res.file_type} ({res.method}), {res.n_bytes / 2**20:.2f} MiB, "
+               f"{res.bits_per_weight:.2f} bits per weight, {res.seconds:.1f} s")
+
+
 if __name__ == "__main__":
     main()

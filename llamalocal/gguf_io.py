@@ -280,6 +280,7 @@ class GGUFFile:
         self._mm: mmap.mmap | None = None
         self._base: np.ndarray | None = None
         self.metadata: dict[str, Any] = {}
+        self.value_types: dict[str, int] = {}  # key -> GGUF value type id, so metadata can be copied faithfully
         self.tensors: dict[str, TensorInfo] = {}
         # A missing or unreadable file raises OSError (FileNotFoundError, ...), not ModelFormatError.
         with open(self.path, "rb") as fh:
@@ -343,6 +344,7 @@ class GGUFFile:
             if vtype > _FLOAT64:
                 raise p.fail(f"metadata key {key!r} (offset {at}) has unknown value type {vtype}")
             meta[key] = p.value(vtype, f"value of metadata key {key!r}")
+            self.value_types[key] = vtype
             if key == "general.alignment" and vtype not in _INTEGER_TYPES:
                 raise p.fail(f"general.alignment has type {_VALUE_TYPE_NAMES[vtype]}, expected an integer")
         self.metadata = meta
