@@ -57,7 +57,8 @@ def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, MetaValue
         for key, mv in metadata.items():
             if key == "general.architecture":
                 continue
-            w.add_key_value(key, mv.value, mv.type, mv.sub_type)
+            value = mv.value.tolist() if isinstance(mv.value, np.ndarray) else mv.value
+            w.add_key_value(key, value, mv.type, mv.sub_type)
         for t in tensors:
             fmt = block_format(t.type)
             byte_shape = (*t.shape[:-1], fmt.row_bytes(t.shape[-1]))
