@@ -5,10 +5,11 @@
         run X through the layer at full precision, collecting the inputs of
             q/k/v, of the output projection, of gate/up and of down   -> H = 2/n Σ x xᵀ each
         GPTQ-quantize the layer's matrices against their H
-        X = layer(X) with the quantized matrices      # later layers see the errors of earlier ones
+        X = layer(X) with the stored blocks          # later layers see the errors of earlier ones
 
-The layer is layer_py.PyLayer, the numpy statement of the forward pass,
-with its matrix products done at float32 on dequantized weights.  A layer is
+Inputs are collected with layer_py.PyLayer, the numpy statement of the
+forward pass, at float32; the quantized layer then runs as inference runs it
+(the native layer on the stored blocks, F16 KV cache).  A layer is
 processed when the writer first asks for one of its tensors, so only the
 calibration activations and one layer are held at a time.
 """
@@ -21,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import quants
+from . import backend, quants
 from .arch import ARCHITECTURES
 from .checkpoint import Checkpoint, CheckpointError
 from .gptq import GPTQ_TYPES, HessianAccumulator, gptq_quantize
@@ -146,21 +147,31 @@ class GPTQRun:
             layer.forward(self.x[s].copy(), 0, np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32))
         hessians, layer.hessians = layer.hessians, None
 
-        # 2. quantize; the layer's own output is then computed with what will be stored
+        # 2. quantize
+        stored: dict[str, tuple[int, np.ndarray]] = {}  # ours -> (type, blocks), as the file will hold them
         losses = []
         for ours, w in weights.items():
             name = f"blk.{i}.{GGUF_NAME[ours]}.weight"
             qtype = self.types[name]
             if qtype in GPTQ_TYPES:
                 res = gptq_quantize(w, hessians[INPUT_OF[ours]].hessian(), qtype, damp=self.damp, act_order=self.act_order)
-                self.ready[name], weights[ours] = res.data, res.q
+                self.ready[name] = res.data
+                stored[ours] = (int(qtype), res.data)
                 losses.append(res.loss)
             else:  # e.g. a mix's higher-precision tensor: round to nearest
-                weights[ours] = quants.dequantize(quants.quantize(np.ascontiguousarray(w), qtype), qtype)
+                stored[ours] = (int(qtype), quants.quantize(np.ascontiguousarray(w), qtype))
 
-        # 3. this layer's output is the next layer's calibration input
+        # 3. the next layer's calibration input: this layer's output as inference computes it from the stored blocks
+        run = self._inference_layer(vectors, stored, cfg.layer_hparams(i))
         for s in range(n_seq):
-            layer.forward(self.x[s], 0, np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32))
+            run.forward(self.x[s], 0, np.zeros(kv_shape, np.float16), np.zeros(kv_shape, np.float16))
         self.done = i
         self.log(f"GPTQ layer {i + 1}/{cfg.n_layer}: {len(losses)} matrices, mean loss {np.mean(losses):.4g}, "
                  f"{time.perf_counter() - start:.1f} s")
+
+    @staticmethod
+    def _inference_layer(vectors: dict, stored: dict, hp: dict):
+        tensors = {**vectors, **stored}
+        if backend.BACKEND == "native":
+            return backend._native.Layer(tensors, hp)
+        return PyLayer(tensors, hp)

@@ -188,3 +188,54 @@ def test_fallback_to_f16_for_rows_no_block_fits(tmp_path):
     assert by_name["blk.0.ffn_up.weight"].type == "Q4_0"
     lm = load_model(tmp_path / "s.gguf")
     assert lm.model.forward([1, 400], lm.model.new_cache(8)).shape == (512,)
+
+
+# ---------------------------------------------------------------- GPTQ, end to end
+
+def test_gptq_cli_writes_plain_blocks_closer_to_the_model_than_rtn(tmp_path):
+    """stories260K (real F32 weights) to Q4_0 by GPTQ: the layer matrices are ordinary Q4_0
+    blocks, and the model's next-token distributions on TinyStories text stay closer to the
+    F32 model's than round to nearest gets them (mean KL divergence)."""
+    f32, rtn, gq = tmp_path / "f32.gguf", tmp_path / "rtn.gguf", tmp_path / "gptq.gguf"
+    story = model_path("tinystories_sample.txt")
+    assert cli("quantize", model_path("stories260K.bin"), f32, "--type", "F32", "--tokenizer", model_path("tok512.bin"), "-q").returncode == 0
+    assert cli("quantize", f32, rtn, "--type", "Q4_0", "-q").returncode == 0
+    r = cli("quantize", f32, gq, "--type", "Q4_0", "--method", "gptq", "--calib", story, "--calib-ctx", "128",
+            "--report", tmp_path / "g.json")
+    assert r.returncode == 0, r.stderr
+    assert "GPTQ layer 5/5" in r.stderr
+    report = {t["name"]: t for t in json.loads((tmp_path / "g.json").read_text())["tensors"]}
+    assert report["blk.0.attn_q.weight"]["method"] == "gptq" and report["blk.0.attn_q.weight"]["type"] == "Q4_0"
+    assert report["blk.0.ffn_down.weight"]["type"] == "F16"  # 172 columns: no block fits, so no GPTQ either
+    g = GGUFFile(gq)
+    for name in ("blk.0.attn_q.weight", "blk.4.ffn_up.weight"):
+        blocks = g.tensor_bytes(name)
+        ref = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_0)
+        assert np.array_equal(quants.dequantize(blocks, GGMLType.Q4_0), ref)
+        assert not np.array_equal(blocks, GGUFFile(rtn).tensor_bytes(name))
+
+    def logprobs(path):
+        lm = load_model(path)
+        ids = lm.tokenizer.encode(story.read_text(encoding="utf-8"))[:1024]
+        out = []
+        for c in range(0, len(ids) - 127, 128):
+            chunk = [lm.tokenizer.bos_id] + ids[c + 1:c + 128]
+            x = lm.model.forward(chunk, lm.model.new_cache(128), all_logits=True).astype(np.float64)
+            x -= x.max(1, keepdims=True)
+            out.append(x - np.log(np.exp(x).sum(1, keepdims=True)))
+        return np.concatenate(out)
+
+    p, a, b = logprobs(f32), logprobs(rtn), logprobs(gq)
+    kl_rtn = float((np.exp(p) * (p - a)).sum(1).mean())
+    kl_gptq = float((np.exp(p) * (p - b)).sum(1).mean())
+    assert kl_gptq < 0.85 * kl_rtn, (kl_gptq, kl_rtn)
+
+
+def test_gptq_refuses_what_it_cannot_do(tmp_path):
+    src = model_path("stories260K.gguf")
+    r = cli("quantize", src, tmp_path / "o.gguf", "--type", "Q4_0", "--method", "gptq")
+    assert r.returncode != 0 and "--calib" in r.stderr
+    r = cli("quantize", src, tmp_path / "o.gguf", "--type", "Q4_K_M", "--method", "gptq", "--calib",
+            model_path("tinystories_sample.txt"))
+    assert r.returncode != 0 and "GPTQ quantizes to" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.gguf").exists()
