@@ -13,7 +13,8 @@ second half.  stories260K instead evaluates on TinyStories text and
 calibrates on stories sampled from the F32 model itself (the sample file is
 too small to split).
 
-    python bench/bench_quantize.py [--models smollm2,gemma3,stories] [--chunks 20] [--calib-tokens 16384] [--workdir DIR]
+    python bench/bench_quantize.py [--models smollm2,gemma3,stories] [--chunks 20] [--calib-tokens 16384]
+                                   [--variants Q4_0-rtn,Q4_0-gptq,...] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--act-order", action="store_true")
     ap.add_argument("--workdir", default="/tmp/llamalocal-bench-quantize")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--variants", default=",".join(f"{t}-{m}" for t, m in VARIANTS),
+                    help="comma-separated TYPE-METHOD list (F16-rtn is always measured first: the baseline)")
     args = ap.parse_args()
     backend.set_num_threads(args.threads)
     work = Path(args.workdir)
@@ -118,7 +121,8 @@ def main() -> None:
         print(f"| file | MiB | bpw | quantize s | PPL | Δ vs F16 | GPTQ Δ / RTN Δ | llama.cpp PPL | ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         ppl_of: dict[tuple[str, str], float] = {}
-        for type_name, method in VARIANTS:
+        wanted = [tuple(v.rsplit("-", 1)) for v in args.variants.split(",")]
+        for type_name, method in [("F16", "rtn")] + [v for v in wanted if v != ("F16", "rtn")]:
             out = work / f"{key}-{type_name}-{method}.gguf"
             opts = {"calib_file": calib, "calib_tokens": args.calib_tokens, "act_order": args.act_order} \
                 if method == "gptq" else None
@@ -132,8 +136,8 @@ def main() -> None:
             base = ppl_of.get(("F16", "rtn"), p)
             frac = ""
             if method == "gptq":
-                rtn = ppl_of[(type_name, "rtn")]
-                frac = f"{(p - base) / (rtn - base):.2f}" if rtn != base else "n/a"
+                rtn = ppl_of.get((type_name, "rtn"))
+                frac = f"{(p - base) / (rtn - base):.2f}" if rtn is not None and rtn != base else "n/a"
             ref = None if args.no_llama_cpp else llama_cpp_perplexity(out, tokens, n_ctx, n_chunks, bos, args.threads)
             ref_s = "not installed" if ref is None else f"{ref:.4f}"
             ratio = "" if ref is None else f"{p / ref:.4f}"

@@ -29,9 +29,10 @@ from .gptq import GPTQ_TYPES, HessianAccumulator, gptq_quantize
 from .layer_py import PyLayer
 from .model import BIASES, LAYER_TENSORS, MATRICES
 
-# Matrices that read the same input share one Hessian.
+# Matrices that read the same input share one Hessian, fed by the first of them.
 INPUT_OF = {"wq": "attn_in", "wk": "attn_in", "wv": "attn_in", "wo": "attn_out",
             "w_gate": "ffn_in", "w_up": "ffn_in", "w_down": "ffn_mid"}
+RECORDS = {"wq", "wo", "w_gate", "w_down"}
 GGUF_NAME = {ours: gguf for gguf, ours in LAYER_TENSORS.items()}
 _LAYER_MATRIX = re.compile(r"blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 
@@ -45,7 +46,7 @@ class CalibrationLayer(PyLayer):
         self.hessians: Optional[dict[str, HessianAccumulator]] = None
 
     def linear(self, name: str, x: np.ndarray, bias: str = "") -> np.ndarray:
-        if self.hessians is not None:
+        if self.hessians is not None and name in RECORDS:
             self.hessians[INPUT_OF[name]].add(x)
         y = x @ self.w[name].T
         return y + self.t[bias] if bias in self.t else y
@@ -142,7 +143,7 @@ class GPTQRun:
         kv_shape = (n_ctx, cfg.n_head_kv, cfg.head_dim)
 
         # 1. inputs of every matrix, at full precision
-        layer.hessians = {key: HessianAccumulator(weights[m].shape[1]) for m, key in INPUT_OF.items()}
+        layer.hessians = {INPUT_OF[m]: HessianAccumulator(weights[m].shape[1]) for m in RECORDS}
         for s in range(n_seq):
             layer.forward(self.x[s].copy(), 0, np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32))
         hessians, layer.hessians = layer.hessians, None

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, MetaValue, SourceTensor, llama_hparams, string
+from .checkpoint import Checkpoint, CheckpointError, MetaValue, ShardedWeights, SourceTensor, llama_hparams, string
 from .checkpoint_hf import llama3_rope_factors
 from .safetensors_io import read_json, to_float32
 from .vocab_gguf import spm_vocab
@@ -239,34 +239,7 @@ class TorchZipFile:
         self._zip.close()
 
 
-class _TorchModel:
-    """Weights of one or more torch files behind the interface of safetensors_io.SafetensorsModel."""
-
-    def __init__(self, files: list[TorchZipFile]):
-        self.files = files
-        self._where: dict[str, TorchZipFile] = {}
-        for f in files:
-            for name in f.tensors:
-                if name in self._where:
-                    raise CheckpointError(f"{f.path}: tensor {name!r} is also in {self._where[name].path.name}")
-                self._where[name] = f
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._where)
-
-    def entry(self, name: str) -> TorchTensor:
-        return self._where[name].tensors[name]
-
-    def load(self, name: str) -> np.ndarray:
-        return self._where[name].load(name)
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-
-def open_torch_model(directory: Path) -> Optional[_TorchModel]:
+def open_torch_model(directory: Path) -> Optional[ShardedWeights]:
     """pytorch_model.bin (or its shards) of a Hugging Face directory; None if absent."""
     paths = sorted(Path(directory).glob("pytorch_model*.bin"))
     if not paths:
@@ -275,7 +248,7 @@ def open_torch_model(directory: Path) -> Optional[_TorchModel]:
     try:
         for p in paths:
             files.append(TorchZipFile(p))
-        return _TorchModel(files)
+        return ShardedWeights(files)
     except BaseException:
         for f in files:
             f.close()

@@ -22,6 +22,7 @@ A model directory holds ``model.safetensors``, or shards listed by
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -30,9 +31,9 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, ShardedWeights
 
-__all__ = ["SafetensorsFile", "SafetensorsModel", "TensorEntry", "open_safetensors_model", "read_json"]
+__all__ = ["SafetensorsFile", "TensorEntry", "open_safetensors_model", "read_json"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit
 MAX_DIMS = 8
@@ -82,10 +83,7 @@ class TensorEntry:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def _no_duplicates(pairs):
@@ -227,35 +225,13 @@ class SafetensorsFile:
         self.close()
 
 
-class SafetensorsModel:
-    """The tensors of all the safetensors files of one model."""
-
-    def __init__(self, files: list[SafetensorsFile], where: dict[str, SafetensorsFile]):
-        self.files = files
-        self._where = where
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._where)
-
-    def entry(self, name: str) -> TensorEntry:
-        return self._where[name].tensors[name]
-
-    def load(self, name: str) -> np.ndarray:
-        return self._where[name].load(name)
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
-
-
 def _shard_name(index: Path, value) -> str:
     if not isinstance(value, str) or not value or "/" in value or "\\" in value or value in (".", ".."):
         raise CheckpointError(f"{index}: weight_map entry {value!r} is not a plain file name")
     return value
 
 
-def open_safetensors_model(directory: Path) -> Optional[SafetensorsModel]:
+def open_safetensors_model(directory: Path) -> Optional[ShardedWeights]:
     """Opens the safetensors weights of a model directory; None if it has none.
 
     ``model.safetensors.index.json`` is authoritative when present: every shard
@@ -284,7 +260,7 @@ def open_safetensors_model(directory: Path) -> Optional[SafetensorsModel]:
                     if t not in f.tensors:
                         raise CheckpointError(f"{p}: tensor {t!r} is not in this shard, but {index.name} maps it here")
                     where[t] = f
-            return SafetensorsModel(files, where)
+            return ShardedWeights(files, where)
         if (directory / "model.safetensors").is_file():
             paths = [directory / "model.safetensors"]
         else:
@@ -299,7 +275,7 @@ def open_safetensors_model(directory: Path) -> Optional[SafetensorsModel]:
                     raise CheckpointError(f"{p}: tensor {t!r} is also in {where[t].path.name}; "
                                           f"add a model.safetensors.index.json to say which shards belong to the model")
                 where[t] = f
-        return SafetensorsModel(files, where)
+        return ShardedWeights(files, where)
     except CheckpointError:
         for f in files:
             f.close()
