@@ -14,7 +14,7 @@ calibrates on stories sampled from the F32 model itself (the sample file is
 too small to split).
 
     python bench/bench_quantize.py [--models smollm2,gemma3,stories] [--chunks 20] [--calib-tokens 16384]
-                                   [--variants Q4_0-rtn,Q4_0-gptq,...] [--workdir DIR]
+                                   [--variants Q4_0-rtn,Q4_0-gptq,...] [--no-act-order] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--calib-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--act-order", action="store_true")
+    ap.add_argument("--no-act-order", dest="act_order", action="store_false", help="GPTQ in plain column order")
     ap.add_argument("--workdir", default="/tmp/llamalocal-bench-quantize")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--variants", default=",".join(f"{t}-{m}" for t, m in VARIANTS),
@@ -117,7 +117,7 @@ def main() -> None:
         n_chunks = min(args.chunks, len(tokens) // n_ctx)
         del lm
         print(f"\n## {key}: {n_chunks} chunks of {n_ctx} tokens; GPTQ calibration {args.calib_tokens} tokens "
-              f"from {calib.name}{', act-order' if args.act_order else ''}, {args.threads} threads")
+              f"from {calib.name}{', act-order' if args.act_order else ', no act-order'}, {args.threads} threads")
         print(f"| file | MiB | bpw | quantize s | PPL | Δ vs F16 | GPTQ Δ / RTN Δ | llama.cpp PPL | ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         ppl_of: dict[tuple[str, str], float] = {}

@@ -54,7 +54,7 @@ class CalibrationLayer(PyLayer):
 
 class GPTQRun:
     def __init__(self, ckpt: Checkpoint, plans, *, calib_file: str | Path, calib_tokens: int = 16384,
-                 calib_ctx: int = 512, damp: float = 0.01, act_order: bool = False,
+                 calib_ctx: int = 512, damp: float = 0.01, act_order: bool = True,
                  log: Optional[Callable[[str], None]] = None):
         if ckpt.arch not in ARCHITECTURES:
             raise CheckpointError(f"{ckpt.path}: GPTQ does not support architecture {ckpt.arch!r}")

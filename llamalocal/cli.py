@@ -207,7 +207,8 @@ def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], 
 @click.option("--calib-tokens", default=16384, show_default=True, help="Calibration tokens GPTQ uses.")
 @click.option("--calib-ctx", default=512, show_default=True, help="Tokens per calibration sequence.")
 @click.option("--damp", default=0.01, show_default=True, help="GPTQ damping, as a fraction of the mean Hessian diagonal.")
-@click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in order of decreasing activation energy.")
+@click.option("--act-order/--no-act-order", default=True, show_default=True,
+              help="GPTQ: quantize columns in order of decreasing activation energy (with blocks' scales fixed first).")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True),
               help="Tokenizer for inputs that carry none (llama2.c: tokenizer.bin or tokenizer.model).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")

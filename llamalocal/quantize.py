@@ -225,7 +225,6 @@ def quantize_model(input_path: str | Path, output_path: str | Path, type_name: s
 
             if ft.default not in GPTQ_TYPES:
                 raise ValueError(f"GPTQ quantizes to {', '.join(t.name for t in GPTQ_TYPES)} blocks, not {ft.name}")
-
             gptq_run = GPTQRun(ckpt, plans, **(gptq_options or {}))
         reports: list[TensorReport] = []
 
