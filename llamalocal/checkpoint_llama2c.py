@@ -14,7 +14,8 @@ import numpy as np
 from .checkpoint import Checkpoint, CheckpointError, SourceTensor, llama_hparams, string, tokenizer_metadata
 from .gguf_io import ModelFormatError
 from .llama2c import load_llama2c
-from .tokenizer_spm import load_llama2c as load_llama2c_vocab, load_sentencepiece
+from .tokenizer_spm import load_llama2c as load_llama2c_vocab
+from .vocab_gguf import spm_vocab
 
 
 def open_llama2c(path: Path, tokenizer: Optional[Path]) -> Checkpoint:
@@ -26,18 +27,23 @@ def open_llama2c(path: Path, tokenizer: Optional[Path]) -> Checkpoint:
     except ModelFormatError as e:
         raise CheckpointError(str(e)) from None
     tokenizer = Path(tokenizer)
-    try:
-        vocab = load_sentencepiece(tokenizer) if tokenizer.suffix == ".model" else load_llama2c_vocab(tokenizer)
-    except ValueError as e:
-        raise CheckpointError(f"{tokenizer}: {e}") from None
-    n_tokens = len(vocab["tokenizer.ggml.tokens"])
-    if n_tokens != cfg.n_vocab:
-        raise CheckpointError(f"{tokenizer} has {n_tokens} tokens but {path.name} was trained with a vocabulary of {cfg.n_vocab}")
+    if tokenizer.suffix == ".model":
+        vocab = spm_vocab(tokenizer, cfg.n_vocab)
+    else:
+        try:
+            plain = load_llama2c_vocab(tokenizer)
+        except ValueError as e:
+            raise CheckpointError(f"{tokenizer}: {e}") from None
+        n_tokens = len(plain["tokenizer.ggml.tokens"])
+        if n_tokens != cfg.n_vocab:
+            raise CheckpointError(f"{tokenizer} has {n_tokens} tokens but {path.name} was trained with a vocabulary "
+                                  f"of {cfg.n_vocab}")
+        vocab = tokenizer_metadata(plain)
     metadata = {"general.architecture": string("llama"), "general.name": string(path.stem)}
     metadata.update(llama_hparams("llama", n_ctx=cfg.n_ctx_train, n_embd=cfg.n_embd, n_ff=cfg.n_ff, n_layer=cfg.n_layer,
                                   n_head=cfg.n_head, n_head_kv=cfg.n_head_kv, norm_eps=cfg.norm_eps,
                                   rope_base=cfg.rope_base[0], rope_dim=cfg.rope_dim))
-    metadata.update(tokenizer_metadata(vocab))
+    metadata.update(vocab)
 
     def loader(t):
         shape = (t.cols,) if t.rows == 1 else (t.rows, t.cols)

@@ -36,6 +36,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, MetaValue, ShardedWeights, SourceTensor, llama_hparams, string
 from .checkpoint_hf import llama3_rope_factors
+from .gguf_io import close_map
 from .safetensors_io import read_json, to_float32
 from .vocab_gguf import spm_vocab
 
@@ -230,12 +231,8 @@ class TorchZipFile:
         return out
 
     def close(self) -> None:
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass
-            self._mm = None
+        close_map(self._mm)
+        self._mm = None
         self._zip.close()
 
 

@@ -22,6 +22,21 @@ def _backend():
     return backend
 
 
+def _load_with_tokenizer(model: str, tokenizer_path: Optional[str]):
+    """The model for generate/perplexity, or a one-line error; it must have a tokenizer."""
+    from .arch.config import UnsupportedModelError
+    from .gguf_io import ModelFormatError
+    from .loader import load_model
+
+    try:
+        lm = load_model(model, tokenizer_path)
+    except (ModelFormatError, UnsupportedModelError, OSError) as e:
+        raise _fail(str(e)) from None
+    if lm.tokenizer is None:
+        raise _fail(f"{model}: the file has no tokenizer; pass one with -z")
+    return lm
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llamalocal")
 def main() -> None:
@@ -85,11 +100,8 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
              ignore_eos: bool) -> None:
     """Generate text after a prompt.  Only the generated text goes to stdout
     (the prompt too with --echo); timings and notices go to stderr."""
-    from .arch.config import UnsupportedModelError
     from .generation import GenerationStats, generate_tokens
-    from .gguf_io import ModelFormatError
     from .kv_cache import ContextFullError
-    from .loader import load_model
     from .sampling import Llama2cSampler, SamplerConfig, make_sampler
 
     backend = _backend()
@@ -99,12 +111,7 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
         with open(prompt_file, encoding="utf-8") as fh:
             prompt = fh.read()
     backend.set_num_threads(threads)
-    try:
-        lm = load_model(model, tokenizer_path)
-    except (ModelFormatError, UnsupportedModelError, OSError) as e:
-        raise _fail(str(e)) from None
-    if lm.tokenizer is None:
-        raise _fail(f"{model}: the file has no tokenizer; pass one with -z")
+    lm = _load_with_tokenizer(model, tokenizer_path)
     tok = lm.tokenizer
     try:
         if lm.format == "llama2c":
@@ -168,21 +175,13 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
 def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], threads: int, tokenizer_path: Optional[str]) -> None:
     """Perplexity of a model on a text, by llama.cpp's method (chunks of --ctx
     tokens, loss over the second half of each)."""
-    from .arch.config import UnsupportedModelError
-    from .gguf_io import ModelFormatError
-    from .loader import load_model
     from .perplexity import perplexity as run
 
     backend = _backend()
     backend.set_num_threads(threads)
     if n_ctx < 4 or (n_chunks is not None and n_chunks < 1):
         raise _fail("--ctx must be at least 4 and --chunks at least 1")
-    try:
-        lm = load_model(model, tokenizer_path)
-    except (ModelFormatError, UnsupportedModelError, OSError) as e:
-        raise _fail(str(e)) from None
-    if lm.tokenizer is None:
-        raise _fail(f"{model}: the file has no tokenizer; pass one with -z")
+    lm = _load_with_tokenizer(model, tokenizer_path)
     with open(text_file, encoding="utf-8") as fh:
         text = fh.read()
     tokens = lm.tokenizer.encode(text)

@@ -267,6 +267,15 @@ def _type_name(type_id: int) -> str:
         return _OTHER_GGML_TYPE_NAMES.get(type_id, "unknown")
 
 
+def close_map(mm: "mmap.mmap | None") -> None:
+    """Closes a file map unless numpy views still use it; then it is unmapped when the last is collected."""
+    if mm is not None:
+        try:
+            mm.close()
+        except BufferError:
+            pass
+
+
 class GGUFFile:
     """A validated, memory-mapped GGUF file.
 
@@ -418,11 +427,7 @@ class GGUFFile:
         """Release the map.  Views handed out earlier stay valid; the map is unmapped when the last one dies."""
         self._base = None
         mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # numpy views still reference it; it is unmapped when they are collected
+        close_map(mm)
 
     @property
     def closed(self) -> bool:

@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from .checkpoint import CheckpointError, ShardedWeights
+from .gguf_io import close_map
 
 __all__ = ["SafetensorsFile", "TensorEntry", "open_safetensors_model", "read_json"]
 
@@ -211,12 +212,8 @@ class SafetensorsFile:
         return out
 
     def close(self) -> None:
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:
-                pass  # a caller still holds a view; the map closes when that is freed
-            self._mm = None
+        close_map(self._mm)
+        self._mm = None
 
     def __enter__(self) -> "SafetensorsFile":
         return self

@@ -28,10 +28,10 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import CheckpointError, MetaValue, V, array, boolean, string, u32
+from .checkpoint import CheckpointError, MetaValue, V, array, boolean, string, tokenizer_metadata, u32
 from .safetensors_io import read_json
 from .tokenizer_bpe import PRE_REGEXES
-from .tokenizer_spm import sentencepiece_model_info
+from .tokenizer_spm import load_sentencepiece
 
 __all__ = ["spm_vocab", "hf_vocab", "detect_pre", "TT_NORMAL", "TT_UNKNOWN", "TT_CONTROL", "TT_USER_DEFINED",
            "TT_UNUSED", "TT_BYTE"]
@@ -67,47 +67,23 @@ def spm_vocab(model_path: str | Path, vocab_size: Optional[int] = None) -> dict[
     if _looks_like_tiktoken(path):
         raise CheckpointError(f"{path}: this is a tiktoken (Llama 3 style) tokenizer, not SentencePiece; "
                               f"convert the Hugging Face release (tokenizer.json) instead")
-    try:
-        import sentencepiece as spm
-    except ImportError:
-        raise CheckpointError("reading tokenizer.model needs the 'sentencepiece' package") from None
     if path.stat().st_size > MAX_SPM_BYTES:
         raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a SentencePiece model")
-    sp = spm.SentencePieceProcessor()
     try:
-        sp.LoadFromSerializedProto(path.read_bytes())
-    except (OSError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a SentencePiece model ({e})") from None
-    n = sp.GetPieceSize()
-    try:
-        info = sentencepiece_model_info(sp.serialized_model_proto())
+        plain = load_sentencepiece(path)
     except ValueError as e:
-        raise CheckpointError(f"{path}: cannot read the piece types ({e})") from None
-    if len(info["types"]) != n:
-        raise CheckpointError(f"{path}: {len(info['types'])} piece types for {n} pieces")
+        raise CheckpointError(str(e)) from None
+    n = len(plain[_K + "tokens"])
     size = n if vocab_size is None else int(vocab_size)
     if size < n:
         raise CheckpointError(f"{path}: the tokenizer has {n} tokens but the model's vocabulary has only {size}")
-    tokens = [sp.IdToPiece(i) for i in range(n)] + [f"[PAD{i}]" for i in range(n, size)]
-    scores = np.full(size, -10000.0, dtype=np.float32)
-    scores[:n] = [sp.GetScore(i) for i in range(n)]
-    types = np.full(size, TT_UNUSED, dtype=np.int32)
-    types[:n] = [t if 1 <= t <= 6 else TT_NORMAL for t in info["types"]]
-    meta = {
-        _K + "model": string("llama"),
-        _K + "pre": string("default"),
-        _K + "tokens": array(tokens, V.STRING),
-        _K + "scores": array(scores, V.FLOAT32),
-        _K + "token_type": array(types, V.INT32),
-    }
-    for typ, val in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id()), ("pad", sp.pad_id())):
-        if 0 <= val < n:
-            meta[_K + _ID_KEYS[typ]] = u32(val)
-    meta[_K + "add_bos_token"] = boolean(True)
-    meta[_K + "add_eos_token"] = boolean(False)
-    if not info["add_dummy_prefix"]:
-        meta[_K + "add_space_prefix"] = boolean(False)
-    return meta
+    plain[_K + "tokens"] = plain[_K + "tokens"] + [f"[PAD{i}]" for i in range(n, size)]
+    plain[_K + "scores"] = plain[_K + "scores"] + [-10000.0] * (size - n)
+    plain[_K + "token_type"] = [t if 1 <= t <= 6 else TT_NORMAL for t in plain[_K + "token_type"]] + [TT_UNUSED] * (size - n)
+    # llama.cpp writes add_space_prefix for SentencePiece vocabularies only where it is off (on is llama's default)
+    if plain[_K + "add_space_prefix"]:
+        del plain[_K + "add_space_prefix"]
+    return tokenizer_metadata(plain)
 
 
 # -- pre-tokenizer detection -----------------------------------------------------------------------------
