@@ -120,4 +120,34 @@ static inline half_t fp32_to_fp16(float f) {
 
 static inline float bf16_to_fp32(bf16_t h) { return fp32_from_bits((uint32_t)h << 16); }
 
+// The packed 6-bit scales of the k-quants (ggml's kmask unpacking), for every
+// kernel path; `static inline` for the reason above.
+
+// Q3_K: the 16 signed scales of a block, still offset by 32.
+static inline void unpack_q3_k_scales(const uint8_t* packed, int8_t out[16]) {
+    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+    uint32_t aux[4];
+    std::memcpy(aux, packed, 12);
+    const uint32_t tmp = aux[2];
+    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+    std::memcpy(out, aux, 16);
+}
+
+// Q4_K/Q5_K: the 8 scales (bytes 0..7) and 8 mins (bytes 8..15) of a block
+// (the same values as ggml's get_scale_min_k4 for j = 0..7).
+static inline void unpack_q4_k_scales(const uint8_t* packed, uint8_t out[16]) {
+    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+    uint32_t utmp[4];
+    std::memcpy(utmp, packed, 12);
+    utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
+    const uint32_t uaux = utmp[1] & kmask1;
+    utmp[1] = (utmp[2] & kmask2) | (((utmp[0] >> 6) & kmask3) << 4);
+    utmp[2] = uaux;
+    utmp[0] &= kmask1;
+    std::memcpy(out, utmp, 16);
+}
+
 }  // namespace ll

@@ -42,13 +42,7 @@ static inline int32_t dot_i16x16(int16x8_t a0, int16x8_t a1, const int16_t* bsum
 // this, bytes 0..7 of utmp are the scales and bytes 8..15 the mins (ggml's
 // kmask unpacking; equivalent to get_scale_min_k4 for j = 0..7).
 static inline void unpack_scales_mins_k4(const uint8_t* packed, uint32_t utmp[4]) {
-    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
-    std::memcpy(utmp, packed, 12);
-    utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
-    const uint32_t uaux = utmp[1] & kmask1;
-    utmp[1] = (utmp[2] & kmask2) | (((utmp[0] >> 6) & kmask3) << 4);
-    utmp[2] = uaux;
-    utmp[0] &= kmask1;
+    unpack_q4_k_scales(packed, reinterpret_cast<uint8_t*>(utmp));
 }
 
 // Sum over the 8 sub-blocks of 32 of mins[j] * (bsums[2j] + bsums[2j+1]).
@@ -101,16 +95,8 @@ static inline float dot_q2_K(int64_t n, const void* w, const void* x) {
 // ---- Q3_K: 16 groups of 16, 2 low bits + inverted high bit, 6-bit signed scales ----
 
 static inline void unpack_scales_q3_K(const uint8_t* packed, int8_t scales[16]) {
-    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
-    uint32_t aux[4];
-    std::memcpy(aux, packed, 12);
-    const uint32_t tmp = aux[2];
-    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-    const int8x16_t v = vsubq_s8(vreinterpretq_s8_u32(vld1q_u32(aux)), vdupq_n_s8(32));
-    vst1q_s8(scales, v);
+    unpack_q3_k_scales(packed, scales);
+    vst1q_s8(scales, vsubq_s8(vld1q_s8(scales), vdupq_n_s8(32)));
 }
 
 static inline float dot_q3_K(int64_t n, const void* w, const void* x) {

@@ -37,34 +37,6 @@ static inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t
     }
 }
 
-// The 16 signed 6-bit scales of a Q3_K block (ggml's kmask1/kmask2 unpack),
-// still offset by 32.
-static inline void unpack_q3_k_scales(const uint8_t* packed, int8_t* scales) {
-    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
-    uint32_t aux[4];
-    std::memcpy(aux, packed, 12);
-    const uint32_t tmp = aux[2];
-    aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-    aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-    aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-    aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-    std::memcpy(scales, aux, 16);
-}
-
-// The 8 scales (bytes 0..7) and 8 mins (bytes 8..15) of a Q4_K/Q5_K block
-// (ggml's kmask1/2/3 unpack, same values as get_scale_min_k4).
-static inline void unpack_q4_k_scales(const uint8_t* packed, uint8_t* out) {
-    const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
-    uint32_t utmp[4];
-    std::memcpy(utmp, packed, 12);
-    utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
-    const uint32_t uaux = utmp[1] & kmask1;
-    utmp[1] = (utmp[2] & kmask2) | (((utmp[0] >> 6) & kmask3) << 4);
-    utmp[2] = uaux;
-    utmp[0] &= kmask1;
-    std::memcpy(out, utmp, 16);
-}
-
 // ---- dequantize (ggml's dequantize_row_*) ----
 
 void dequant_q2_k(const void* src, float* y, int64_t n) {

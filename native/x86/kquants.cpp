@@ -86,13 +86,9 @@ LL_INLINE __m128i unpack_scales_k4(const uint8_t* s) { return _mm256_castsi256_s
 
 // Q3_K: the 12 packed bytes -> 16 signed scales (6-bit value - 32) as bytes.
 LL_INLINE __m128i unpack_scales_q3(const uint8_t* s) {
-    const uint32_t kmask1 = 0x03030303u, kmask2 = 0x0f0f0f0fu;
-    const uint32_t a0 = load_u32(s), a1 = load_u32(s + 4), tmp = load_u32(s + 8);
-    const uint32_t r2 = ((a0 >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-    const uint32_t r3 = ((a1 >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-    const uint32_t r0 = (a0 & kmask2) | (((tmp >> 0) & kmask1) << 4);
-    const uint32_t r1 = (a1 & kmask2) | (((tmp >> 2) & kmask1) << 4);
-    return _mm_sub_epi8(_mm_set_epi32((int)r3, (int)r2, (int)r1, (int)r0), _mm_set1_epi8(32));
+    int8_t sc[16];
+    unpack_q3_k_scales(s, sc);
+    return _mm_sub_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)), _mm_set1_epi8(32));
 }
 
 // ---- one super-block of one row: returns acc + its contribution (8 lanes) ----
