@@ -97,12 +97,14 @@ def check_against_golden(model_name: str) -> dict:
 
 # Largest |logit - llama.cpp's| over the golden top-10s on the x86 SIMD paths,
 # whose arithmetic follows ggml's (activation rounding, int32 lane order,
-# attention, SiLU, GELU).  stories260K and SmolLM2 meet llama.cpp's 0.5
-# tolerance everywhere (measured max 0.000 and 0.471; 2 of SmolLM2's 5 prompts
-# bit-identical).  Gemma 3 does not yet: measured max 0.597, p95 0.30, 1 of 5
-# prompts bit-identical; the first differences appear at position 1, cause
-# not yet found.
-X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.65}
+# attention, SiLU, GELU, RoPE's FMAs, and the kernels ggml picks by batch
+# shape: tinyBLAS, repacked Q4_K, tiled k-quants).  On the golden prompts our
+# logits (whole vocabulary, every position) are bit-identical to those of
+# llama-cpp-python 0.3.36 built on the x86 development machine; what remains is
+# that build's own distance to the golden files (measured max 0.0022, 0.466
+# and 0.547 for stories260K, SmolLM2 and Gemma 3; Gemma 3's is at positions 4-6
+# of "def fibonacci(n):", 4 of its 5 prompts being bit-identical to the golden).
+X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.55}
 
 
 @pytest.mark.parametrize("model_name", list(GOLDEN))
