@@ -26,12 +26,15 @@ def rope(x: np.ndarray, pos: np.ndarray, hp: dict) -> np.ndarray:
     theta = (pos.astype(np.float32) * np.float32(hp["rope_pos_scale"]))[:, None] * inv_freq  # [T, half]
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     out = x.copy()
+    a, b = (x[..., :half], x[..., half:d]) if hp["rope_neox"] else (x[..., 0:d:2], x[..., 1:d:2])
+    # as ggml's FMA build rounds it: the product with a fused (here in float64), the one with b rounded
+    a64 = a.astype(np.float64)
+    ra = (a64 * cos - (b * sin).astype(np.float32)).astype(np.float32)
+    rb = (a64 * sin + (b * cos).astype(np.float32)).astype(np.float32)
     if hp["rope_neox"]:
-        a, b = x[..., :half], x[..., half:d]
-        out[..., :half], out[..., half:d] = a * cos - b * sin, a * sin + b * cos
+        out[..., :half], out[..., half:d] = ra, rb
     else:
-        a, b = x[..., 0:d:2], x[..., 1:d:2]
-        out[..., 0:d:2], out[..., 1:d:2] = a * cos - b * sin, a * sin + b * cos
+        out[..., 0:d:2], out[..., 1:d:2] = ra, rb
     return out
 
 
@@ -46,7 +49,8 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible: np.ndarray, scale: float, cache_dtype) -> np.ndarray:
     """softmax(q · Kᵀ * scale) · V as ggml computes it (flash attention off, the
     llama.cpp default): q and the softmax weights are rounded to the cache type
-    before their products with K and V.
+    before their products with K and V (summed here in numpy's order, not in
+    ggml's vec_dot or tinyBLAS order as native/*/attention.cpp does).
 
     q [T, H, hd]; keys, values [n, H, hd] (already expanded to query heads);
     visible [T, n] says which positions each query sees."""
@@ -96,7 +100,10 @@ class PyLayer:
         visible = j <= p
         if hp["sliding_window"]:
             visible &= j > p - hp["sliding_window"]
-        out = attend(q, keys, values, visible, hp["attn_scale"] or 1.0 / np.sqrt(hd), k_cache.dtype)  # [T, nh, hd]
+        scale = np.float32(hp["attn_scale"] or 1.0 / np.sqrt(hd))
+        if hp.get("attn_scale_q"):  # gemma: q scaled before its fp16 rounding, scores by 1
+            q, scale = (q * scale).astype(np.float32), np.float32(1.0)
+        out = attend(q, keys, values, visible, scale, k_cache.dtype)  # [T, nh, hd]
         o = self.linear("wo", out.reshape(T, nh * hd))
         return rms_norm(o, self.t["attn_post_norm"], eps) if "attn_post_norm" in self.t else o
 

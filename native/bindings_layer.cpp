@@ -32,6 +32,7 @@ public:
         L.norm_eps = getf("norm_eps", 1e-5f);
         L.attn_scale = getf("attn_scale", 0.0f);
         L.rope_neox = hp.contains("rope_neox") && py::cast<bool>(hp["rope_neox"]);
+        L.attn_scale_q = hp.contains("attn_scale_q") && py::cast<bool>(hp["attn_scale_q"]);
         const std::string act = hp.contains("activation") ? py::cast<std::string>(hp["activation"]) : "silu";
         if (act != "silu" && act != "gelu_tanh") throw py::value_error("activation must be 'silu' or 'gelu_tanh', got '" + act + "'");
         L.activation = act == "silu" ? ACT_SILU : ACT_GELU_TANH;

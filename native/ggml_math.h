@@ -66,6 +66,18 @@ static inline float ggml_hsum8(const float* v) {
     return (a0 + a2) + (a1 + a3);
 }
 
+// llamafile's tinyBLAS (AVX2 build), which ggml's mul_mat hands an F32 x F32
+// or F16 x F16 product whenever it has two or more columns (a prompt batch):
+// per output one 8-lane FMA accumulator over the whole row (lane = index mod
+// 8), then the horizontal add of ggml_hsum8.  It takes k only in multiples of
+// 8 and m in multiples of 4; otherwise ggml's vec_dot does the product.
+template <typename X, typename Y>
+static inline float tinyblas_dot(int64_t n, X x, Y y) {
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n; i++) acc[i % 8] = std::fmaf(x(i), y(i), acc[i % 8]);
+    return ggml_hsum8(acc);
+}
+
 // Softmax weights of the cells [lead, lead + n) among `cells` (a multiple of
 // 32), as ggml_soft_max computes them over a KV range padded to 32 cells:
 // ggml's expf, sums per 8 cells in its horizontal-add order added in double,

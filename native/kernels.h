@@ -31,13 +31,36 @@ typedef void (*dot_rows_fn)(int64_t n, int64_t nrows, const void* w, size_t row_
 // cache the arithmetic is ggml's (flash attention off, llama.cpp's default),
 // so logits agree with llama.cpp: cells padded to 32, q and the softmax weights
 // rounded to fp16, ggml's expf and its fp16 dot-product summation order.
+// `batch` says the query is one of a batch of two or more tokens: llama.cpp
+// then computes K·q and V·weights with llamafile's tinyBLAS (see ggml_math.h),
+// whose summation order differs from the one-token path's ggml_vec_dot_f16.
 typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, size_t k_stride, const void* v, size_t v_stride,
-                        float scale, int64_t first, float* scratch, float* out);
+                        float scale, int64_t first, bool batch, float* scratch, float* out);
 
 struct KernelSet {
     const char* name;
     dequant_row_fn dequant[TYPE_COUNT];
     dot_rows_fn dot[TYPE_COUNT];
+    // llama.cpp's CPU backend repacks some weight types into interleaved
+    // blocks when the tensor has a multiple of 8 rows (on AVX2: Q4_K) and
+    // multiplies them with its own kernels, which round differently from its
+    // vec_dot ones: a gemm for the batch rows in full groups of four (batches
+    // of more than three rows) and a gemv for the others.  Null where a type
+    // is not repacked; an ISA without them uses dot (they are not filled in
+    // from the scalar set).
+    dot_rows_fn dot_gemv[TYPE_COUNT];
+    dot_rows_fn dot_gemm[TYPE_COUNT];
+    // llama.cpp's tiled k-quant matmul, which replaces vec_dot for batches of
+    // 8 or more rows on weights it does not repack: per super-block the exact
+    // integer sums s = sum(scale * dot) and m = sum(min * bsum), r = d * s -
+    // dmin * m (a product, then a fused multiply-subtract), and acc += r *
+    // d_act fused.  Null where there is none (dot is used); not filled in from
+    // the scalar set either.
+    dot_rows_fn dot_tiled[TYPE_COUNT];
+    // llamafile's tinyBLAS, which ggml's mul_mat uses for F32 weights when the
+    // batch has two or more rows, k is a multiple of 8 and the row count a
+    // multiple of 4 (see ggml_math.h).  Null where unused; not filled in.
+    dot_rows_fn dot_sgemm[TYPE_COUNT];
     quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
     attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
 };

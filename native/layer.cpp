@@ -54,9 +54,11 @@ void rope(const LayerSpec& L, float* x, int64_t n_tokens, int64_t n_heads, int64
                 // neox-style models (qwen2, gemma3) pair dim i with dim i + d/2.
                 float* a = L.rope_neox ? v + i : v + 2 * i;
                 float* b = L.rope_neox ? v + i + half : v + 2 * i + 1;
+                // ggml's rotation x0*c - x1*s, x0*s + x1*c as its FMA build
+                // compiles it: the x0 product fused, the x1 product rounded.
                 const float c = cs[2 * i], s = cs[2 * i + 1], x0 = *a, x1 = *b;
-                *a = x0 * c - x1 * s;
-                *b = x0 * s + x1 * c;
+                *a = std::fmaf(x0, c, -(x1 * s));
+                *b = std::fmaf(x0, s, x1 * c);
             }
         }
     }
@@ -82,7 +84,8 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
                int64_t n_tokens, int64_t pos0) {
     const int64_t hd = L.head_dim, row = L.n_head_kv * hd, group = L.n_head / L.n_head_kv;
     const size_t esz = kv.type == TYPE_F16 ? 2 : 4;
-    const float scale = L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
+    // With attn_scale_q the caller has already scaled q (see layer_forward).
+    const float scale = L.attn_scale_q ? 1.0f : L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
     const attn_fn attn = ks.attn[kv.type];
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
@@ -92,7 +95,8 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
             const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group, p = pos0 + t;
             const int64_t j0 = L.sliding_window > 0 ? std::max<int64_t>(0, p - L.sliding_window + 1) : 0;
             const size_t first = (size_t)(j0 * row + g * hd) * esz;
-            attn(p - j0 + 1, hd, q + (t * L.n_head + h) * hd, kv.k + first, row, kv.v + first, row, scale, j0, scratch.data(), out + (t * L.n_head + h) * hd);
+            attn(p - j0 + 1, hd, q + (t * L.n_head + h) * hd, kv.k + first, row, kv.v + first, row, scale, j0, n_tokens > 1, scratch.data(),
+                 out + (t * L.n_head + h) * hd);
         }
     };
     // K and V bytes read: small attention spans are not worth waking the pool for.
@@ -126,6 +130,12 @@ void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, fl
     if (L.k_norm.present()) rms_norm(k.data(), L.k_norm.f32(), k.data(), T * L.n_head_kv, hd, L.norm_eps);
     rope(L, q.data(), T, L.n_head, pos0);
     rope(L, k.data(), T, L.n_head_kv, pos0);
+    // llama.cpp's gemma graph scales q, in float32, before q is rounded to fp16
+    // for q·K (scaling the scores instead differs where q/sqrt(hd) is an fp16 subnormal)
+    if (L.attn_scale_q) {
+        const float s = L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
+        for (int64_t i = 0; i < T * nq; i++) q[i] *= s;
+    }
     store_kv(L, kv, k.data(), v.data(), T, pos0);
     attention(ks, pool, L, kv, q.data(), att.data(), T, pos0);  // [T, n_head * hd]
     linear(ks, pool, L.wo, TensorRef{}, att.data(), T, o.data());  // [T, d]

@@ -34,6 +34,7 @@ struct LayerSpec {
     int activation = ACT_SILU;
     int64_t sliding_window = 0;     // 0: attend to every earlier position
     float attn_scale = 0.0f;        // 0: 1/sqrt(head_dim)
+    bool attn_scale_q = false;      // scale q before q·K (gemma) rather than the scores
 };
 
 // The KV cache of one layer, owned by Python: K and V are both

@@ -56,6 +56,15 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     const int vdt = TYPE_TRAITS[type].vec_dot_type;
     const size_t w_rb = row_bytes(type, k);
     dot_rows_fn dot = ks.dot[type];
+    // Weights llama.cpp would repack (see KernelSet): its gemm for the rows in
+    // full groups of four, its gemv for the rest.
+    const bool packed = n_rows % 8 == 0 && ks.dot_gemv[type] && ks.dot_gemm[type];
+    const int64_t n_gemm = packed && batch > 3 ? batch - batch % 4 : 0;
+    // Weights it keeps as they are: its tiled kernel for batches of 8 or more
+    // (k-quants), llamafile's tinyBLAS for batches of 2 or more (F32).
+    if (!packed && batch >= 8 && ks.dot_tiled[type]) dot = ks.dot_tiled[type];
+    if (batch >= 2 && k % 8 == 0 && n_rows % 4 == 0 && ks.dot_sgemm[type]) dot = ks.dot_sgemm[type];
+    auto dot_for = [&](int64_t b) { return !packed ? dot : b < n_gemm ? ks.dot_gemm[type] : ks.dot_gemv[type]; };
 
     // Integer weight types multiply int8 activations: convert X once, not per row.
     std::unique_ptr<uint8_t[]> xq_buf;
@@ -69,15 +78,16 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     }
 
     if (batch == 1) {
+        const dot_rows_fn dot1 = dot_for(0);
         parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
-                        [&](int64_t r0, int64_t r1) { dot(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
+                        [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
         return;
     }
     // Batched: a tile of weight rows stays in L2 while every activation row
     // passes over it, so weights are read from memory once per call.
     const int64_t tile = std::max<int64_t>(4, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(3)));
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
-        for (int64_t b = 0; b < batch; b++) dot(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
+        for (int64_t b = 0; b < batch; b++) dot_for(b)(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
     });
 }
 

@@ -91,18 +91,27 @@ def check_against_golden(model_name: str) -> dict:
             nxt = lm.model.forward([tok], cache)
         report["greedy"].append((len(out) - (out != case["greedy_ids"][: len(out)]), len(case["greedy_ids"])))
     e = np.array(errors)
-    report.update(median=float(np.median(e)), p95=float(np.percentile(e, 95)), max=float(e.max()), n=len(e))
+    report.update(median=float(np.median(e)), p95=float(np.percentile(e, 95)), max=float(e.max()), n=len(e),
+                  exact=float(np.mean(e <= 5e-5)))  # the golden files round to 4 decimals
     return report
 
 
 # Largest |logit - llama.cpp's| over the golden top-10s on the x86 SIMD paths,
 # whose arithmetic follows ggml's (activation rounding, int32 lane order,
-# attention, SiLU, GELU).  stories260K and SmolLM2 meet llama.cpp's 0.5
-# tolerance everywhere (measured max 0.000 and 0.471; 2 of SmolLM2's 5 prompts
-# bit-identical).  Gemma 3 does not yet: measured max 0.597, p95 0.30, 1 of 5
-# prompts bit-identical; the first differences appear at position 1, cause
-# not yet found.
-X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.65}
+# attention, SiLU, GELU, RoPE's FMAs, and the kernels ggml picks by batch
+# shape: tinyBLAS, repacked Q4_K, tiled k-quants).  On the golden prompts our
+# logits (whole vocabulary, every position) are bit-identical to those of
+# llama-cpp-python 0.3.36 built on the x86 development machine; what remains is
+# that build's own distance to the golden files (measured max 0.0022, 0.466
+# and 0.547 for stories260K, SmolLM2 and Gemma 3; Gemma 3's is at positions 4-6
+# of "def fibonacci(n):", 4 of its 5 prompts being bit-identical to the golden;
+# there llama.cpp's own logits move by up to 0.75 when the same batch holds one
+# token more, so no faithful engine can promise llama.cpp's 0.5 at that spot).
+X86_MAX = {"stories260K.gguf": 0.5, SMOLLM2: 0.5, GEMMA3: 0.55}
+# Share of golden logits our AVX2 path reproduces to the golden files' 4
+# decimals (measured 0.76, 0.65 and 0.91).  Holding this is what says the
+# arithmetic, not merely the model, is llama.cpp's.
+AVX2_EXACT = {"stories260K.gguf": 0.7, SMOLLM2: 0.6, GEMMA3: 0.85}
 
 
 @pytest.mark.parametrize("model_name", list(GOLDEN))
@@ -116,6 +125,8 @@ def test_logits_and_greedy_match_llama_cpp(model_name):
     # Other ISAs sum in other orders, which these quantized models amplify to
     # about the gap between llama.cpp's own batched and one-token paths.
     assert r["max"] <= (X86_MAX[model_name] if backend.active_isa() in ("avx2", "avx512") else 0.8), r
+    if backend.active_isa() == "avx2":
+        assert r["exact"] >= AVX2_EXACT[model_name], r
 
 
 ISA_CHECK = """

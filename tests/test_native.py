@@ -92,6 +92,26 @@ def test_matmul_matches_reference(isa, qtype, batch):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", [T.F32, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("batch", [1, 2, 5, 8, 13])
+def test_matmul_llama_cpp_kernel_choices(isa, qtype, batch):
+    """Shapes where llama.cpp changes kernels (and so rounding): tinyBLAS for F32
+    batches (k a multiple of 8, rows of 4), its repacked-Q4_K gemm for the batch
+    rows in full groups of four and gemv for the rest (rows a multiple of 8),
+    its tiled k-quant kernel from 8 batch rows on.  Every path stays within
+    float rounding of the reference, and a gemv row equals the same row alone."""
+    rng = np.random.default_rng(77 + int(qtype) * 5 + batch)
+    n, k = 40, 3 * 256
+    w = random_blocks(rng, qtype, n, k)
+    x = rng.standard_normal((batch, k)).astype(np.float32)
+    want, mag = ref_matmul(qtype, w, x, isa)
+    got = _native.matmul(int(qtype), w, x, isa=isa)
+    assert np.all(np.abs(got - want) <= 2e-5 * mag + 1e-6)
+    if qtype == T.Q4_K and (batch <= 3 or batch % 4):  # the last row goes through the gemv
+        assert np.array_equal(got[-1:], _native.matmul(int(qtype), w, x[-1:], isa=isa))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_matvec_odd_rows_and_1d_input(isa):
     rng = np.random.default_rng(7)
     for n in (1, 5, 33, 1001):

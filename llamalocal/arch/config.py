@@ -33,6 +33,7 @@ class ModelConfig:
     activation: str = "silu"
     embed_scale: float = 1.0  # gemma multiplies embeddings by sqrt(n_embd)
     attn_scale: float = 0.0  # 0: 1/sqrt(head_dim)
+    attn_scale_q: bool = False  # apply attn_scale to q (before its fp16 rounding) instead of to the scores
     extra: dict[str, Any] = field(default_factory=dict)
 
     def layer_hparams(self, i: int) -> dict[str, Any]:
@@ -41,6 +42,7 @@ class ModelConfig:
             "n_ff": self.n_ff, "rope_dim": self.rope_dim, "rope_base": self.rope_base[i], "rope_neox": self.rope_neox,
             "rope_pos_scale": self.rope_pos_scale[i], "rope_freq_factors": self.rope_freq_factors, "norm_eps": self.norm_eps,
             "activation": self.activation, "sliding_window": self.sliding_window[i], "attn_scale": self.attn_scale,
+            "attn_scale_q": self.attn_scale_q,
         }
 
 

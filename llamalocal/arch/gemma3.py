@@ -18,6 +18,8 @@ LOCAL_ROPE_BASE = 10000.0
 def config(get, n_vocab: int) -> ModelConfig:
     cfg = base_config("gemma3", get, n_vocab, rope_neox=True, activation="gelu_tanh")
     cfg.embed_scale = math.sqrt(cfg.n_embd)
+    # llama.cpp's gemma3 graph scales q by 1/sqrt(head_dim) and the scores by 1
+    cfg.attn_scale_q = True
     window = int(get("attention.sliding_window", 0) or 0)
     is_local = [(i % SWA_PATTERN) < SWA_PATTERN - 1 for i in range(cfg.n_layer)]
     cfg.sliding_window = [window if local else 0 for local in is_local]

@@ -206,7 +206,8 @@ void quant_q8_k(const float* x, void* dst, int64_t n) {
 
 // ---- dot products (ggml's generic ggml_vec_dot_qX_K_q8_K) ----
 
-float dot_q2_k(int64_t n, const void* w, const void* vy) {
+template <class Combine>
+float dot_q2_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
     const block_q2_K* x = static_cast<const block_q2_K*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vy);
     float sumf = 0;
@@ -216,8 +217,6 @@ float dot_q2_k(int64_t n, const void* w, const void* vy) {
         const uint8_t* sc = x[i].scales;
         int summs = 0;
         for (int j = 0; j < 16; ++j) summs += y[i].bsums[j] * (sc[j] >> 4);
-        const float dall = y[i].d * fp16_to_fp32(x[i].d);
-        const float dmin = y[i].d * fp16_to_fp32(x[i].dmin);
         int isum = 0, is = 0;
         for (int k = 0; k < QK_K / 128; ++k) {
             int shift = 0;
@@ -235,12 +234,13 @@ float dot_q2_k(int64_t n, const void* w, const void* vy) {
             }
             q2 += 32;
         }
-        sumf += dall * isum - dmin * summs;
+        sumf = combine(sumf, x[i], y[i], isum, summs);
     }
     return sumf;
 }
 
-float dot_q3_k(int64_t n, const void* w, const void* vy) {
+template <class Combine>
+float dot_q3_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
     const block_q3_K* x = static_cast<const block_q3_K*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vy);
     int8_t scales[16];
@@ -279,13 +279,13 @@ float dot_q3_k(int64_t n, const void* w, const void* vy) {
             for (int l = 0; l < 16; ++l) s += q8[16 * j + l] * aux8[16 * j + l];
             isum += (scales[j] - 32) * s;
         }
-        const float d = fp16_to_fp32(x[i].d) * y[i].d;
-        sumf += d * isum;
+        sumf = combine(sumf, x[i], y[i], isum, 0);
     }
     return sumf;
 }
 
-float dot_q4_k(int64_t n, const void* w, const void* vy) {
+template <class Combine>
+float dot_q4_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
     const block_q4_K* x = static_cast<const block_q4_K*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vy);
     uint8_t sm[16];  // scales[0..7], mins[8..15]
@@ -305,15 +305,48 @@ float dot_q4_k(int64_t n, const void* w, const void* vy) {
         }
         int summs = 0;
         for (int j = 0; j < QK_K / 16; ++j) summs += y[i].bsums[j] * sm[8 + j / 2];
-        const float d = fp16_to_fp32(x[i].d) * y[i].d;
-        const float dmin = fp16_to_fp32(x[i].dmin) * y[i].d;
-        sumf += d * isum;
-        sumf -= dmin * summs;
+        sumf = combine(sumf, x[i], y[i], isum, summs);
     }
     return sumf;
 }
 
-float dot_q5_k(int64_t n, const void* w, const void* vy) {
+// Q4_K as llama.cpp multiplies the weights it repacks (q4_K_8x8, see
+// KernelSet): exact integer sums over GROUP sub-block pairs (4: a whole block,
+// its gemv; 1: one pair, its gemm), each taken into two float FMA chains, one
+// for d * sum(scale * dot) and one for dmin * sum(min * bsum), subtracted at
+// the end.
+template <int GROUP>
+float dot_q4_k_packed(int64_t n, const void* w, const void* vy) {
+    const block_q4_K* x = static_cast<const block_q4_K*>(w);
+    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
+    uint8_t sm[16];  // scales[0..7], mins[8..15]
+    float acc = 0.0f, acc_min = 0.0f;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        unpack_q4_k_scales(x[i].scales, sm);
+        const float d = fp16_to_fp32(x[i].d) * y[i].d;
+        const float dmin = fp16_to_fp32(x[i].dmin) * y[i].d;
+        int isum = 0, imin = 0;
+        for (int j = 0; j < QK_K / 64; ++j) {  // sub-blocks 2j (low nibbles) and 2j + 1 (high)
+            const uint8_t* q4 = x[i].qs + 32 * j;
+            const int8_t* q8 = y[i].qs + 64 * j;
+            int s0 = 0, s1 = 0;
+            for (int l = 0; l < 32; ++l) s0 += (q4[l] & 0xF) * q8[l];
+            for (int l = 0; l < 32; ++l) s1 += (q4[l] >> 4) * q8[l + 32];
+            isum += sm[2 * j] * s0 + sm[2 * j + 1] * s1;
+            imin += sm[8 + 2 * j] * (y[i].bsums[4 * j] + y[i].bsums[4 * j + 1]) +
+                    sm[8 + 2 * j + 1] * (y[i].bsums[4 * j + 2] + y[i].bsums[4 * j + 3]);
+            if ((j + 1) % GROUP == 0) {
+                acc = std::fmaf((float)isum, d, acc);
+                acc_min = std::fmaf((float)imin, dmin, acc_min);
+                isum = imin = 0;
+            }
+        }
+    }
+    return acc - acc_min;
+}
+
+template <class Combine>
+float dot_q5_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
     const block_q5_K* x = static_cast<const block_q5_K*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vy);
     uint8_t sm[16];
@@ -337,15 +370,13 @@ float dot_q5_k(int64_t n, const void* w, const void* vy) {
         }
         int summs = 0;
         for (int j = 0; j < QK_K / 16; ++j) summs += y[i].bsums[j] * sm[8 + j / 2];
-        const float d = fp16_to_fp32(x[i].d) * y[i].d;
-        const float dmin = fp16_to_fp32(x[i].dmin) * y[i].d;
-        sumf += d * isum;
-        sumf -= dmin * summs;
+        sumf = combine(sumf, x[i], y[i], isum, summs);
     }
     return sumf;
 }
 
-float dot_q6_k(int64_t n, const void* w, const void* vy) {
+template <class Combine>
+float dot_q6_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
     const block_q6_K* x = static_cast<const block_q6_K*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vy);
     int8_t aux8[QK_K];
@@ -372,11 +403,52 @@ float dot_q6_k(int64_t n, const void* w, const void* vy) {
             for (int l = 0; l < 16; ++l) s += q8[16 * j + l] * aux8[16 * j + l];
             isum += x[i].scales[j] * s;
         }
-        const float d = fp16_to_fp32(x[i].d) * y[i].d;
-        sumf += d * isum;
+        sumf = combine(sumf, x[i], y[i], isum, 0);
     }
     return sumf;
 }
+
+// ggml's generic float work per super-block
+float dot_q2_k(int64_t n, const void* w, const void* vy) {
+    return dot_q2_k_with(n, w, vy, [](float sumf, const block_q2_K& x, const block_q8_K& y, int isum, int summs) {
+        const float dall = y.d * fp16_to_fp32(x.d);
+        const float dmin = y.d * fp16_to_fp32(x.dmin);
+        return sumf + (dall * isum - dmin * summs);
+    });
+}
+template <class B>
+float combine_d(float sumf, const B& x, const block_q8_K& y, int isum, int) {
+    const float d = fp16_to_fp32(x.d) * y.d;
+    return sumf + d * isum;
+}
+template <class B>
+float combine_d_dmin(float sumf, const B& x, const block_q8_K& y, int isum, int summs) {
+    const float d = fp16_to_fp32(x.d) * y.d;
+    const float dmin = fp16_to_fp32(x.dmin) * y.d;
+    sumf += d * isum;
+    return sumf - dmin * summs;
+}
+float dot_q3_k(int64_t n, const void* w, const void* vy) { return dot_q3_k_with(n, w, vy, combine_d<block_q3_K>); }
+float dot_q4_k(int64_t n, const void* w, const void* vy) { return dot_q4_k_with(n, w, vy, combine_d_dmin<block_q4_K>); }
+float dot_q5_k(int64_t n, const void* w, const void* vy) { return dot_q5_k_with(n, w, vy, combine_d_dmin<block_q5_K>); }
+float dot_q6_k(int64_t n, const void* w, const void* vy) { return dot_q6_k_with(n, w, vy, combine_d<block_q6_K>); }
+
+// llama.cpp's tiled k-quant matmul (see KernelSet::dot_tiled): r = d * s - dmin * m
+// (product, then fused), acc += r * d_act (fused)
+template <class B>
+float combine_tiled(float acc, const B& x, const block_q8_K& y, int isum, int) {
+    return std::fmaf(fp16_to_fp32(x.d) * (float)isum, y.d, acc);
+}
+template <class B>
+float combine_tiled_min(float acc, const B& x, const block_q8_K& y, int isum, int summs) {
+    const float r = std::fmaf(-fp16_to_fp32(x.dmin), (float)summs, fp16_to_fp32(x.d) * (float)isum);
+    return std::fmaf(r, y.d, acc);
+}
+float dot_q2_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q2_k_with(n, w, vy, combine_tiled_min<block_q2_K>); }
+float dot_q3_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q3_k_with(n, w, vy, combine_tiled<block_q3_K>); }
+float dot_q4_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q4_k_with(n, w, vy, combine_tiled_min<block_q4_K>); }
+float dot_q5_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q5_k_with(n, w, vy, combine_tiled_min<block_q5_K>); }
+float dot_q6_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q6_k_with(n, w, vy, combine_tiled<block_q6_K>); }
 
 template <float (*DOT)(int64_t, const void*, const void*)>
 void rows(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
@@ -401,6 +473,13 @@ void register_kquants_scalar(KernelSet* ks) {
     ks->dot[TYPE_Q4_K] = rows<dot_q4_k>;
     ks->dot[TYPE_Q5_K] = rows<dot_q5_k>;
     ks->dot[TYPE_Q6_K] = rows<dot_q6_k>;
+    ks->dot_tiled[TYPE_Q2_K] = rows<dot_q2_k_tiled>;
+    ks->dot_tiled[TYPE_Q3_K] = rows<dot_q3_k_tiled>;
+    ks->dot_tiled[TYPE_Q4_K] = rows<dot_q4_k_tiled>;
+    ks->dot_tiled[TYPE_Q5_K] = rows<dot_q5_k_tiled>;
+    ks->dot_tiled[TYPE_Q6_K] = rows<dot_q6_k_tiled>;
+    ks->dot_gemv[TYPE_Q4_K] = rows<dot_q4_k_packed<4>>;
+    ks->dot_gemm[TYPE_Q4_K] = rows<dot_q4_k_packed<1>>;
 }
 
 }  // namespace ll

@@ -1,8 +1,9 @@
 // AVX2 attention leaf (compiled as avx2 and avx512) for F16 caches: the scalar
 // reference's arithmetic (ggml's, see ggml_math.h) with the same roundings in
 // the same order, so results are bit-identical.  V·weights runs across head
-// dimensions with one partial sum per cell slot (cell mod 32), which is how
-// ggml_vec_dot_f16 groups each output's terms.
+// dimensions with one partial sum per cell slot: cell mod 32, as
+// ggml_vec_dot_f16 groups each output's terms, or cell mod 8, as tinyBLAS's
+// single 8-lane accumulator does for a batch.
 #include <immintrin.h>
 
 #include <cmath>
@@ -69,14 +70,23 @@ inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
     return (float)sum;
 }
 
+// tinyBLAS's K·q for a batch (hd a multiple of 8): one 8-lane accumulator, its horizontal add
+inline float dot_kq_batch(int64_t hd, const half_t* k, const float* qh) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t i = 0; i < hd; i += 8) a = _mm256_fmadd_ps(load_h(k + i), _mm256_loadu_ps(qh + i), a);
+    return hsum_ggml(a);
+}
+
 void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
-              int64_t first, float* scratch, float* out) {
+              int64_t first, bool batch, float* scratch, float* out) {
     const half_t* k = static_cast<const half_t*>(kp);
     const half_t* v = static_cast<const half_t*>(vp);
     const int64_t lead = first % 32, cells = (lead + n + 31) & ~int64_t(31);
+    const bool kq_tiny = batch && hd % 8 == 0, kqv_tiny = batch && hd % 4 == 0;  // as in the scalar reference
+    const int n_slots = kqv_tiny ? 8 : 32;
     float* w = scratch;             // [cells] softmax weights
     float* s = scratch + cells;     // [n] scores
-    float* slots = scratch + 2 * n + 64;  // [32][hd] partial sums of V·w
+    float* slots = scratch + 2 * n + 64;  // [n_slots][hd] partial sums of V·w
 
     alignas(32) float qh[MAX_HD];
     const int64_t hd8 = hd & ~int64_t(7);
@@ -84,7 +94,8 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     for (int64_t d = hd8; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
 
     float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) mx = std::fmax(mx, s[i] = dot_kq(hd, k + i * k_stride, qh) * scale);
+    for (int64_t i = 0; i < n; i++)
+        mx = std::fmax(mx, s[i] = (kq_tiny ? dot_kq_batch(hd, k + i * k_stride, qh) : dot_kq(hd, k + i * k_stride, qh)) * scale);
     for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
     double sum = 0.0;
     for (int64_t a = 0; a < cells; a += 8) {
@@ -95,10 +106,10 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
     for (int64_t a = 0; a < cells; a += 8) _mm256_storeu_ps(w + a, round_h(_mm256_mul_ps(_mm256_loadu_ps(w + a), inv)));
 
-    std::memset(slots, 0, sizeof(float) * 32 * hd);
+    std::memset(slots, 0, sizeof(float) * n_slots * hd);
     for (int64_t i = 0; i < n; i++) {
         const int64_t a = lead + i;
-        float* acc = slots + (a % 32) * hd;
+        float* acc = slots + (a % n_slots) * hd;
         const half_t* vi = v + i * v_stride;
         const __m256 p = _mm256_set1_ps(w[a]);
         int64_t d = 0;
@@ -108,6 +119,19 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     // ggml's reduction tree per output, 8 outputs at a time (the same adds in the same order)
     auto S = [&](int slot, int64_t d) { return _mm256_loadu_ps(slots + slot * hd + d); };
     int64_t d = 0;
+    if (kqv_tiny) {  // tinyBLAS's horizontal add of the 8 lanes, 8 outputs at a time
+        for (; d < hd8; d += 8) {
+            const __m256 t0 = _mm256_add_ps(S(0, d), S(4, d)), t1 = _mm256_add_ps(S(1, d), S(5, d));
+            const __m256 t2 = _mm256_add_ps(S(2, d), S(6, d)), t3 = _mm256_add_ps(S(3, d), S(7, d));
+            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3)));
+        }
+        float lanes[8];
+        for (; d < hd; d++) {
+            for (int l = 0; l < 8; l++) lanes[l] = slots[l * hd + d];
+            out[d] = ggml_hsum8(lanes);
+        }
+        return;
+    }
     for (; d < hd8; d += 8) {
         __m256 r[8];
         for (int l = 0; l < 8; l++) r[l] = _mm256_add_ps(_mm256_add_ps(S(l, d), S(16 + l, d)), _mm256_add_ps(S(8 + l, d), S(24 + l, d)));

@@ -20,6 +20,9 @@
 // ISA and the copies must never be merged by the linker.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "../kernels.h"
 
 // MAC_U8S8(acc, u, s): acc + per int32 lane, the sum of the 4 products
@@ -174,7 +177,8 @@ LL_INLINE void finish_k4x2(const half_t* dm0, const half_t* dm1, const block_q8_
     accm = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(summ), accm);
 }
 
-LL_INLINE __m256 block_q2_k(const block_q2_K* x, const block_q8_K* y, __m256 acc) {
+// Integer lanes of one Q2_K super-block: sumi sums to sum(scale * dot), summ to sum(min * bsum).
+LL_INLINE void lanes_q2_k(const block_q2_K* x, const block_q8_K* y, __m256i& sumi_out, __m256i& summ_out) {
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m128i sc = loadu128(x->scales);
     const __m128i scales = _mm_and_si128(sc, _mm_set1_epi8(0xF));
@@ -190,13 +194,20 @@ LL_INLINE __m256 block_q2_k(const block_q2_K* x, const block_q8_K* y, __m256 acc
         u[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m3);
         u[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16(q, 6), m3);
     }
-    const __m256i sumi = scaled_dot16(u, y->qs, scales);
+    sumi_out = scaled_dot16(u, y->qs, scales);
+    summ_out = summ;
+}
+
+LL_INLINE __m256 block_q2_k(const block_q2_K* x, const block_q8_K* y, __m256 acc) {
+    __m256i sumi, summ;
+    lanes_q2_k(x, y, sumi, summ);
     const float d = y->d * h2f(x->d), dmin = y->d * h2f(x->dmin);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     return _mm256_fmadd_ps(_mm256_set1_ps(-dmin), _mm256_cvtepi32_ps(summ), acc);
 }
 
-LL_INLINE __m256 block_q3_k(const block_q3_K* x, const block_q8_K* y, __m256 acc) {
+// Integer lanes of one Q3_K super-block, summing to sum(scale * dot).
+LL_INLINE __m256i lanes_q3_k(const block_q3_K* x, const block_q8_K* y) {
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m256i m4 = _mm256_set1_epi8(4);
     const __m128i scales = unpack_scales_q3(x->scales);
@@ -217,8 +228,11 @@ LL_INLINE __m256 block_q3_k(const block_q3_K* x, const block_q8_K* y, __m256 acc
     }
     // sum_k s_k * (sum u*q8 - 4 * bsum_k)
     const __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), loadu256(y->bsums));
-    const __m256i sumi = _mm256_sub_epi32(scaled_dot16(u, y->qs, scales), _mm256_slli_epi32(bias, 2));
-    return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(sumi), acc);
+    return _mm256_sub_epi32(scaled_dot16(u, y->qs, scales), _mm256_slli_epi32(bias, 2));
+}
+
+LL_INLINE __m256 block_q3_k(const block_q3_K* x, const block_q8_K* y, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(lanes_q3_k(x, y)), acc);
 }
 
 // Q4_K: nibbles of qs[32j..32j+31] are sub-blocks 2j (low) and 2j+1 (high).
@@ -266,13 +280,13 @@ LL_INLINE void block2_q5_k(const block_q5_K* x0, const block_q5_K* x1, const blo
     finish_k4x2(&x0->d, &x1->d, y, sumi0, sumi1, s.mins, acc0, acc1, accm);
 }
 
-// As ggml_vec_dot_q6_K_q8_K: the -32 is taken off each int16 pair sum,
-// (u - 32) * q8 = u * q8 - 32 * q8, and vector v's two sub-blocks (bytes
-// 0..15 and 16..31) are scaled by s_2v and s_2v+1.  Int32 lane i then holds
-// bytes 4i..4i+3 of every vector, ggml's lanes, so the float FMA rounds
-// exactly as llama.cpp's does.  q8s[v] = 32 * (pair sums of the activations)
-// depends only on the activations and is shared by the rows of a pair.
-LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, const __m256i q8s[8], __m256 acc) {
+// As ggml_vec_dot_q6_K_q8_K: vector v's two sub-blocks (bytes 0..15 and
+// 16..31) are scaled by s_2v and s_2v+1, so int32 lane i holds bytes
+// 4i..4i+3 of every vector, and the -32 offset comes off afterwards through
+// the activation block sums, 32 * (bsum_2i * s_2i + bsum_2i+1 * s_2i+1) from
+// lane i.  These are ggml's lanes, so the float FMA rounds exactly as
+// llama.cpp's does.
+LL_INLINE __m256i lanes_q6_k(const block_q6_K* x, const block_q8_K* y) {
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i m30 = _mm256_set1_epi8(0x30);
     const __m128i scales = loadu128(x->scales);
@@ -291,23 +305,24 @@ LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, const __m2
     __m256i sumi[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
     _Pragma("GCC unroll 8")
     for (int v = 0; v < 8; ++v) {
-        const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(u[v], loadu256(y->qs + 32 * v)), q8s[v]);
+        const __m256i p16 = _mm256_maddubs_epi16(u[v], loadu256(y->qs + 32 * v));  // u <= 63: no saturation
         const __m256i sv = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
             scales, _mm_setr_epi8(2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1,
                                   2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1)));
         sumi[v % 4] = MADD16_ACC(sumi[v % 4], p16, sv);  // independent chains; integer sums
     }
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(loadu256(y->bsums), _mm256_cvtepi8_epi16(scales)), 5);
     const __m256i total = _mm256_add_epi32(_mm256_add_epi32(sumi[0], sumi[1]), _mm256_add_epi32(sumi[2], sumi[3]));
-    return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(total), acc);
+    return _mm256_sub_epi32(total, offset);
+}
+
+LL_INLINE __m256 block_q6_k(const block_q6_K* x, const block_q8_K* y, __m256 acc) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(lanes_q6_k(x, y)), acc);
 }
 
 LL_INLINE void block2_q6_k(const block_q6_K* x0, const block_q6_K* x1, const block_q8_K* y, __m256& acc0, __m256& acc1, __m256&) {
-    const __m256i m32s = _mm256_set1_epi8(32);
-    __m256i q8s[8];
-    _Pragma("GCC unroll 8")
-    for (int v = 0; v < 8; ++v) q8s[v] = _mm256_maddubs_epi16(m32s, loadu256(y->qs + 32 * v));
-    acc0 = block_q6_k(x0, y, q8s, acc0);
-    acc1 = block_q6_k(x1, y, q8s, acc1);
+    acc0 = block_q6_k(x0, y, acc0);
+    acc1 = block_q6_k(x1, y, acc1);
 }
 
 // The other formats have little per-block bookkeeping: a pair is two rows.
@@ -405,6 +420,169 @@ LL_DOT_ROWS(dot_q5_k, block_q5_K, block2_q5_k)
 LL_DOT_ROWS(dot_q6_k, block_q6_K, block2_q6_k)
 
 #undef LL_DOT_ROWS
+
+// ---- Q4_K as llama.cpp multiplies the weights it repacks (q4_K_8x8) ----
+//
+// ggml_gemv_q4_K_8x8_q8_K / ggml_gemm_q4_K_8x8_q8_K (AVX2): per output, exact
+// integer sums over a group of sub-block pairs (the whole block in the gemv,
+// one pair in the gemm), each taken into two float FMA chains, d * sum(scale *
+// dot) and dmin * sum(min * bsum), subtracted at the end.  Same arithmetic as
+// the scalar reference's dot_q4_k_packed.
+
+// 4x4 transpose of int32 lanes: out[g] = [in0[g], in1[g], in2[g], in3[g]]
+LL_INLINE void transpose4(const __m128i in[4], __m128i out[4]) {
+    const __m128i t0 = _mm_unpacklo_epi32(in[0], in[1]), t1 = _mm_unpackhi_epi32(in[0], in[1]);
+    const __m128i t2 = _mm_unpacklo_epi32(in[2], in[3]), t3 = _mm_unpackhi_epi32(in[2], in[3]);
+    out[0] = _mm_unpacklo_epi64(t0, t2);
+    out[1] = _mm_unpackhi_epi64(t0, t2);
+    out[2] = _mm_unpacklo_epi64(t1, t3);
+    out[3] = _mm_unpackhi_epi64(t1, t3);
+}
+
+// Four rows at a time, one float lane each (lane-wise FMAs round as fmaf):
+// per block the gemv's single (scale, min) sum pair, or the gemm's four, one
+// per pair of sub-blocks (madd pairs the mins exactly so).
+template <int GROUP>
+void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const block_q8_K* y = static_cast<const block_q8_K*>(vx);
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int64_t r = 0; r < nrows; r += 4) {
+        const block_q4_K* x[4];
+        for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
+        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+        for (int64_t i = 0; i < nb; ++i) {
+            const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
+            alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
+            __m128i sums[4], mins[4];  // per row
+            for (int t = 0; t < 4; ++t) {
+                const block_q4_K* b = x[t] + i;
+                std::memcpy(dm + 2 * t, &b->d, 4);
+                const ScalesK4x2 sc = scales_k4x2(b->scales, b->scales);
+                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc.mins), bs32);  // min * bsum, paired: 4 lanes
+                if (GROUP == 4) {
+                    const __m256i v = sumi_q4_k(b, y[i].qs, sc.sc0);
+                    sums[t] = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                } else {
+                    // sub-blocks 2j (low nibbles) and 2j + 1 (high) of qs[32j..]: one vector per pair
+                    __m256i pair[4];
+                    _Pragma("GCC unroll 4")
+                    for (int j = 0; j < 4; ++j) {
+                        const __m256i q = loadu256(b->qs + 32 * j);
+                        const __m256i s_lo = _mm256_shuffle_epi8(sc.sc0, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
+                        const __m256i s_hi = _mm256_shuffle_epi8(sc.sc0, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
+                        const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), loadu256(y[i].qs + 64 * j));
+                        const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), loadu256(y[i].qs + 64 * j + 32));
+                        pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, s_lo), hi, s_hi);
+                    }
+                    // the four horizontal sums at once: per 128-bit half [p0 p1 p2 p3], halves added
+                    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
+                    sums[t] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                }
+            }
+            const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
+            const __m128 lo = _mm256_castps256_ps128(dd), hi = _mm256_extractf128_ps(dd, 1);
+            const __m128 d = _mm_shuffle_ps(lo, hi, 0x88), dmin = _mm_shuffle_ps(lo, hi, 0xDD);  // per row
+            if (GROUP == 4) {  // one sum per row: horizontal sums of the four rows at once
+                const __m128i s = _mm_hadd_epi32(_mm_hadd_epi32(sums[0], sums[1]), _mm_hadd_epi32(sums[2], sums[3]));
+                const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0], mins[1]), _mm_hadd_epi32(mins[2], mins[3]));
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc);
+                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
+            } else {  // four per row, in order
+                __m128i s[4], m[4];
+                transpose4(sums, s);
+                transpose4(mins, m);
+                for (int g = 0; g < 4; ++g) {
+                    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s[g]), d, acc);
+                    acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m[g]), dmin, acc_min);
+                }
+            }
+        }
+        alignas(16) float res[4];
+        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
+        for (int t = 0; t < 4 && r + t < nrows; ++t) out[r + t] = res[t];
+    }
+}
+
+// ---- llama.cpp's tiled k-quant matmul (see KernelSet::dot_tiled) ----
+//
+// Per super-block the exact integer sums s = sum(scale * dot) and m =
+// sum(min * bsum) from the same integer lanes as the kernels above, then
+// ggml's tiled microkernel epilogue: r = d * s, r -= dmin * m (fused),
+// acc += r * d_act (fused).  Same arithmetic as the scalar reference.
+
+LL_INLINE __m128i halves(__m256i v) { return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); }
+
+// Integer lanes of one super-block summing to s = sum(scale * dot) and m = sum(min * bsum), in 4 lanes each.
+template <class B>
+LL_INLINE void tiled_lanes(const B* x, const block_q8_K* y, __m128i& s, __m128i& m);
+
+template <>
+LL_INLINE void tiled_lanes(const block_q2_K* x, const block_q8_K* y, __m128i& s, __m128i& m) {
+    __m256i sumi, summ;
+    lanes_q2_k(x, y, sumi, summ);
+    s = halves(sumi);
+    m = halves(summ);
+}
+template <>
+LL_INLINE void tiled_lanes(const block_q3_K* x, const block_q8_K* y, __m128i& s, __m128i& m) {
+    s = halves(lanes_q3_k(x, y));
+    m = _mm_setzero_si128();
+}
+template <>
+LL_INLINE void tiled_lanes(const block_q4_K* x, const block_q8_K* y, __m128i& s, __m128i& m) {
+    const ScalesK4x2 sc = scales_k4x2(x->scales, x->scales);
+    s = halves(sumi_q4_k(x, y->qs, sc.sc0));
+    m = _mm_madd_epi16(_mm256_castsi256_si128(sc.mins), _mm_hadd_epi16(loadu128(y->bsums), loadu128(y->bsums + 8)));
+}
+template <>
+LL_INLINE void tiled_lanes(const block_q5_K* x, const block_q8_K* y, __m128i& s, __m128i& m) {
+    const ScalesK4x2 sc = scales_k4x2(x->scales, x->scales);
+    s = halves(sumi_q5_k(x, y->qs, sc.sc0));
+    m = _mm_madd_epi16(_mm256_castsi256_si128(sc.mins), _mm_hadd_epi16(loadu128(y->bsums), loadu128(y->bsums + 8)));
+}
+template <>
+LL_INLINE void tiled_lanes(const block_q6_K* x, const block_q8_K* y, __m128i& s, __m128i& m) {
+    s = halves(lanes_q6_k(x, y));
+    m = _mm_setzero_si128();
+}
+
+template <class B>
+LL_INLINE float dmin_of(const B* x) { return h2f(x->dmin); }
+template <>
+LL_INLINE float dmin_of(const block_q3_K*) { return 0.0f; }
+template <>
+LL_INLINE float dmin_of(const block_q6_K*) { return 0.0f; }
+
+// Four rows at a time, one float lane each (lane-wise ops round as the scalar ones).
+template <class B, bool HAS_MIN>
+void dot_tiled(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const block_q8_K* y = static_cast<const block_q8_K*>(vx);
+    const int64_t nb = n / QK_K;
+    for (int64_t r = 0; r < nrows; r += 4) {
+        const B* x[4];
+        for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const B*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
+        __m128 acc = _mm_setzero_ps();
+        for (int64_t i = 0; i < nb; ++i) {
+            __m128i s[4], m[4];
+            for (int t = 0; t < 4; ++t) tiled_lanes(x[t] + i, y + i, s[t], m[t]);
+            const __m128i st = _mm_hadd_epi32(_mm_hadd_epi32(s[0], s[1]), _mm_hadd_epi32(s[2], s[3]));  // [s of row 0..3]
+            const __m128 d = _mm_setr_ps(h2f(x[0][i].d), h2f(x[1][i].d), h2f(x[2][i].d), h2f(x[3][i].d));
+            __m128 v = _mm_mul_ps(d, _mm_cvtepi32_ps(st));
+            if (HAS_MIN) {
+                const __m128i mt = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
+                const __m128 dmin = _mm_setr_ps(dmin_of(x[0] + i), dmin_of(x[1] + i), dmin_of(x[2] + i), dmin_of(x[3] + i));
+                v = _mm_fnmadd_ps(dmin, _mm_cvtepi32_ps(mt), v);
+            }
+            acc = _mm_fmadd_ps(v, _mm_set1_ps(y[i].d), acc);
+        }
+        alignas(16) float res[4];
+        _mm_store_ps(res, acc);
+        for (int t = 0; t < 4 && r + t < nrows; ++t) out[r + t] = res[t];
+    }
+}
 
 // ---- Q8_K activation quantizer (quantize_row_q8_K_ref, -127 numerator as in current ggml) ----
 
@@ -538,6 +716,13 @@ void LL_REGISTER(kquants)(KernelSet* ks) {
     ks->dot[TYPE_Q4_K] = dot_q4_k;
     ks->dot[TYPE_Q5_K] = dot_q5_k;
     ks->dot[TYPE_Q6_K] = dot_q6_k;
+    ks->dot_tiled[TYPE_Q2_K] = dot_tiled<block_q2_K, true>;
+    ks->dot_tiled[TYPE_Q3_K] = dot_tiled<block_q3_K, false>;
+    ks->dot_tiled[TYPE_Q4_K] = dot_tiled<block_q4_K, true>;
+    ks->dot_tiled[TYPE_Q5_K] = dot_tiled<block_q5_K, true>;
+    ks->dot_tiled[TYPE_Q6_K] = dot_tiled<block_q6_K, false>;
+    ks->dot_gemv[TYPE_Q4_K] = dot_q4_k_packed<4>;
+    ks->dot_gemm[TYPE_Q4_K] = dot_q4_k_packed<1>;
     ks->quant_act[TYPE_Q8_K] = quant_q8_k;
     ks->dequant[TYPE_Q4_K] = dequant_q4_k;
     ks->dequant[TYPE_Q6_K] = dequant_q6_k;

@@ -216,12 +216,10 @@ void quant_q8_1(const float* x, void* dst, int64_t n) {
 
 // ---- float dot products (one row at a time; x is float32) ----
 
-inline __m256 load_f32(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load_f16(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline __m256 load_bf16(const bf16_t* p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
-inline float scalar_f32(float v) { return v; }
 inline float scalar_f16(half_t v) { return h2f(v); }
 inline float scalar_bf16(bf16_t v) { return bf16_to_fp32(v); }
 
@@ -249,7 +247,49 @@ inline float scalar_bf16(bf16_t v) { return bf16_to_fp32(v); }
             y[r] = NAME##_row(n, reinterpret_cast<const T*>(p + r * stride), static_cast<const float*>(x)); \
     }
 
-LL_FLOAT_DOT(dot_f32, float, load_f32, scalar_f32)
+// ggml_vec_dot_f32 (AVX2), which llama.cpp uses for F32 weights where tinyBLAS
+// does not apply (one token, or k not a multiple of 8): four 8-lane FMA
+// accumulators over chunks of 32, GGML_F32x8_REDUCE's adds, then the tail
+// one product and one add at a time (no FMA: ggml's build does not fuse them).
+float dot_f32_row(int64_t n, const float* a, const float* b) {
+    const int64_t np = n & ~int64_t(31);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < np; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    const __m256 x = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    const __m128 t1 = _mm_hadd_ps(t0, t0);
+    float s = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    for (int64_t i = np; i < n; i++) {
+        float prod = a[i] * b[i];
+        __asm__("" : "+x"(prod));  // keeps the compiler from fusing the add into an FMA
+        s += prod;
+    }
+    return s;
+}
+
+void dot_f32(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    for (int64_t r = 0; r < nrows; r++) y[r] = dot_f32_row(n, reinterpret_cast<const float*>(p + r * stride), static_cast<const float*>(x));
+}
+
+// llamafile's tinyBLAS for F32 batches (KernelSet::dot_sgemm; n is a multiple of 8):
+// one 8-lane FMA accumulator per row, ggml's horizontal add
+void dot_f32_sgemm(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const float* b = static_cast<const float*>(x);
+    for (int64_t r = 0; r < nrows; r++) {
+        const float* a = reinterpret_cast<const float*>(p + r * stride);
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+        y[r] = hsum8(acc);
+    }
+}
+
 LL_FLOAT_DOT(dot_f16, half_t, load_f16, scalar_f16)
 LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
 #undef LL_FLOAT_DOT
@@ -432,6 +472,7 @@ void LL_REGISTER(legacy)(KernelSet* ks) {
     ks->quant_act[TYPE_Q8_1] = quant_q8_1;
 
     ks->dot[TYPE_F32] = dot_f32;
+    ks->dot_sgemm[TYPE_F32] = dot_f32_sgemm;
     ks->dot[TYPE_F16] = dot_f16;
     ks->dot[TYPE_BF16] = dot_bf16;
     ks->dot[TYPE_Q4_0] = dot_q4_0;

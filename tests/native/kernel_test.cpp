@@ -160,6 +160,27 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                 }
                 std::snprintf(detail, sizeof detail, "max error / sum|terms| = %.3g", worst_rel);
                 check(ok, ks.name, tt.name, "dot", k, rows, detail);
+
+                // llama.cpp's kernels for repacked weights, its tiled k-quant kernel and
+                // tinyBLAS: the same integer sums and float steps as the scalar
+                // reference, so bit-identical
+                const dot_rows_fn packed[4][2] = {{ref.dot_gemv[t], ks.dot_gemv[t]}, {ref.dot_gemm[t], ks.dot_gemm[t]},
+                                                  {ref.dot_tiled[t], ks.dot_tiled[t]}, {ref.dot_sgemm[t], ks.dot_sgemm[t]}};
+                const char* packed_name[4] = {"dot_gemv", "dot_gemm", "dot_tiled", "dot_sgemm"};
+                for (int g = 0; g < 4; g++) {
+                    if (!packed[g][1]) continue;  // this ISA multiplies the type with dot only
+                    if (g == 3 && k % 8) continue;  // tinyBLAS takes k in multiples of 8 only
+                    if (!packed[g][0]) {
+                        check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar repacked-weight kernel");
+                        continue;
+                    }
+                    packed[g][0](k, rows, w.data(), rb, xq.data(), y_ref.data());
+                    packed[g][1](k, rows, w.data(), rb, xq.data(), y_isa.data());
+                    int64_t n_diff = 0;
+                    for (int64_t r = 0; r < rows; r++) n_diff += std::memcmp(&y_ref[r], &y_isa[r], sizeof(float)) != 0;
+                    std::snprintf(detail, sizeof detail, "%lld of %lld outputs differ", (long long)n_diff, (long long)rows);
+                    check(n_diff == 0, ks.name, tt.name, packed_name[g], k, rows, detail);
+                }
             }
         }
     }
@@ -201,7 +222,7 @@ void test_attention(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
     char detail[256];
     for (int cache_type : {TYPE_F16, TYPE_F32}) {
         const size_t esz = cache_type == TYPE_F16 ? 2 : 4;
-        for (int64_t hd : {8, 64, 72, 256}) {
+        for (int64_t hd : {8, 64, 68, 72, 256}) {
             for (int64_t n : {1, 7, 100, 333}) {
                 // two KV heads interleaved per position: rows are 2*hd apart, as in the cache
                 const size_t stride = 2 * hd;
@@ -222,13 +243,17 @@ void test_attention(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
                 for (auto& x : q) x = 3.0f * rng.normal();
                 const float scale = 1.0f / std::sqrt((float)hd);
                 const size_t off = hd * esz;  // the second head
-                ref.attn[cache_type](n, hd, q.data(), k.data() + off, stride, v.data() + off, stride, scale, first, scratch.data(), o_ref.data());
-                ks.attn[cache_type](n, hd, q.data(), k.data() + off, stride, v.data() + off, stride, scale, first, scratch.data(), o_isa.data());
-                double worst = 0;
-                for (int64_t d = 0; d < hd; d++) worst = std::fmax(worst, std::fabs((double)o_ref[d] - o_isa[d]));
-                // both follow ggml's arithmetic step for step: bit-identical
-                std::snprintf(detail, sizeof detail, "max abs error %.3g", worst);
-                check(worst == 0.0, ks.name, cache_type == TYPE_F16 ? "F16 cache" : "F32 cache", "attention", hd, n, detail);
+                for (bool batch : {false, true}) {  // one token (ggml_vec_dot_f16), a batch (tinyBLAS)
+                    ref.attn[cache_type](n, hd, q.data(), k.data() + off, stride, v.data() + off, stride, scale, first, batch, scratch.data(),
+                                         o_ref.data());
+                    ks.attn[cache_type](n, hd, q.data(), k.data() + off, stride, v.data() + off, stride, scale, first, batch, scratch.data(),
+                                        o_isa.data());
+                    double worst = 0;
+                    for (int64_t d = 0; d < hd; d++) worst = std::fmax(worst, std::fabs((double)o_ref[d] - o_isa[d]));
+                    // both follow ggml's arithmetic step for step: bit-identical
+                    std::snprintf(detail, sizeof detail, "%s: max abs error %.3g", batch ? "batch" : "one token", worst);
+                    check(worst == 0.0, ks.name, cache_type == TYPE_F16 ? "F16 cache" : "F32 cache", "attention", hd, n, detail);
+                }
             }
         }
     }
