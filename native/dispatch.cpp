@@ -67,7 +67,11 @@ struct IsaEntry {
 
 const IsaEntry ISAS[] = {
 #if defined(__x86_64__) || defined(_M_X64)
+#if defined(LL_VNNI_EMULATED)  // test builds: avx512 objects built with SIMDe's VNNI, no AVX-512 instructions
+    {"avx512", [](const Features& f) { return f.avx2 && f.fma && f.f16c; },
+#else
     {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; },
+#endif
      {register_legacy_avx512, register_kquants_avx512, register_attn_avx512}},
     {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, {register_legacy_avx2, register_kquants_avx2, register_attn_avx2}},
 #endif

@@ -229,17 +229,34 @@ def test_isa_env_var_rejects_unavailable_path():
     assert r.returncode != 0 and "LLAMALOCAL_ISA='pdp11' is not available" in r.stderr
 
 
-def test_native_harness_all_isas():
-    """The C++ test program: every SIMD path against scalar on this CPU."""
+def run_harness(*build_args: str) -> str:
+    """Builds tests/native/kernel_test.cpp with build.sh and runs it; returns its output."""
     import tempfile
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "kernel_test"
-        subprocess.run(["bash", str(root / "tests/native/build.sh"), str(exe)], check=True, timeout=600)
+        subprocess.run(["bash", str(root / "tests/native/build.sh"), str(exe), *build_args], check=True, timeout=600)
         r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:]
     summary = r.stdout.strip().splitlines()[-1]
     passed, failed = (int(s.split()[0]) for s in summary.split(", "))
     assert failed == 0 and passed > 1000, summary
+    return r.stdout
+
+
+def test_native_harness_all_isas():
+    """The C++ test program: every SIMD path against scalar on this CPU."""
+    run_harness()
+
+
+@pytest.mark.skipif(_native.arch != "x86_64", reason="the avx512 build exists on x86-64 only")
+def test_native_harness_avx512_source_with_emulated_vnni():
+    """The avx512 build differs from avx2 only in its VNNI multiply-accumulates
+    (native/x86/int_macc.h).  Built with SIMDe's portable VPDPBUSD/VPDPWSSD
+    instead of -mavx512*, its code runs against the scalar reference on any
+    AVX2 CPU, so a mistake in that path cannot hide on machines without
+    AVX-512 (where test_native_harness_all_isas cannot run it)."""
+    out = run_harness("g++", "x86", "--emulate-avx512")
+    assert "ISA paths: avx512 avx2 scalar" in out, out[:200]

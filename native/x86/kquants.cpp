@@ -25,18 +25,7 @@
 
 #include "../kernels.h"
 
-// MAC_U8S8(acc, u, s): acc + per int32 lane, the sum of the 4 products
-//     u8(u) * s8(s) of its bytes.
-// MADD16_ACC(acc, a, b): acc + per int32 lane, the sum of the 2 products
-//     s16(a) * s16(b) of its int16 halves (no saturation).
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define MAC_U8S8(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
-#define MADD16_ACC(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
-#else
-// maddubs saturates its int16 pair sums, which cannot happen when u <= 127
-#define MAC_U8S8(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
-#define MADD16_ACC(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
-#endif
+#include "int_macc.h"
 
 #define LL_INLINE inline __attribute__((always_inline))
 
@@ -446,13 +435,18 @@ template <int GROUP>
 void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vx);
-    const int64_t nb = n / QK_K;
+    const int64_t nb = n / QK_K, used = nb * (int64_t)sizeof(block_q4_K);
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int64_t r = 0; r < nrows; r += 4) {
         const block_q4_K* x[4];
         for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
+        // the four rows are four streams: as in LL_DOT_ROWS, fetch ahead of all of them
+        PrefetchCursor pf = prefetch_start(x[0], used, 4 * (int64_t)stride);
         __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
         for (int64_t i = 0; i < nb; ++i) {
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < 4; ++t) prefetch_lines(pf, t * (int64_t)stride, (int)sizeof(block_q4_K));
+            prefetch_advance(pf, (int)sizeof(block_q4_K));
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
             alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
             __m128i sums[4], mins[4];  // per row

@@ -2,8 +2,8 @@
 // (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the Q8_0/Q8_1 activation
 // quantizers.  Compiled twice: LL_ISA=avx2 (-mavx2 -mfma -mf16c) and
 // LL_ISA=avx512 (adds AVX-512 F/BW/VL/DQ/VNNI).  Both builds run the same
-// 256-bit code; the only difference is LL_MACC, the u8 x s8 multiply-accumulate
-// (VPDPBUSD with VNNI, VPMADDUBSW + VPMADDWD otherwise).
+// 256-bit code; the only difference is MAC_U8S8, the u8 x s8 multiply-accumulate
+// of int_macc.h.
 //
 // Integer math is exact: 4/5-bit weights stay unsigned (0..15 / 0..31) so
 // VPMADDUBSW never saturates (31 * 128 * 2 < 32767), and Q8_0 x Q8_0 uses the
@@ -21,12 +21,7 @@
 
 #include "../kernels.h"
 
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-// acc (8 x i32) += sum of 4 adjacent u8 * s8 products
-#define LL_MACC(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
-#else
-#define LL_MACC(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
-#endif
+#include "int_macc.h"
 
 namespace ll {
 namespace {
@@ -337,7 +332,7 @@ inline void prep_q8_0(const block_q8_0* y, int64_t nb, Prep* p) {
         p->d[i] = h2f(y[i].d);
         if (OFFSET) {
             const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-            const __m256i lane_sums = LL_MACC(_mm256_setzero_si256(), _mm256_set1_epi8(1), qy);
+            const __m256i lane_sums = MAC_U8S8(_mm256_setzero_si256(), _mm256_set1_epi8(1), qy);
             p->off[i] = _mm256_mullo_epi32(lane_sums, _mm256_set1_epi32(OFFSET));
         }
     }
@@ -395,7 +390,7 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
             const uint8_t* b = w + r * stride;
             if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
             const __m256i qw = F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs);
-            __m256i sum = LL_MACC(_mm256_setzero_si256(), qw, qy);  // sum(u * y) per 4-byte lane, exact
+            __m256i sum = MAC_U8S8(_mm256_setzero_si256(), qw, qy);  // sum(u * y) per 4-byte lane, exact
             if (F::m < 0) sum = _mm256_sub_epi32(sum, p->off[i]);   // sum((u - offset) * y): ggml's signed lanes
             acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
         }
@@ -422,7 +417,7 @@ inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBL
             const uint8_t* b = w + r * stride;
             if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
             const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
-            const __m256i sum = LL_MACC(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw));
+            const __m256i sum = MAC_U8S8(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw));
             acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
         }
     }
@@ -484,4 +479,4 @@ void LL_REGISTER(legacy)(KernelSet* ks) {
 
 }  // namespace ll
 
-#undef LL_MACC
+#undef MAC_U8S8
