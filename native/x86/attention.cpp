@@ -11,6 +11,7 @@
 
 #include "../ggml_math.h"
 #include "../kernels.h"
+#include "ggml_vec_dot.h"
 
 namespace ll {
 namespace {
@@ -55,17 +56,7 @@ constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
 // ggml_vec_dot_f16(hd, k, qh): four 8-lane accumulators over chunks of 32, its reduction tree, double tail
 inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
     const int64_t np = hd & ~int64_t(31);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = 0; i < np; i += 32) {
-        a0 = _mm256_fmadd_ps(load_h(k + i), _mm256_loadu_ps(qh + i), a0);
-        a1 = _mm256_fmadd_ps(load_h(k + i + 8), _mm256_loadu_ps(qh + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_h(k + i + 16), _mm256_loadu_ps(qh + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_h(k + i + 24), _mm256_loadu_ps(qh + i + 24), a3);
-    }
-    const __m256 x = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
-    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    const __m128 t1 = _mm_hadd_ps(t0, t0);
-    double sum = (double)_mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    double sum = (double)ggml_vec_dot_chunks(hd, [k](int64_t i) { return load_h(k + i); }, qh);
     for (int64_t i = np; i < hd; i++) sum += (double)(fp16_to_fp32(k[i]) * qh[i]);
     return (float)sum;
 }

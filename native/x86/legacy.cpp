@@ -21,6 +21,7 @@
 
 #include "../kernels.h"
 
+#include "ggml_vec_dot.h"
 #include "int_macc.h"
 
 namespace ll {
@@ -248,17 +249,7 @@ inline float scalar_bf16(bf16_t v) { return bf16_to_fp32(v); }
 // one product and one add at a time (no FMA: ggml's build does not fuse them).
 float dot_f32_row(int64_t n, const float* a, const float* b) {
     const int64_t np = n & ~int64_t(31);
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (int64_t i = 0; i < np; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    const __m256 x = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
-    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    const __m128 t1 = _mm_hadd_ps(t0, t0);
-    float s = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    float s = ggml_vec_dot_chunks(n, [a](int64_t i) { return _mm256_loadu_ps(a + i); }, b);
     for (int64_t i = np; i < n; i++) {
         float prod = a[i] * b[i];
         __asm__("" : "+x"(prod));  // keeps the compiler from fusing the add into an FMA
