@@ -21,6 +21,9 @@ from llamalocal import backend
 from llamalocal.formats import FORMATS, SCALE_FIELDS, WEIGHT_TYPES, GGMLType as T, block_format
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (rows N, row length K) of LLaMA-7B's projections
+# A kernel that is slower than DRAM even on cached weights is compute-bound:
+# the "in cache" column times it on this many bytes of rows, read again and again.
+CACHE_RESIDENT_BYTES = 8 << 20
 
 
 def weight_copies(qtype: T, n: int, k: int, total_bytes: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -81,7 +84,8 @@ def main() -> None:
     probe = rng.integers(0, 256, size=1 << 30, dtype=np.uint8)
 
     print(f"kernel path {backend.active_isa()}, weights swept over >= {working_set >> 20} MiB per shape (DRAM, not cache)")
-    print(f"{'type':6} {'thr':>3} {'shape (N x K)':>14} {'GB/s':>7} {'read BW':>8} {'of BW':>6} {'us/call':>8}")
+    print("in cache: the same kernel on rows that fit in the last-level cache, its compute ceiling")
+    print(f"{'type':6} {'thr':>3} {'shape (N x K)':>14} {'GB/s':>7} {'read BW':>8} {'of BW':>6} {'us/call':>8} {'in cache':>9}")
     summary = []
     for nth in threads:
         backend.set_num_threads(nth)
@@ -94,8 +98,11 @@ def main() -> None:
                 t = time_calls(lambda w: backend._native.matmul(int(qtype), w, x, out), copies, secs)
                 bw = statistics.median([bw, read_bandwidth(probe, secs / 2)])
                 gbs = copies[0].nbytes / t / 1e9
+                hot = copies[0][: max(1, (CACHE_RESIDENT_BYTES // copies[0][0].nbytes) // 8 * 8)]
+                t_hot = time_calls(lambda w: backend._native.matmul(int(qtype), w, x, out[: len(w)]), [hot] * 16, secs / 2)
                 summary.append((qtype.name, nth, gbs / bw))
-                print(f"{qtype.name:6} {nth:>3} {f'{n}x{k}':>14} {gbs:7.1f} {bw:8.1f} {gbs / bw:6.0%} {t * 1e6:8.0f}", flush=True)
+                print(f"{qtype.name:6} {nth:>3} {f'{n}x{k}':>14} {gbs:7.1f} {bw:8.1f} {gbs / bw:6.0%} {t * 1e6:8.0f} "
+                      f"{hot.nbytes / t_hot / 1e9:9.1f}", flush=True)
                 del copies
 
     print(f"\nbatch-{args.batch} matmul at 4096x4096 ({max(threads)} threads)")

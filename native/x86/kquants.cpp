@@ -450,29 +450,33 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
             alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
             __m128i sums[4], mins[4];  // per row
-            for (int t = 0; t < 4; ++t) {
-                const block_q4_K* b = x[t] + i;
-                std::memcpy(dm + 2 * t, &b->d, 4);
-                const ScalesK4x2 sc = scales_k4x2(b->scales, b->scales);
-                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc.mins), bs32);  // min * bsum, paired: 4 lanes
-                if (GROUP == 4) {
-                    const __m256i v = sumi_q4_k(b, y[i].qs, sc.sc0);
-                    sums[t] = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-                } else {
-                    // sub-blocks 2j (low nibbles) and 2j + 1 (high) of qs[32j..]: one vector per pair
-                    __m256i pair[4];
-                    _Pragma("GCC unroll 4")
-                    for (int j = 0; j < 4; ++j) {
-                        const __m256i q = loadu256(b->qs + 32 * j);
-                        const __m256i s_lo = _mm256_shuffle_epi8(sc.sc0, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
-                        const __m256i s_hi = _mm256_shuffle_epi8(sc.sc0, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
-                        const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), loadu256(y[i].qs + 64 * j));
-                        const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), loadu256(y[i].qs + 64 * j + 32));
-                        pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, s_lo), hi, s_hi);
+            for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
+                const ScalesK4x2 sc2 = scales_k4x2(x[t][i].scales, x[t + 1][i].scales);
+                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc2.mins), bs32);  // min * bsum, paired: 4 lanes
+                mins[t + 1] = _mm_madd_epi16(_mm256_extracti128_si256(sc2.mins, 1), bs32);
+                for (int u = 0; u < 2; ++u) {
+                    const block_q4_K* b = x[t + u] + i;
+                    const __m256i sc = u ? sc2.sc1 : sc2.sc0;
+                    std::memcpy(dm + 2 * (t + u), &b->d, 4);
+                    if (GROUP == 4) {
+                        const __m256i v = sumi_q4_k(b, y[i].qs, sc);
+                        sums[t + u] = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                    } else {
+                        // sub-blocks 2j (low nibbles) and 2j + 1 (high) of qs[32j..]: one vector per pair
+                        __m256i pair[4];
+                        _Pragma("GCC unroll 4")
+                        for (int j = 0; j < 4; ++j) {
+                            const __m256i q = loadu256(b->qs + 32 * j);
+                            const __m256i s_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
+                            const __m256i s_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
+                            const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), loadu256(y[i].qs + 64 * j));
+                            const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), loadu256(y[i].qs + 64 * j + 32));
+                            pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, s_lo), hi, s_hi);
+                        }
+                        // the four horizontal sums at once: per 128-bit half [p0 p1 p2 p3], halves added
+                        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
+                        sums[t + u] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
                     }
-                    // the four horizontal sums at once: per 128-bit half [p0 p1 p2 p3], halves added
-                    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
-                    sums[t] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
                 }
             }
             const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
