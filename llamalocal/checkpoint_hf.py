@@ -229,7 +229,10 @@ def _rope_scaling(config: dict, cfg_path: Path, arch: str, hp: _HParams, warning
         low, high = num("low_freq_factor", 1.0), num("high_freq_factor", 4.0)
         if low == high:
             raise CheckpointError(f"{cfg_path}: rope_scaling low_freq_factor equals high_freq_factor ({low})")
-        old_ctx = _float_param(config, cfg_path, "original_max_position_embeddings", 8192.0)
+        # transformers reads it from rope_scaling; llama.cpp's converter from the top level (the same
+        # 8192 in every Llama 3.x config), which would misplace the bands of any other model.
+        old_ctx = (num("original_max_position_embeddings", None) if "original_max_position_embeddings" in rs
+                   else _float_param(config, cfg_path, "original_max_position_embeddings", 8192.0))
         return {}, llama3_rope_factors(hp.rope_base, hp.head_dim, num("factor", 8.0), low, high, old_ctx)
     if kind == "yarn" and arch == "qwen2" and "factor" in rs:
         orig = rs.get("original_max_position_embeddings")
