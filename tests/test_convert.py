@@ -65,7 +65,10 @@ def test_hf_directory_converts_to_the_source_model(smol_hf, tmp_path):
     assert diff(lb, lc).max() < 0.1, diff(lb, lc).max()
     # Against the Q4_1 source the activations differ too (Q8_1-rounded there, float here).
     assert diff(la, lb).max() < 0.6 and np.median(diff(la, lb)) < 0.25, (diff(la, lb).max(), np.median(diff(la, lb)))
-    assert (la.argmax(1) == lb.argmax(1)).mean() > 0.9
+    # Top-1 must agree wherever the source's choice is clear (as against llama.cpp's golden files).
+    srt = np.sort(la, axis=1)
+    clear = srt[:, -1] - srt[:, -2] > 0.5
+    assert clear.sum() >= len(ids) // 2 and (la.argmax(1) == lb.argmax(1))[clear].all()
 
 def test_meta_checkpoint_converts_and_reproduces_run_c(tmp_path):
     """stories260K in Meta's layout (params.json, consolidated.00.pth, tokenizer.model)."""
