@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from llamalocal.gguf_io import GGUFFile
+from llamalocal.tokenizer_bpe import BYTE_TO_UNICODE
 
 # -- numeric helpers ------------------------------------------------------------------------------------
 
@@ -199,6 +200,19 @@ def bpe_tokenizer_files(directory: Path, meta: dict, pre_tokenizer: dict, normal
     (directory / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
+# A byte-level BPE vocabulary of the 256 byte tokens, four merges and four special tokens.
+def tiny_bpe_meta(extra_tokens=("\u0120t", "he", "\u0120the", "in"), merges=("\u0120 t", "h e", "\u0120t he", "i n")):
+    tokens = list(BYTE_TO_UNICODE) + list(extra_tokens) + ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool>"]
+    types = [1] * (len(tokens) - 4) + [3, 3, 3, 4]
+    return {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": list(merges),
+            "tokenizer.ggml.eos_token_id": len(tokens) - 2, "tokenizer.ggml.padding_token_id": len(tokens) - 4}
+
+
+QWEN2_PRE = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}"
+                                           "\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+     "behavior": "Isolated", "invert": False},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
 SMOLLM_PRE_TOKENIZER = {"type": "Sequence", "pretokenizers": [
     {"type": "Digits", "individual_digits": True},
     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},

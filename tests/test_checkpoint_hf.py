@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_fixture import (SMOLLM_PRE_TOKENIZER, bpe_tokenizer_files, encode, hf_permute, make_hf_llama_dir,
-                        round_bf16, write_safetensors_arrays, write_torch_zip)
+from hf_fixture import (QWEN2_PRE, SMOLLM_PRE_TOKENIZER, bpe_tokenizer_files, encode, hf_permute, make_hf_llama_dir,
+                        round_bf16, tiny_bpe_meta, write_safetensors_arrays, write_torch_zip)
 from llamalocal.checkpoint import CheckpointError, open_checkpoint
 from llamalocal.checkpoint_hf import hf_permute_to_gguf, llama3_rope_factors, open_hf
 from llamalocal.gguf_io import GGUFFile
 from llamalocal.safetensors_io import SafetensorsFile
 from llamalocal.tokenizer import Tokenizer
-from llamalocal.tokenizer_bpe import BYTE_TO_UNICODE
 from llamalocal.vocab_gguf import detect_pre
 from models import SMOLLM2, model_path
 
@@ -184,18 +183,6 @@ def test_pytorch_bin_weights(tmp_path):
 # -- Qwen2: biases, no permutation, tied, yarn --------------------------------------------------------------
 
 
-def tiny_bpe_meta(extra_tokens=("\u0120t", "he", "\u0120the", "in"), merges=("\u0120 t", "h e", "\u0120t he", "i n")):
-    tokens = list(BYTE_TO_UNICODE) + list(extra_tokens) + ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool>"]
-    types = [1] * (len(tokens) - 4) + [3, 3, 3, 4]
-    return {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": list(merges),
-            "tokenizer.ggml.eos_token_id": len(tokens) - 2, "tokenizer.ggml.padding_token_id": len(tokens) - 4}
-
-
-QWEN2_PRE = {"type": "Sequence", "pretokenizers": [
-    {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}"
-                                           "\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
-     "behavior": "Isolated", "invert": False},
-    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
 LLAMA3_PRE = {"type": "Sequence", "pretokenizers": [
     {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s"
                                            "\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},

@@ -23,8 +23,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_fixture import bpe_tokenizer_files  # noqa: E402
-from test_checkpoint_hf import QWEN2_PRE, tiny_bpe_meta  # noqa: E402
+from hf_fixture import QWEN2_PRE, bpe_tokenizer_files, tiny_bpe_meta  # noqa: E402
 
 from llamalocal.loader import load_model  # noqa: E402
 

@@ -21,7 +21,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
+#include <cstring>
 
 #include "../kernels.h"
 
@@ -418,6 +418,9 @@ LL_DOT_ROWS(dot_q6_k, block_q6_K, block2_q6_k)
 // dot) and dmin * sum(min * bsum), subtracted at the end.  Same arithmetic as
 // the scalar reference's dot_q4_k_packed.
 
+// The two 128-bit halves of 8 int32 lanes added: 4 lanes with the same total.
+LL_INLINE __m128i halves(__m256i v) { return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); }
+
 // 4x4 transpose of int32 lanes: out[g] = [in0[g], in1[g], in2[g], in3[g]]
 LL_INLINE void transpose4(const __m128i in[4], __m128i out[4]) {
     const __m128i t0 = _mm_unpacklo_epi32(in[0], in[1]), t1 = _mm_unpackhi_epi32(in[0], in[1]);
@@ -459,8 +462,7 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                     const __m256i sc = u ? sc2.sc1 : sc2.sc0;
                     std::memcpy(dm + 2 * (t + u), &b->d, 4);
                     if (GROUP == 4) {
-                        const __m256i v = sumi_q4_k(b, y[i].qs, sc);
-                        sums[t + u] = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                        sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
                     } else {
                         // sub-blocks 2j (low nibbles) and 2j + 1 (high) of qs[32j..]: one vector per pair
                         __m256i pair[4];
@@ -475,7 +477,7 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                         }
                         // the four horizontal sums at once: per 128-bit half [p0 p1 p2 p3], halves added
                         const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
-                        sums[t + u] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+                        sums[t + u] = halves(h);
                     }
                 }
             }
@@ -510,7 +512,6 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
 // ggml's tiled microkernel epilogue: r = d * s, r -= dmin * m (fused),
 // acc += r * d_act (fused).  Same arithmetic as the scalar reference.
 
-LL_INLINE __m128i halves(__m256i v) { return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); }
 
 // Integer lanes of one super-block summing to s = sum(scale * dot) and m = sum(min * bsum), in 4 lanes each.
 template <class B>
