@@ -112,7 +112,9 @@ class PyLayer:
         y = self.linear("w_down", act(self.linear("w_gate", x)) * self.linear("w_up", x))
         return rms_norm(y, self.t["ffn_post_norm"], self.hp["norm_eps"]) if "ffn_post_norm" in self.t else y
 
-    def forward(self, x: np.ndarray, pos0: int, k_cache: np.ndarray, v_cache: np.ndarray) -> None:
+    def forward(self, x: np.ndarray, pos0: int, k_cache: np.ndarray, v_cache: np.ndarray, n_out: int = -1) -> None:
         eps = self.hp["norm_eps"]
         h = x + self.attention(rms_norm(x, self.t["attn_norm"], eps), pos0, k_cache, v_cache)
-        x[:] = h + self.ffn(rms_norm(h, self.t["ffn_norm"], eps))
+        x[:] = h  # the rows before the last n_out keep h (see native/layer.h)
+        r = slice(len(x) - n_out if n_out > 0 else 0, None)
+        x[r] = h[r] + self.ffn(rms_norm(h[r], self.t["ffn_norm"], eps))

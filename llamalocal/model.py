@@ -118,11 +118,14 @@ class Transformer:
         if n > cache.n_free:
             raise ContextFullError(f"{n} more tokens do not fit: {cache.n_tokens} of {cache.n_ctx} context positions are used")
         pos0 = cache.n_tokens
+        keep = n if all_logits else min(n_logits or 1, n)
         x = self.embed(tokens)  # [T, d]
-        for layer, k, v in zip(self.layers, cache.k, cache.v):
-            layer.forward(x, pos0, k, v)  # x = h + ffn(norm(h)), h = x + attn(norm(x))
+        last = len(self.layers) - 1
+        for i, (layer, k, v) in enumerate(zip(self.layers, cache.k, cache.v)):
+            # x = h + ffn(norm(h)), h = x + attn(norm(x)); as in llama.cpp, the last
+            # layer's FFN runs on the rows whose logits are wanted only
+            layer.forward(x, pos0, k, v, n_out=keep if i == last else n)
         cache.n_tokens = pos0 + n
-        keep = n if all_logits else (n_logits or 1)
         x = backend.rms_norm(np.ascontiguousarray(x[n - keep :]), self.output_norm, self.config.norm_eps)
         logits = backend.matmul(self.output.type, self.output.data, x)  # [keep, vocab]
         return logits if (all_logits or n_logits) else logits[0]

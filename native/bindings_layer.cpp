@@ -69,11 +69,13 @@ public:
         }
     }
 
-    void forward(py::array x, int64_t pos0, py::array k_cache, py::array v_cache) {
+    void forward(py::array x, int64_t pos0, py::array k_cache, py::array v_cache, int64_t n_out) {
         if (!x.dtype().is(py::dtype::of<float>()) || x.ndim() != 2 || !(x.flags() & py::array::c_style) || !x.writeable())
             throw py::value_error("x must be a writable C-contiguous float32 array of shape (n_tokens, n_embd)");
         if (x.shape(1) != L.n_embd) throw py::value_error("x: expected " + std::to_string(L.n_embd) + " features, got " + std::to_string(x.shape(1)));
         const int64_t T = x.shape(0);
+        if (n_out != -1 && (n_out < 1 || n_out > T))
+            throw py::value_error("n_out must be between 1 and the " + std::to_string(T) + " tokens, got " + std::to_string(n_out));
         KVRef kv;
         const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().char_() == 'e';
         const bool f32 = k_cache.dtype().is(py::dtype::of<float>());
@@ -95,7 +97,7 @@ public:
         if (T == 0) return;
         py::gil_scoped_release release;
         auto pool = global_pool();
-        layer_forward(active_kernels(), *pool, L, xp, T, pos0, kv);
+        layer_forward(active_kernels(), *pool, L, xp, T, pos0, kv, n_out < 0 ? T : n_out);
     }
 
 private:
@@ -152,8 +154,9 @@ private:
 void bind_layer(py::module_& m) {
     py::class_<Layer>(m, "Layer", "One fused LLaMA-family transformer block (attention + FFN).")
         .def(py::init<const py::dict&, const py::dict&>(), py::arg("tensors"), py::arg("hparams"))
-        .def("forward", &Layer::forward, py::arg("x"), py::arg("pos0"), py::arg("k_cache"), py::arg("v_cache"),
-             "x (n_tokens, n_embd) float32 at positions pos0..: updated in place; K/V written to the caches.");
+        .def("forward", &Layer::forward, py::arg("x"), py::arg("pos0"), py::arg("k_cache"), py::arg("v_cache"), py::arg("n_out") = -1,
+             "x (n_tokens, n_embd) float32 at positions pos0..: updated in place; K/V written to the caches.  "
+             "With n_out (1..n_tokens), only the last n_out rows get the feed-forward half and hold the output.");
     m.def("rms_norm", [](const py::array& x, const py::array& w, float eps) {
         if (!x.dtype().is(py::dtype::of<float>()) || !w.dtype().is(py::dtype::of<float>()) || !(x.flags() & py::array::c_style) ||
             !(w.flags() & py::array::c_style) || x.ndim() < 1 || w.ndim() != 1 || x.shape(x.ndim() - 1) != w.shape(0))

@@ -84,21 +84,32 @@ const IsaEntry ISAS[] = {
 constexpr int N_ISAS = sizeof(ISAS) / sizeof(ISAS[0]);
 
 KernelSet g_sets[N_ISAS];
+KernelSet g_scalar16;  // the scalar reference at the AVX-512 build's 16 lanes
 bool g_built[N_ISAS];
 std::once_flag g_once;
 const KernelSet* g_active = nullptr;
 
+KernelSet scalar_set(int lanes) {
+    KernelSet ks{};
+    ks.lanes = lanes;
+    register_legacy_scalar(&ks);
+    register_kquants_scalar(&ks);
+    register_attn_scalar(&ks);
+    ks.name = "scalar";
+    return ks;
+}
+
 void build_all() {
-    KernelSet scalar{};
-    register_legacy_scalar(&scalar);
-    register_kquants_scalar(&scalar);
-    register_attn_scalar(&scalar);
-    scalar.name = "scalar";
+    const KernelSet scalar8 = scalar_set(8);
+    g_scalar16 = scalar_set(16);
     for (int i = 0; i < N_ISAS; i++) {
         if (!ISAS[i].supported(features())) continue;
         KernelSet ks{};
+        ks.lanes = 8;  // an ISA's registrations set 16 where they follow llama.cpp's AVX-512 build
         for (register_fn reg : ISAS[i].families) reg(&ks);
-        // Anything an ISA does not implement is served by the scalar reference.
+        // Anything an ISA does not implement is served by the scalar reference
+        // of the same lane width.
+        const KernelSet& scalar = ks.lanes == 16 ? g_scalar16 : scalar8;
         for (int t = 0; t < TYPE_COUNT; t++) {
             if (!ks.dequant[t]) ks.dequant[t] = scalar.dequant[t];
             if (!ks.dot[t]) ks.dot[t] = scalar.dot[t];
@@ -126,9 +137,9 @@ void ensure_built() { std::call_once(g_once, build_all); }
 
 }  // namespace
 
-const KernelSet& scalar_kernels() {
+const KernelSet& scalar_kernels(int lanes) {
     ensure_built();
-    return g_sets[N_ISAS - 1];
+    return lanes == 16 ? g_scalar16 : g_sets[N_ISAS - 1];
 }
 
 int available_isas(const char** names, int max_names) {

@@ -27,9 +27,9 @@ typedef void (*dot_rows_fn)(int64_t n, int64_t nrows, const void* w, size_t row_
 
 // Attention of one query over n cached positions: K and V rows of hd values of
 // the cache type, k_stride / v_stride elements apart, the first at cache cell
-// `first`; scratch holds 2n + 64 + 32hd floats; the result goes to out[hd].  For an F16
+// `first`; scratch holds 2n + 128 + 64hd floats; the result goes to out[hd].  For an F16
 // cache the arithmetic is ggml's (flash attention off, llama.cpp's default),
-// so logits agree with llama.cpp: cells padded to 32, q and the softmax weights
+// so logits agree with llama.cpp: its padded KV range (ggml_math.h), q and the softmax weights
 // rounded to fp16, ggml's expf and its fp16 dot-product summation order.
 // `batch` says the query is one of a batch of two or more tokens: llama.cpp
 // then computes K·q and V·weights with llamafile's tinyBLAS (see ggml_math.h),
@@ -39,6 +39,12 @@ typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, si
 
 struct KernelSet {
     const char* name;
+    // ggml's float vector width in the llama.cpp build whose arithmetic this
+    // set reproduces: 8 (its AVX2 build; also the scalar, NEON and numba
+    // paths) or 16 (its AVX-512 build).  The float sums that depend on it
+    // (tinyBLAS and vec_dot for F32 weights and the F16 KV cache, softmax,
+    // SiLU's vector groups) follow it; the scalar registrations read it.
+    int lanes;
     dequant_row_fn dequant[TYPE_COUNT];
     dot_rows_fn dot[TYPE_COUNT];
     // llama.cpp's CPU backend repacks some weight types into interleaved
@@ -58,8 +64,8 @@ struct KernelSet {
     // the scalar set either.
     dot_rows_fn dot_tiled[TYPE_COUNT];
     // llamafile's tinyBLAS, which ggml's mul_mat uses for F32 weights when the
-    // batch has two or more rows, k is a multiple of 8 and the row count a
-    // multiple of 4 (see ggml_math.h).  Null where unused; not filled in.
+    // batch has two or more rows, k is a multiple of `lanes` and the row count
+    // a multiple of 4 (see ggml_math.h).  Null where unused; not filled in.
     dot_rows_fn dot_sgemm[TYPE_COUNT];
     quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
     attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
@@ -84,8 +90,8 @@ LL_DECLARE_FAMILIES(dotprod)
 #endif
 
 // ---- dispatch (dispatch.cpp) ----
-// The scalar reference set, always complete.
-const KernelSet& scalar_kernels();
+// The scalar reference set at a lane width (8 or 16), always complete.
+const KernelSet& scalar_kernels(int lanes = 8);
 // Names of the ISA paths this CPU can run, best first, always ending in "scalar".
 int available_isas(const char** names, int max_names);
 // Kernel set for a named ISA (nullptr if unknown or not supported here).

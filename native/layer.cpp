@@ -90,7 +90,7 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
     auto work = [&](int, int) {
-        std::vector<float> scratch(2 * (pos0 + n_tokens) + 64 + 32 * hd);  // see attn_fn
+        std::vector<float> scratch(2 * (pos0 + n_tokens) + 128 + 64 * hd);  // see attn_fn
         for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
             const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group, p = pos0 + t;
             const int64_t j0 = L.sliding_window > 0 ? std::max<int64_t>(0, p - L.sliding_window + 1) : 0;
@@ -117,7 +117,8 @@ inline float gelu_tanh(float x) {
 
 }  // namespace
 
-void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, int64_t pos0, const KVRef& kv) {
+void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, int64_t pos0, const KVRef& kv,
+                   int64_t n_out) {
     const int64_t d = L.n_embd, hd = L.head_dim, nq = L.n_head * hd, nkv = L.n_head_kv * hd;
     std::vector<float> xn(T * d), q(T * nq), k(T * nkv), v(T * nkv), att(T * nq), o(T * d);
 
@@ -143,14 +144,18 @@ void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, fl
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
 
     // ---- out = h + ffn(norm(h)),  ffn(h) = W_down · (act(W_gate · h) * (W_up · h)) ----
+    // for the last n_out rows only: from here on x and T are those rows
+    x += (T - n_out) * d;
+    T = n_out;
     std::vector<float> gate(T * L.n_ff), up(T * L.n_ff);
     rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
     linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data());  // [T, n_ff]
     linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data());      // [T, n_ff]
-    const int64_t n_vec = L.n_ff & ~int64_t(7);  // ggml's SwiGLU: vector expf in groups of 8, libm for a row's tail
+    // ggml's SwiGLU: vector expf in groups of its lane width, libm for a row's tail
+    const int64_t n_vec = L.n_ff & ~int64_t(ks.lanes - 1);
     for (int64_t i = 0; i < T * L.n_ff; i++) {
         const float g = gate[i];
-        gate[i] = (L.activation == ACT_GELU_TANH ? gelu_tanh(g) : ggml_silu(g, i % L.n_ff < n_vec)) * up[i];
+        gate[i] = (L.activation == ACT_GELU_TANH ? gelu_tanh(g) : ggml_silu(g, i % L.n_ff < n_vec, ks.lanes)) * up[i];
     }
     linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data());  // [T, d]
     if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);

@@ -48,8 +48,12 @@ struct KVRef {
 
 // x: [n_tokens][n_embd] residual stream of tokens at positions pos0.., updated
 // in place.  Their K and V are written to the cache at those positions first.
+// Only the last n_out rows (1 <= n_out <= n_tokens) get the feed-forward half
+// and hold the layer's output; the rows before them keep h = x + attn(norm(x)).
+// llama.cpp's last layer does this for the rows whose logits are wanted, which
+// changes the kernels (and so the rounding) its FFN matmuls use.
 void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t n_tokens, int64_t pos0,
-                   const KVRef& kv);
+                   const KVRef& kv, int64_t n_out);
 
 // y[t] = x[t] / rms(x[t]) * w, for n rows of n_embd.
 void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t n_embd, float eps);

@@ -63,7 +63,7 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     // Weights it keeps as they are: its tiled kernel for batches of 8 or more
     // (k-quants), llamafile's tinyBLAS for batches of 2 or more (F32).
     if (!packed && batch >= 8 && ks.dot_tiled[type]) dot = ks.dot_tiled[type];
-    if (batch >= 2 && k % 8 == 0 && n_rows % 4 == 0 && ks.dot_sgemm[type]) dot = ks.dot_sgemm[type];
+    if (batch >= 2 && k % ks.lanes == 0 && n_rows % 4 == 0 && ks.dot_sgemm[type]) dot = ks.dot_sgemm[type];
     auto dot_for = [&](int64_t b) { return !packed ? dot : b < n_gemm ? ks.dot_gemm[type] : ks.dot_gemv[type]; };
 
     // Integer weight types multiply int8 activations: convert X once, not per row.

@@ -253,10 +253,11 @@ def test_native_harness_all_isas():
 
 @pytest.mark.skipif(_native.arch != "x86_64", reason="the avx512 build exists on x86-64 only")
 def test_native_harness_avx512_source_with_emulated_vnni():
-    """The avx512 build differs from avx2 only in its VNNI multiply-accumulates
-    (native/x86/int_macc.h).  Built with SIMDe's portable VPDPBUSD/VPDPWSSD
-    instead of -mavx512*, its code runs against the scalar reference on any
-    AVX2 CPU, so a mistake in that path cannot hide on machines without
-    AVX-512 (where test_native_harness_all_isas cannot run it)."""
+    """The avx512 build's only AVX-512 instructions are its VNNI
+    multiply-accumulates (native/x86/int_macc.h); its 16-lane float sums live
+    in pairs of 256-bit registers.  Built with SIMDe's portable VPDPBUSD/VPDPWSSD
+    instead of -mavx512*, its code runs against the scalar reference (at 16
+    lanes) on any AVX2 CPU, so a mistake in that path cannot hide on machines
+    without AVX-512 (where test_native_harness_all_isas cannot run it)."""
     out = run_harness("g++", "x86", "--emulate-avx512")
     assert "ISA paths: avx512 avx2 scalar" in out, out[:200]

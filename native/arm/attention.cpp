@@ -29,7 +29,7 @@ inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
         for (int a = 0; a < 8; a++) acc[a] = vfmaq_f32(acc[a], load_h(k + i + 4 * a), vld1q_f32(qh + i + 4 * a));
     float lanes[32];
     for (int a = 0; a < 8; a++) vst1q_f32(lanes + 4 * a, acc[a]);
-    double sum = (double)ggml_reduce32(lanes, 1);
+    double sum = (double)ggml_reduce4<8>(lanes, 1);
     for (int64_t i = np; i < hd; i++) sum += (double)(fp16_to_fp32(k[i]) * qh[i]);
     return (float)sum;
 }
@@ -49,17 +49,18 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
               int64_t first, bool batch, float* scratch, float* out) {
     const half_t* k = static_cast<const half_t*>(kp);
     const half_t* v = static_cast<const half_t*>(vp);
-    const int64_t lead = first % 32, cells = (lead + n + 31) & ~int64_t(31);
+    int64_t lead;
+    const int64_t cells = kv_cells(first, n, &lead);
     const bool kq_tiny = batch && hd % 8 == 0, kqv_tiny = batch && hd % 4 == 0;  // as in the scalar reference
     const int n_slots = kqv_tiny ? 8 : 32;
     float* w = scratch;                   // [cells] softmax weights
     float* s = scratch + cells;           // [n] scores
-    float* slots = scratch + 2 * n + 64;  // [n_slots][hd] partial sums of V·w
+    float* slots = scratch + 2 * n + 128;  // [n_slots][hd] partial sums of V·w
 
     float qh[MAX_HD];
     for (int64_t d = 0; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
     for (int64_t i = 0; i < n; i++) s[i] = (kq_tiny ? dot_kq_batch(hd, k + i * k_stride, qh) : dot_kq(hd, k + i * k_stride, qh)) * scale;
-    ggml_softmax_cells(s, n, lead, cells, w);
+    ggml_softmax_cells<8>(s, n, lead, cells, w);
 
     std::memset(slots, 0, sizeof(float) * n_slots * hd);
     const int64_t hd4 = hd & ~int64_t(3);
@@ -88,7 +89,7 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         const float32x4_t t0 = vaddq_f32(r[0], r[4]), t1 = vaddq_f32(r[1], r[5]), t2 = vaddq_f32(r[2], r[6]), t3 = vaddq_f32(r[3], r[7]);
         vst1q_f32(out + d, vaddq_f32(vaddq_f32(t0, t1), vaddq_f32(t2, t3)));
     }
-    for (; d < hd; d++) out[d] = ggml_reduce32(slots + d, hd);
+    for (; d < hd; d++) out[d] = ggml_reduce4<8>(slots + d, hd);
 }
 
 }  // namespace

@@ -134,11 +134,12 @@ float dot_f32(int64_t n, const void* w, const void* x) {
     return s;
 }
 
-// llamafile's tinyBLAS for F32 batches (KernelSet::dot_sgemm)
+// llamafile's tinyBLAS for F32 batches (KernelSet::dot_sgemm) at L lanes
+template <int L>
 float dot_f32_sgemm(int64_t n, const void* w, const void* x) {
     const float* a = static_cast<const float*>(w);
     const float* b = static_cast<const float*>(x);
-    return tinyblas_dot(n, [&](int64_t i) { return a[i]; }, [&](int64_t i) { return b[i]; });
+    return tinyblas_dot<L>(n, [&](int64_t i) { return a[i]; }, [&](int64_t i) { return b[i]; });
 }
 
 float dot_f16(int64_t n, const void* w, const void* x) {
@@ -252,7 +253,7 @@ void register_legacy_scalar(KernelSet* ks) {
     ks->quant_act[TYPE_Q8_1] = quant_q8_1;
 
     ks->dot[TYPE_F32] = rows<dot_f32>;
-    ks->dot_sgemm[TYPE_F32] = rows<dot_f32_sgemm>;
+    ks->dot_sgemm[TYPE_F32] = ks->lanes == 16 ? rows<dot_f32_sgemm<16>> : rows<dot_f32_sgemm<8>>;
     ks->dot[TYPE_F16] = rows<dot_f16>;
     ks->dot[TYPE_BF16] = rows<dot_bf16>;
     ks->dot[TYPE_Q4_0] = rows<dot_q4_0>;

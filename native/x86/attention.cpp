@@ -1,9 +1,9 @@
-// AVX2 attention leaf (compiled as avx2 and avx512) for F16 caches: the scalar
-// reference's arithmetic (ggml's, see ggml_math.h) with the same roundings in
-// the same order, so results are bit-identical.  V·weights runs across head
-// dimensions with one partial sum per cell slot: cell mod 32, as
-// ggml_vec_dot_f16 groups each output's terms, or cell mod 8, as tinyBLAS's
-// single 8-lane accumulator does for a batch.
+// x86 attention leaf (compiled as avx2 and avx512) for F16 caches: the scalar
+// reference's arithmetic (ggml's, see ggml_math.h) at the build's lane width L
+// (ggml_vec_dot.h), with the same roundings in the same order, so results are
+// bit-identical.  V·weights runs across head dimensions with one partial sum
+// per cell slot: cell mod 4L, as ggml_vec_dot_f16 groups each output's terms,
+// or cell mod L, as tinyBLAS's single L-lane accumulator does for a batch.
 #include <immintrin.h>
 
 #include <cmath>
@@ -20,7 +20,7 @@ inline __m256 load_h(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(r
 inline __m256 round_h(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 // ggml_v_expf (AVX2)
-inline __m256 v_expf(__m256 x) {
+inline __m256 v_expf256(__m256 x) {
     const __m256 r = _mm256_set1_ps(0x1.8p23f);
     const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
     const __m256 n = _mm256_sub_ps(z, r);
@@ -44,40 +44,77 @@ inline __m256 v_expf(__m256 x) {
                                                       _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
 }
 
-inline float hsum_ggml(__m256 v) {  // ggml's 256-bit horizontal add
-    __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+// 2^n for integral n in [-126, 127], exactly
+inline __m256 pow2(__m256 n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
 }
 
-constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
+// ggml_v_expf (AVX-512): the polynomial carries the 1, and 2^n is applied with
+// one rounding as VSCALEFPS does; where 2^n is not a normal float it is
+// applied in two exact power-of-two steps, of which only the second rounds.
+inline __m256 v_expf512(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    const __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.f), n);
+    const __m256 wide = _mm256_cmp_ps(an, _mm256_set1_ps(126), _CMP_GT_OQ);
+    if (!_mm256_movemask_ps(wide)) return _mm256_mul_ps(j, pow2(n));
+    const __m256 pos = _mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_GT_OQ);
+    const __m256 step = _mm256_and_ps(wide, _mm256_blendv_ps(_mm256_set1_ps(-100), _mm256_set1_ps(100), pos));
+    const __m256 far = _mm256_cmp_ps(an, _mm256_set1_ps(192), _CMP_GT_OQ);
+    const __m256 n1 = _mm256_andnot_ps(far, _mm256_sub_ps(n, step));  // far lanes: any finite exponent
+    const __m256 res = _mm256_mul_ps(_mm256_mul_ps(j, pow2(n1)), pow2(step));
+    return _mm256_blendv_ps(res, _mm256_and_ps(pos, _mm256_set1_ps(INFINITY)), far);
+}
 
-// ggml_vec_dot_f16(hd, k, qh): four 8-lane accumulators over chunks of 32, its reduction tree, double tail
+inline __m256 v_expf(__m256 x) { return GGML_LANES == 16 ? v_expf512(x) : v_expf256(x); }
+
+constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
+constexpr int64_t DOT_STEP = 4 * GGML_LANES;  // ggml_vec_dot_f16's chunk
+
+// ggml_vec_dot_f16(hd, k, qh): four L-lane accumulators over chunks of 4L, its reduction tree, double tail
 inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
-    const int64_t np = hd & ~int64_t(31);
+    const int64_t np = hd & ~(DOT_STEP - 1);
     double sum = (double)ggml_vec_dot_chunks(hd, [k](int64_t i) { return load_h(k + i); }, qh);
     for (int64_t i = np; i < hd; i++) sum += (double)(fp16_to_fp32(k[i]) * qh[i]);
     return (float)sum;
 }
 
-// tinyBLAS's K·q for a batch (hd a multiple of 8): one 8-lane accumulator, its horizontal add
+// tinyBLAS's K·q for a batch (hd a multiple of L): one L-lane accumulator, its horizontal sum
 inline float dot_kq_batch(int64_t hd, const half_t* k, const float* qh) {
-    __m256 a = _mm256_setzero_ps();
-    for (int64_t i = 0; i < hd; i += 8) a = _mm256_fmadd_ps(load_h(k + i), _mm256_loadu_ps(qh + i), a);
-    return hsum_ggml(a);
+    __m256 a[GGML_HALVES];
+    for (auto& h : a) h = _mm256_setzero_ps();
+    for (int64_t i = 0; i < hd; i += GGML_LANES)
+        for (int h = 0; h < GGML_HALVES; h++) a[h] = _mm256_fmadd_ps(load_h(k + i + 8 * h), _mm256_loadu_ps(qh + i + 8 * h), a[h]);
+    return hsum_lanes(a);
+}
+
+// 8 outputs of ggml's horizontal sum over L slots (t[l] holds slot l's partial sums)
+inline __m256 hsum_slots(const __m256* t) {
+    __m256 v[8];
+    for (int l = 0; l < 8; l++) v[l] = GGML_LANES == 16 ? _mm256_add_ps(t[l], t[l + 8]) : t[l];
+    const __m256 t0 = _mm256_add_ps(v[0], v[4]), t1 = _mm256_add_ps(v[1], v[5]);
+    const __m256 t2 = _mm256_add_ps(v[2], v[6]), t3 = _mm256_add_ps(v[3], v[7]);
+    return _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
 }
 
 void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_stride, const void* vp, size_t v_stride, float scale,
               int64_t first, bool batch, float* scratch, float* out) {
     const half_t* k = static_cast<const half_t*>(kp);
     const half_t* v = static_cast<const half_t*>(vp);
-    const int64_t lead = first % 32, cells = (lead + n + 31) & ~int64_t(31);
-    const bool kq_tiny = batch && hd % 8 == 0, kqv_tiny = batch && hd % 4 == 0;  // as in the scalar reference
-    const int n_slots = kqv_tiny ? 8 : 32;
+    int64_t lead;
+    const int64_t cells = kv_cells(first, n, &lead);
+    const bool kq_tiny = batch && hd % GGML_LANES == 0, kqv_tiny = batch && hd % 4 == 0;  // as in the scalar reference
+    const int n_slots = kqv_tiny ? GGML_LANES : DOT_STEP;  // cells is a multiple of both: no tail
     float* w = scratch;             // [cells] softmax weights
     float* s = scratch + cells;     // [n] scores
-    float* slots = scratch + 2 * n + 64;  // [n_slots][hd] partial sums of V·w
+    float* slots = scratch + 2 * n + 128;  // [n_slots][hd] partial sums of V·w
 
     alignas(32) float qh[MAX_HD];
     const int64_t hd8 = hd & ~int64_t(7);
@@ -89,10 +126,10 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         mx = std::fmax(mx, s[i] = (kq_tiny ? dot_kq_batch(hd, k + i * k_stride, qh) : dot_kq(hd, k + i * k_stride, qh)) * scale);
     for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
     double sum = 0.0;
-    for (int64_t a = 0; a < cells; a += 8) {
-        const __m256 e = v_expf(_mm256_loadu_ps(w + a));
-        _mm256_storeu_ps(w + a, e);
-        sum += (double)hsum_ggml(e);
+    for (int64_t a = 0; a < cells; a += GGML_LANES) {
+        __m256 e[GGML_HALVES];
+        for (int h = 0; h < GGML_HALVES; h++) _mm256_storeu_ps(w + a + 8 * h, e[h] = v_expf(_mm256_loadu_ps(w + a + 8 * h)));
+        sum += (double)hsum_lanes(e);
     }
     const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
     for (int64_t a = 0; a < cells; a += 8) _mm256_storeu_ps(w + a, round_h(_mm256_mul_ps(_mm256_loadu_ps(w + a), inv)));
@@ -109,32 +146,34 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     }
     // ggml's reduction tree per output, 8 outputs at a time (the same adds in the same order)
     auto S = [&](int slot, int64_t d) { return _mm256_loadu_ps(slots + slot * hd + d); };
-    int64_t d = 0;
-    if (kqv_tiny) {  // tinyBLAS's horizontal add of the 8 lanes, 8 outputs at a time
-        for (; d < hd8; d += 8) {
-            const __m256 t0 = _mm256_add_ps(S(0, d), S(4, d)), t1 = _mm256_add_ps(S(1, d), S(5, d));
-            const __m256 t2 = _mm256_add_ps(S(2, d), S(6, d)), t3 = _mm256_add_ps(S(3, d), S(7, d));
-            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3)));
+    for (int64_t d = 0; d < hd8; d += 8) {
+        __m256 t[GGML_LANES];
+        if (kqv_tiny) {
+            for (int l = 0; l < GGML_LANES; l++) t[l] = S(l, d);
+            _mm256_storeu_ps(out + d, hsum_slots(t));
+            continue;
         }
-        float lanes[8];
-        for (; d < hd; d++) {
-            for (int l = 0; l < 8; l++) lanes[l] = slots[l * hd + d];
-            out[d] = ggml_hsum8(lanes);
+        constexpr int L = GGML_LANES;
+        for (int l = 0; l < L; l++) t[l] = _mm256_add_ps(_mm256_add_ps(S(l, d), S(2 * L + l, d)), _mm256_add_ps(S(L + l, d), S(3 * L + l, d)));
+        if (L == 16) {
+            _mm256_storeu_ps(out + d, hsum_slots(t));
+        } else {  // GGML_F32x8_REDUCE's hadds: (r0+r4 + r1+r5) + (r2+r6 + r3+r7)
+            const __m256 t0 = _mm256_add_ps(t[0], t[4]), t1 = _mm256_add_ps(t[1], t[5]);
+            const __m256 t2 = _mm256_add_ps(t[2], t[6]), t3 = _mm256_add_ps(t[3], t[7]);
+            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
         }
-        return;
     }
-    for (; d < hd8; d += 8) {
-        __m256 r[8];
-        for (int l = 0; l < 8; l++) r[l] = _mm256_add_ps(_mm256_add_ps(S(l, d), S(16 + l, d)), _mm256_add_ps(S(8 + l, d), S(24 + l, d)));
-        const __m256 t0 = _mm256_add_ps(r[0], r[4]), t1 = _mm256_add_ps(r[1], r[5]), t2 = _mm256_add_ps(r[2], r[6]), t3 = _mm256_add_ps(r[3], r[7]);
-        _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+    for (int64_t d = hd8; d < hd; d++) {
+        float lanes[GGML_LANES];
+        for (int l = 0; l < GGML_LANES; l++) lanes[l] = slots[l * hd + d];
+        out[d] = kqv_tiny ? ggml_hsum<GGML_LANES>(lanes) : ggml_reduce4<GGML_LANES>(slots + d, hd);
     }
-    for (; d < hd; d++) out[d] = ggml_reduce32(slots + d, hd);
 }
 
 }  // namespace
 
 void LL_REGISTER(attn)(KernelSet* ks) {
+    ks->lanes = GGML_LANES;
     ks->attn[TYPE_F16] = attn_f16;  // F32 caches use the scalar reference
 }
 

@@ -1,29 +1,63 @@
-// The body of ggml's AVX2 ggml_vec_dot_f32 and ggml_vec_dot_f16: four 8-lane
-// FMA accumulators over chunks of 32, then GGML_F32x8_REDUCE's tree.  Shared
-// so that F32 weights (legacy.cpp) and the F16 K cache (attention.cpp) round
-// exactly as llama.cpp's kernels do; the callers add ggml's tails.
+// ggml's float reductions as its x86 builds compile them, at the lane width of
+// the build our objects reproduce: LL_GGML_LANES is 8 in the avx2 objects
+// (llama.cpp's AVX2 build) and 16 in the avx512 ones (its AVX-512 build; see
+// ggml_math.h).  A 16-lane vector is held as two __m256 halves: lane-wise
+// FMAs and adds round exactly as the 512-bit instructions do, so the same
+// code runs, and is tested, on AVX2 machines (the avx512 objects' only
+// AVX-512 instructions are the VNNI ones of int_macc.h).
 #pragma once
 
 #include <immintrin.h>
 
 #include <cstdint>
 
+#if defined(__AVX512F__) || defined(LL_VNNI_EMULATED)
+#define LL_GGML_LANES 16
+#else
+#define LL_GGML_LANES 8
+#endif
+
 namespace ll {
 namespace {
 
-// Sum of a[i] * b[i] over i < (n & ~31); load_a(i) gives a[i..i+7] as floats.
+constexpr int GGML_LANES = LL_GGML_LANES;
+constexpr int GGML_HALVES = GGML_LANES / 8;  // __m256 per ggml vector
+
+// ggml's 256-bit horizontal add (hsum): (v0+v4 + v2+v6) + (v1+v5 + v3+v7).
+inline float hsum_ggml(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Horizontal sum of one ggml vector: hsum, or _mm512_reduce_add_ps (the two
+// halves added, then the same tree).
+inline float hsum_lanes(const __m256* v) { return hsum_ggml(GGML_HALVES == 2 ? _mm256_add_ps(v[0], v[1]) : v[0]); }
+
+// The body of ggml_vec_dot_f32 and ggml_vec_dot_f16: the sum of a[i] * b[i]
+// over i < (n & ~(4L - 1)) in four L-lane FMA accumulators, then
+// GGML_F32_VEC_REDUCE's tree; load_a(i) gives a[i..i+7] as floats.  Shared so
+// that F32 weights (legacy.cpp) and the F16 K cache (attention.cpp) round
+// exactly as llama.cpp's kernels do; the callers add ggml's tails.
 template <class LoadA>
 inline float ggml_vec_dot_chunks(int64_t n, LoadA load_a, const float* b) {
-    const int64_t np = n & ~int64_t(31);
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (int64_t i = 0; i < np; i += 32) {
-        s0 = _mm256_fmadd_ps(load_a(i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(load_a(i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(load_a(i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(load_a(i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    const __m256 x = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
-    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    constexpr int STEP = 4 * GGML_LANES;
+    const int64_t np = n & ~int64_t(STEP - 1);
+    __m256 s[4][GGML_HALVES];
+    for (auto& acc : s)
+        for (auto& h : acc) h = _mm256_setzero_ps();
+    for (int64_t i = 0; i < np; i += STEP)
+        for (int a = 0; a < 4; a++)
+            for (int h = 0; h < GGML_HALVES; h++) {
+                const int64_t at = i + a * GGML_LANES + h * 8;
+                s[a][h] = _mm256_fmadd_ps(load_a(at), _mm256_loadu_ps(b + at), s[a][h]);
+            }
+    __m256 x[GGML_HALVES];
+    for (int h = 0; h < GGML_HALVES; h++) x[h] = _mm256_add_ps(_mm256_add_ps(s[0][h], s[2][h]), _mm256_add_ps(s[1][h], s[3][h]));
+    if (GGML_HALVES == 2) return hsum_lanes(x);
+    // GGML_F32x8_REDUCE ends in two _mm_hadd_ps: (a0+a1) + (a2+a3)
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x[0]), _mm256_extractf128_ps(x[0], 1));
     const __m128 t1 = _mm_hadd_ps(t0, t0);
     return _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
 }

@@ -2,8 +2,9 @@
 // (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the Q8_0/Q8_1 activation
 // quantizers.  Compiled twice: LL_ISA=avx2 (-mavx2 -mfma -mf16c) and
 // LL_ISA=avx512 (adds AVX-512 F/BW/VL/DQ/VNNI).  Both builds run the same
-// 256-bit code; the only difference is MAC_U8S8, the u8 x s8 multiply-accumulate
-// of int_macc.h.
+// 256-bit code; they differ in MAC_U8S8, the u8 x s8 multiply-accumulate of
+// int_macc.h, and in the lane width of F32 weights' float sums, which follow
+// llama.cpp's AVX2 or AVX-512 build (ggml_vec_dot.h).
 //
 // Integer math is exact: 4/5-bit weights stay unsigned (0..15 / 0..31) so
 // VPMADDUBSW never saturates (31 * 128 * 2 < 32767), and Q8_0 x Q8_0 uses the
@@ -39,12 +40,7 @@ inline __m256 opaque(__m256 v) {
     return v;
 }
 
-inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+inline float hsum8(__m256 v) { return hsum_ggml(v); }
 
 inline int hsum8i(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -243,12 +239,12 @@ inline float scalar_bf16(bf16_t v) { return bf16_to_fp32(v); }
             y[r] = NAME##_row(n, reinterpret_cast<const T*>(p + r * stride), static_cast<const float*>(x)); \
     }
 
-// ggml_vec_dot_f32 (AVX2), which llama.cpp uses for F32 weights where tinyBLAS
-// does not apply (one token, or k not a multiple of 8): four 8-lane FMA
-// accumulators over chunks of 32, GGML_F32x8_REDUCE's adds, then the tail
+// ggml_vec_dot_f32, which llama.cpp uses for F32 weights where tinyBLAS does
+// not apply (one token, or k not a multiple of the lane width): four L-lane
+// FMA accumulators over chunks of 4L, GGML_F32_VEC_REDUCE's adds, then the tail
 // one product and one add at a time (no FMA: ggml's build does not fuse them).
 float dot_f32_row(int64_t n, const float* a, const float* b) {
-    const int64_t np = n & ~int64_t(31);
+    const int64_t np = n & ~int64_t(4 * GGML_LANES - 1);
     float s = ggml_vec_dot_chunks(n, [a](int64_t i) { return _mm256_loadu_ps(a + i); }, b);
     for (int64_t i = np; i < n; i++) {
         float prod = a[i] * b[i];
@@ -263,16 +259,19 @@ void dot_f32(int64_t n, int64_t nrows, const void* w, size_t stride, const void*
     for (int64_t r = 0; r < nrows; r++) y[r] = dot_f32_row(n, reinterpret_cast<const float*>(p + r * stride), static_cast<const float*>(x));
 }
 
-// llamafile's tinyBLAS for F32 batches (KernelSet::dot_sgemm; n is a multiple of 8):
-// one 8-lane FMA accumulator per row, ggml's horizontal add
+// llamafile's tinyBLAS for F32 batches (KernelSet::dot_sgemm; n is a multiple
+// of the lane width L): one L-lane FMA accumulator per row, its horizontal sum
 void dot_f32_sgemm(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
     const float* b = static_cast<const float*>(x);
     for (int64_t r = 0; r < nrows; r++) {
         const float* a = reinterpret_cast<const float*>(p + r * stride);
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-        y[r] = hsum8(acc);
+        __m256 acc[GGML_HALVES];
+        for (auto& h : acc) h = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += GGML_LANES)
+            for (int h = 0; h < GGML_HALVES; h++)
+                acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * h), _mm256_loadu_ps(b + i + 8 * h), acc[h]);
+        y[r] = hsum_lanes(acc);
     }
 }
 
@@ -444,6 +443,7 @@ LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8
 }  // namespace
 
 void LL_REGISTER(legacy)(KernelSet* ks) {
+    ks->lanes = GGML_LANES;
     ks->dequant[TYPE_F32] = dequant_f32;
     ks->dequant[TYPE_F16] = dequant_f16;
     ks->dequant[TYPE_BF16] = dequant_bf16;
