@@ -193,6 +193,32 @@ def test_native_and_numpy_layers_agree():
     assert np.abs(a - b).max() < 2e-3 * np.abs(a).max()
 
 
+def test_last_layer_ffn_on_the_output_rows_only():
+    """forward() without all_logits runs the last layer's FFN on the last row
+    only (llama.cpp's inp_out_ids): the same logits as that row of a full
+    pass, on the native layer and on the numpy one; the layer refuses an
+    n_out outside 1..n_tokens."""
+    from llamalocal import backend
+
+    for name, be in ((SMOLLM2, backend.BACKEND), ("stories260K.gguf", "numba")):
+        saved = backend.BACKEND
+        try:
+            backend.BACKEND = be
+            lm = load_model(model_path(name))
+            ids = lm.tokenizer.encode("Once upon a time, there was a little")
+            last = lm.model.forward(ids, lm.model.new_cache(64))
+            full = lm.model.forward(ids, lm.model.new_cache(64), all_logits=True)
+            two = lm.model.forward(ids, lm.model.new_cache(64), n_logits=2)
+        finally:
+            backend.BACKEND = saved
+        np.testing.assert_allclose(last, full[-1], atol=1e-4 * np.abs(full).max())
+        np.testing.assert_allclose(two, full[-2:], atol=1e-4 * np.abs(full).max())
+    m = load_model(model_path(SMOLLM2)).model
+    cache = m.new_cache(8)
+    with pytest.raises(ValueError, match="n_out"):
+        m.layers[0].forward(np.zeros((3, m.config.n_embd), np.float32), 0, cache.k[0], cache.v[0], n_out=4)
+
+
 def test_kv_cache_truncate_save_restore_and_overflow():
     lm = load_model(model_path(SMOLLM2))
     m, tok = lm.model, lm.tokenizer
