@@ -78,6 +78,9 @@ void store_kv(const LayerSpec& L, const KVRef& kv, const float* k, const float* 
     }
 }
 
+// The attention scale: the model's, else 1/sqrt(head_dim).
+inline float score_scale(const LayerSpec& L) { return L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)L.head_dim); }
+
 // out[t][h] = softmax(q[t][h] · K[j0..p]ᵀ * scale) · V[j0..p] for each token t at
 // position p (causal; j0 > p - window on sliding-window layers).
 void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const KVRef& kv, const float* q, float* out,
@@ -85,7 +88,7 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
     const int64_t hd = L.head_dim, row = L.n_head_kv * hd, group = L.n_head / L.n_head_kv;
     const size_t esz = kv.type == TYPE_F16 ? 2 : 4;
     // With attn_scale_q the caller has already scaled q (see layer_forward).
-    const float scale = L.attn_scale_q ? 1.0f : L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
+    const float scale = L.attn_scale_q ? 1.0f : score_scale(L);
     const attn_fn attn = ks.attn[kv.type];
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
@@ -134,7 +137,7 @@ void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, fl
     // llama.cpp's gemma graph scales q, in float32, before q is rounded to fp16
     // for q·K (scaling the scores instead differs where q/sqrt(hd) is an fp16 subnormal)
     if (L.attn_scale_q) {
-        const float s = L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)hd);
+        const float s = score_scale(L);
         for (int64_t i = 0; i < T * nq; i++) q[i] *= s;
     }
     store_kv(L, kv, k.data(), v.data(), T, pos0);

@@ -22,9 +22,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "../kernels.h"
 
+#include "ggml_vec_dot.h"
 #include "int_macc.h"
 
 #define LL_INLINE inline __attribute__((always_inline))
@@ -33,13 +35,6 @@ namespace ll {
 namespace {
 
 // ---- small helpers ----
-
-LL_INLINE float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 LL_INLINE __m256i loadu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 LL_INLINE __m128i loadu128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
@@ -397,8 +392,8 @@ LL_INLINE float hsum128_ps(__m128 s) {
                 prefetch_advance(pf, (int)sizeof(BLOCK_T));                                                   \
                 BLOCK2_FN(x0 + i, x1 + i, y + i, acc0, acc1, accm);                                           \
             }                                                                                                 \
-            out[r] = hsum_ps(acc0) + hsum128_ps(_mm256_castps256_ps128(accm));                                \
-            if (pair) out[r + 1] = hsum_ps(acc1) + hsum128_ps(_mm256_extractf128_ps(accm, 1));                \
+            out[r] = hsum_ggml(acc0) + hsum128_ps(_mm256_castps256_ps128(accm));                                \
+            if (pair) out[r + 1] = hsum_ggml(acc1) + hsum128_ps(_mm256_extractf128_ps(accm, 1));                \
         }                                                                                                     \
     }
 
@@ -512,7 +507,6 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
 // ggml's tiled microkernel epilogue: r = d * s, r -= dmin * m (fused),
 // acc += r * d_act (fused).  Same arithmetic as the scalar reference.
 
-
 // Integer lanes of one super-block summing to s = sum(scale * dot) and m = sum(min * bsum), in 4 lanes each.
 template <class B>
 LL_INLINE void tiled_lanes(const B* x, const block_q8_K* y, __m128i& s, __m128i& m);
@@ -547,15 +541,12 @@ LL_INLINE void tiled_lanes(const block_q6_K* x, const block_q8_K* y, __m128i& s,
     m = _mm_setzero_si128();
 }
 
+// Formats with a min term (and a dmin to scale it): all but Q3_K and Q6_K.
 template <class B>
-LL_INLINE float dmin_of(const B* x) { return h2f(x->dmin); }
-template <>
-LL_INLINE float dmin_of(const block_q3_K*) { return 0.0f; }
-template <>
-LL_INLINE float dmin_of(const block_q6_K*) { return 0.0f; }
+constexpr bool HAS_MIN = !std::is_same<B, block_q3_K>::value && !std::is_same<B, block_q6_K>::value;
 
 // Four rows at a time, one float lane each (lane-wise ops round as the scalar ones).
-template <class B, bool HAS_MIN>
+template <class B>
 void dot_tiled(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vx);
@@ -570,9 +561,9 @@ void dot_tiled(int64_t n, int64_t nrows, const void* w, size_t stride, const voi
             const __m128i st = _mm_hadd_epi32(_mm_hadd_epi32(s[0], s[1]), _mm_hadd_epi32(s[2], s[3]));  // [s of row 0..3]
             const __m128 d = _mm_setr_ps(h2f(x[0][i].d), h2f(x[1][i].d), h2f(x[2][i].d), h2f(x[3][i].d));
             __m128 v = _mm_mul_ps(d, _mm_cvtepi32_ps(st));
-            if (HAS_MIN) {
+            if constexpr (HAS_MIN<B>) {
                 const __m128i mt = _mm_hadd_epi32(_mm_hadd_epi32(m[0], m[1]), _mm_hadd_epi32(m[2], m[3]));
-                const __m128 dmin = _mm_setr_ps(dmin_of(x[0] + i), dmin_of(x[1] + i), dmin_of(x[2] + i), dmin_of(x[3] + i));
+                const __m128 dmin = _mm_setr_ps(h2f(x[0][i].dmin), h2f(x[1][i].dmin), h2f(x[2][i].dmin), h2f(x[3][i].dmin));
                 v = _mm_fnmadd_ps(dmin, _mm_cvtepi32_ps(mt), v);
             }
             acc = _mm_fmadd_ps(v, _mm_set1_ps(y[i].d), acc);
@@ -715,11 +706,11 @@ void LL_REGISTER(kquants)(KernelSet* ks) {
     ks->dot[TYPE_Q4_K] = dot_q4_k;
     ks->dot[TYPE_Q5_K] = dot_q5_k;
     ks->dot[TYPE_Q6_K] = dot_q6_k;
-    ks->dot_tiled[TYPE_Q2_K] = dot_tiled<block_q2_K, true>;
-    ks->dot_tiled[TYPE_Q3_K] = dot_tiled<block_q3_K, false>;
-    ks->dot_tiled[TYPE_Q4_K] = dot_tiled<block_q4_K, true>;
-    ks->dot_tiled[TYPE_Q5_K] = dot_tiled<block_q5_K, true>;
-    ks->dot_tiled[TYPE_Q6_K] = dot_tiled<block_q6_K, false>;
+    ks->dot_tiled[TYPE_Q2_K] = dot_tiled<block_q2_K>;
+    ks->dot_tiled[TYPE_Q3_K] = dot_tiled<block_q3_K>;
+    ks->dot_tiled[TYPE_Q4_K] = dot_tiled<block_q4_K>;
+    ks->dot_tiled[TYPE_Q5_K] = dot_tiled<block_q5_K>;
+    ks->dot_tiled[TYPE_Q6_K] = dot_tiled<block_q6_K>;
     ks->dot_gemv[TYPE_Q4_K] = dot_q4_k_packed<4>;
     ks->dot_gemm[TYPE_Q4_K] = dot_q4_k_packed<1>;
     ks->quant_act[TYPE_Q8_K] = quant_q8_k;

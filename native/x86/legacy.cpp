@@ -40,8 +40,6 @@ inline __m256 opaque(__m256 v) {
     return v;
 }
 
-inline float hsum8(__m256 v) { return hsum_ggml(v); }
-
 inline int hsum8i(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -229,7 +227,7 @@ inline float scalar_bf16(bf16_t v) { return bf16_to_fp32(v); }
             s3 = _mm256_fmadd_ps(LOAD(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);                     \
         }                                                                                                \
         for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(LOAD(a + i), _mm256_loadu_ps(b + i), s0);        \
-        float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));                    \
+        float s = hsum_ggml(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));                    \
         for (; i < n; i++) s += SCALAR(a[i]) * b[i];                                                     \
         return s;                                                                                        \
     }                                                                                                    \
@@ -388,7 +386,7 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
     alignas(16) float c[4];
     _mm_store_ps(c, cacc);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) put(out + r, hsum8(acc[r]) + c[r], add);
+    for (int r = 0; r < R; r++) put(out + r, hsum_ggml(acc[r]) + c[r], add);
 }
 
 // Q8_0 against Q8_0, sign trick: |w| (0..128, unsigned) * sign(y, w) = w * y.
@@ -412,7 +410,7 @@ inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBL
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) put(out + r, hsum8(acc[r]), add);
+    for (int r = 0; r < R; r++) put(out + r, hsum_ggml(acc[r]), add);
 }
 
 #define LL_QUANT_DOT(NAME, PASS, T, WBLOCK, YBLOCK, PREP_FN)                                                      \
