@@ -62,29 +62,30 @@ typedef void (*register_fn)(KernelSet*);
 struct IsaEntry {
     const char* name;
     bool (*supported)(const Features&);
+    int lanes;  // KernelSet::lanes before registration (the x86 ones set their own)
     register_fn families[3];
 };
 
 const IsaEntry ISAS[] = {
 #if defined(__x86_64__) || defined(_M_X64)
 #if defined(LL_VNNI_EMULATED)  // test builds: avx512 objects built with SIMDe's VNNI, no AVX-512 instructions
-    {"avx512", [](const Features& f) { return f.avx2 && f.fma && f.f16c; },
+    {"avx512", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, 16,
 #else
-    {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; },
+    {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; }, 16,
 #endif
      {register_legacy_avx512, register_kquants_avx512, register_attn_avx512}},
-    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, {register_legacy_avx2, register_kquants_avx2, register_attn_avx2}},
+    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, 16, {register_legacy_avx2, register_kquants_avx2, register_attn_avx2}},
 #endif
 #if defined(__aarch64__)
-    {"dotprod", [](const Features& f) { return f.dotprod; }, {register_legacy_dotprod, register_kquants_dotprod, register_attn_dotprod}},
-    {"neon", [](const Features& f) { return f.neon; }, {register_legacy_neon, register_kquants_neon, register_attn_neon}},
+    {"dotprod", [](const Features& f) { return f.dotprod; }, 8, {register_legacy_dotprod, register_kquants_dotprod, register_attn_dotprod}},
+    {"neon", [](const Features& f) { return f.neon; }, 8, {register_legacy_neon, register_kquants_neon, register_attn_neon}},
 #endif
-    {"scalar", [](const Features&) { return true; }, {register_legacy_scalar, register_kquants_scalar, register_attn_scalar}},
+    {"scalar", [](const Features&) { return true; }, 16, {register_legacy_scalar, register_kquants_scalar, register_attn_scalar}},
 };
 constexpr int N_ISAS = sizeof(ISAS) / sizeof(ISAS[0]);
 
 KernelSet g_sets[N_ISAS];
-KernelSet g_scalar16;  // the scalar reference at the AVX-512 build's 16 lanes
+KernelSet g_scalar8, g_scalar16;  // the scalar reference at both lane widths
 bool g_built[N_ISAS];
 std::once_flag g_once;
 const KernelSet* g_active = nullptr;
@@ -100,16 +101,16 @@ KernelSet scalar_set(int lanes) {
 }
 
 void build_all() {
-    const KernelSet scalar8 = scalar_set(8);
+    g_scalar8 = scalar_set(8);
     g_scalar16 = scalar_set(16);
     for (int i = 0; i < N_ISAS; i++) {
         if (!ISAS[i].supported(features())) continue;
         KernelSet ks{};
-        ks.lanes = 8;  // an ISA's registrations set 16 where they follow llama.cpp's AVX-512 build
+        ks.lanes = ISAS[i].lanes;
         for (register_fn reg : ISAS[i].families) reg(&ks);
         // Anything an ISA does not implement is served by the scalar reference
         // of the same lane width.
-        const KernelSet& scalar = ks.lanes == 16 ? g_scalar16 : scalar8;
+        const KernelSet& scalar = ks.lanes == 16 ? g_scalar16 : g_scalar8;
         for (int t = 0; t < TYPE_COUNT; t++) {
             if (!ks.dequant[t]) ks.dequant[t] = scalar.dequant[t];
             if (!ks.dot[t]) ks.dot[t] = scalar.dot[t];
@@ -139,7 +140,7 @@ void ensure_built() { std::call_once(g_once, build_all); }
 
 const KernelSet& scalar_kernels(int lanes) {
     ensure_built();
-    return lanes == 16 ? g_scalar16 : g_sets[N_ISAS - 1];
+    return lanes == 16 ? g_scalar16 : g_scalar8;
 }
 
 int available_isas(const char** names, int max_names) {

@@ -5,10 +5,11 @@
 // activation rounding).  Everything is `static inline` (see blocks.h).
 //
 // Those orders depend on the width of the float vectors llama.cpp was built
-// for: `lanes` is 8 for its AVX2 build (also what the scalar path follows)
-// and 16 for its AVX-512 build, where ggml's vec_dot, softmax, SiLU and
-// llamafile's tinyBLAS work on 512-bit registers and horizontal sums follow
-// _mm512_reduce_add_ps's tree.
+// for: `lanes` is 16 for its AVX-512 build (which wrote the reference logits;
+// our x86 and scalar paths follow it), where ggml's vec_dot, softmax, SiLU
+// and llamafile's tinyBLAS work on 512-bit registers and horizontal sums
+// follow _mm512_reduce_add_ps's tree, and 8 for its AVX2 build (our NEON
+// paths follow that one).
 #pragma once
 
 #include <cmath>

@@ -40,10 +40,11 @@ typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, si
 struct KernelSet {
     const char* name;
     // ggml's float vector width in the llama.cpp build whose arithmetic this
-    // set reproduces: 8 (its AVX2 build; also the scalar, NEON and numba
-    // paths) or 16 (its AVX-512 build).  The float sums that depend on it
-    // (tinyBLAS and vec_dot for F32 weights and the F16 KV cache, softmax,
-    // SiLU's vector groups) follow it; the scalar registrations read it.
+    // set reproduces: 16 (its AVX-512 build, which wrote the reference
+    // logits: the avx512, avx2 and scalar paths) or 8 (its AVX2 build: the
+    // NEON paths).  The float sums that depend on it (tinyBLAS and vec_dot
+    // for F32 weights and the F16 KV cache, softmax, SiLU's vector groups)
+    // follow it; the scalar registrations read it.
     int lanes;
     dequant_row_fn dequant[TYPE_COUNT];
     dot_rows_fn dot[TYPE_COUNT];
@@ -91,7 +92,7 @@ LL_DECLARE_FAMILIES(dotprod)
 
 // ---- dispatch (dispatch.cpp) ----
 // The scalar reference set at a lane width (8 or 16), always complete.
-const KernelSet& scalar_kernels(int lanes = 8);
+const KernelSet& scalar_kernels(int lanes);
 // Names of the ISA paths this CPU can run, best first, always ending in "scalar".
 int available_isas(const char** names, int max_names);
 // Kernel set for a named ISA (nullptr if unknown or not supported here).

@@ -1,8 +1,8 @@
 // Scalar reference kernels for the k-quants (256-weight super-blocks) and the
-// Q8_K activation format.  Every SIMD kernel is tested against these; they
-// follow ggml's reference code (ggml-quants.c dequantize_row_*,
-// quantize_row_q8_K_ref, and the generic ggml_vec_dot_qX_K_q8_K) step for
-// step: integer sums per sub-block, one float combine per super-block.
+// Q8_K activation format.  Every SIMD kernel is tested against these.
+// Dequantization and the Q8_K quantizer follow ggml's reference code
+// (ggml-quants.c dequantize_row_*, quantize_row_q8_K_ref) step for step; the
+// dot products follow llama.cpp's x86 kernels (see "dot products" below).
 //
 // Dequantization must equal gguf.quants.dequantize bit for bit, so the float
 // expressions keep ggml's operand order.  A compiler fusing `dl * q - ml` into
@@ -11,7 +11,9 @@
 // has <= 24 significant bits and is exact in float32 (no fp16 value under- or
 // overflows float32 when scaled this way).
 #include <cmath>
+#include <type_traits>
 
+#include "../ggml_math.h"
 #include "../kernels.h"
 
 namespace ll {
@@ -204,110 +206,150 @@ void quant_q8_k(const float* x, void* dst, int64_t n) {
     }
 }
 
-// ---- dot products (ggml's generic ggml_vec_dot_qX_K_q8_K) ----
+// ---- dot products ----
+//
+// llama.cpp's x86 vec_dot kernels (which wrote the reference logits) sum a
+// super-block exactly in int32 lanes, then take each lane into a float FMA
+// chain: the lanes decide the rounding, so the reference states them.  Per
+// super-block: s[l] sums to sum(scale * q * y) (q signed: Q3_K's -4 and Q6_K's
+// -32 offsets are subtracted through the activation block sums, in lanes of
+// their own) and m[l] to sum(min * bsum).  Which weights fall in which lane
+// follows from the instructions: maddubs + madd over 32 weights give lane
+// (i % 32) / 4; Q2_K/Q3_K's 16-weight scales come in through unpacked int16
+// pairs, giving lane 4 * (b / 16) + (b / 2) % 4 for b = i % 32.
+struct KLanes {
+    int32_t s[8];
+    int32_t m[8];
+};
 
-template <class Combine>
-float dot_q2_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
-    const block_q2_K* x = static_cast<const block_q2_K*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
-    float sumf = 0;
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const uint8_t* q2 = x[i].qs;
-        const int8_t* q8 = y[i].qs;
-        const uint8_t* sc = x[i].scales;
-        int summs = 0;
-        for (int j = 0; j < 16; ++j) summs += y[i].bsums[j] * (sc[j] >> 4);
-        int isum = 0, is = 0;
-        for (int k = 0; k < QK_K / 128; ++k) {
-            int shift = 0;
-            for (int j = 0; j < 4; ++j) {
-                int d = sc[is++] & 0xF;
-                int isuml = 0;
-                for (int l = 0; l < 16; ++l) isuml += q8[l] * ((q2[l] >> shift) & 3);
-                isum += d * isuml;
-                d = sc[is++] & 0xF;
-                isuml = 0;
-                for (int l = 16; l < 32; ++l) isuml += q8[l] * ((q2[l] >> shift) & 3);
-                isum += d * isuml;
-                shift += 2;
-                q8 += 32;
-            }
-            q2 += 32;
-        }
-        sumf = combine(sumf, x[i], y[i], isum, summs);
-    }
-    return sumf;
+static inline int lane_by_4(int i) { return (i % 32) / 4; }
+static inline int lane_of_pairs(int i) { return 4 * (i % 32 / 16) + (i % 32 / 2) % 4; }
+
+// u[i] unsigned weight values and scale[j] per 16 weights -> s lanes.
+template <int (*LANE)(int)>
+static inline void scaled_lanes(const int* u, const int* scale, const int8_t* y, int32_t* s) {
+    for (int l = 0; l < 8; ++l) s[l] = 0;
+    for (int i = 0; i < QK_K; ++i) s[LANE(i)] += scale[i / 16] * u[i] * y[i];
 }
 
-template <class Combine>
-float dot_q3_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
-    const block_q3_K* x = static_cast<const block_q3_K*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
-    int8_t scales[16];
-    int8_t aux8[QK_K];
-    float sumf = 0;
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const uint8_t* q3 = x[i].qs;
-        const uint8_t* hm = x[i].hmask;
-        const int8_t* q8 = y[i].qs;
-        // signed 3-bit values: low two bits, minus 4 when the hmask bit is clear
-        int8_t* a = aux8;
-        uint8_t m = 1;
-        for (int j = 0; j < QK_K; j += 128) {
-            for (int l = 0; l < 32; ++l) a[l] = q3[l] & 3;
-            for (int l = 0; l < 32; ++l) a[l] -= (hm[l] & m ? 0 : 4);
-            a += 32;
-            m <<= 1;
-            for (int l = 0; l < 32; ++l) a[l] = (q3[l] >> 2) & 3;
-            for (int l = 0; l < 32; ++l) a[l] -= (hm[l] & m ? 0 : 4);
-            a += 32;
-            m <<= 1;
-            for (int l = 0; l < 32; ++l) a[l] = (q3[l] >> 4) & 3;
-            for (int l = 0; l < 32; ++l) a[l] -= (hm[l] & m ? 0 : 4);
-            a += 32;
-            m <<= 1;
-            for (int l = 0; l < 32; ++l) a[l] = (q3[l] >> 6) & 3;
-            for (int l = 0; l < 32; ++l) a[l] -= (hm[l] & m ? 0 : 4);
-            a += 32;
-            m <<= 1;
-            q3 += 32;
-        }
-        unpack_q3_k_scales(x[i].scales, scales);
-        int isum = 0;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            int s = 0;
-            for (int l = 0; l < 16; ++l) s += q8[16 * j + l] * aux8[16 * j + l];
-            isum += (scales[j] - 32) * s;
-        }
-        sumf = combine(sumf, x[i], y[i], isum, 0);
-    }
-    return sumf;
+// pair lanes of 16-weight block sums: out[l] = a[2l] * bs[2l] + a[2l+1] * bs[2l+1]
+static inline void pair_lanes(const int* a, const int16_t* bsums, int32_t* out) {
+    for (int l = 0; l < 8; ++l) out[l] = a[2 * l] * bsums[2 * l] + a[2 * l + 1] * bsums[2 * l + 1];
 }
 
-template <class Combine>
-float dot_q4_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
-    const block_q4_K* x = static_cast<const block_q4_K*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
+static inline void klanes(const block_q2_K& x, const block_q8_K& y, KLanes* k) {
+    int u[QK_K], scale[16], mins[16];
+    for (int i = 0; i < QK_K; ++i) u[i] = (x.qs[32 * (i / 128) + i % 32] >> (2 * (i % 128 / 32))) & 3;
+    for (int j = 0; j < 16; ++j) {
+        scale[j] = x.scales[j] & 0xF;
+        mins[j] = x.scales[j] >> 4;
+    }
+    scaled_lanes<lane_of_pairs>(u, scale, y.qs, k->s);
+    pair_lanes(mins, y.bsums, k->m);
+}
+
+static inline void klanes(const block_q3_K& x, const block_q8_K& y, KLanes* k) {
+    int u[QK_K], scale[16];  // u = low two bits | 4 * hmask bit = q + 4
+    for (int i = 0; i < QK_K; ++i)
+        u[i] = ((x.qs[32 * (i / 128) + i % 32] >> (2 * (i % 128 / 32))) & 3) | ((x.hmask[i % 32] >> (i / 32)) & 1) << 2;
+    int8_t sc[16];
+    unpack_q3_k_scales(x.scales, sc);
+    for (int j = 0; j < 16; ++j) scale[j] = sc[j] - 32;
+    int32_t bias[8];
+    scaled_lanes<lane_of_pairs>(u, scale, y.qs, k->s);
+    pair_lanes(scale, y.bsums, bias);
+    for (int l = 0; l < 8; ++l) {
+        k->s[l] -= 4 * bias[l];
+        k->m[l] = 0;
+    }
+}
+
+// Q4_K / Q5_K: 32-weight sub-blocks; the mins pair sub-blocks 2l and 2l + 1 in lanes 0..3.
+static inline void lanes_k4(const int* u, const uint8_t* packed_scales, const block_q8_K& y, KLanes* k) {
     uint8_t sm[16];  // scales[0..7], mins[8..15]
-    float sumf = 0;
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        unpack_q4_k_scales(x[i].scales, sm);
-        const uint8_t* q4 = x[i].qs;
-        const int8_t* q8 = y[i].qs;
-        int isum = 0;
-        for (int j = 0; j < QK_K / 64; ++j) {
-            int s0 = 0, s1 = 0;
-            for (int l = 0; l < 32; ++l) s0 += (q4[l] & 0xF) * q8[l];
-            for (int l = 0; l < 32; ++l) s1 += (q4[l] >> 4) * q8[l + 32];
-            isum += sm[2 * j] * s0 + sm[2 * j + 1] * s1;
-            q4 += 32;
-            q8 += 64;
-        }
-        int summs = 0;
-        for (int j = 0; j < QK_K / 16; ++j) summs += y[i].bsums[j] * sm[8 + j / 2];
-        sumf = combine(sumf, x[i], y[i], isum, summs);
+    unpack_q4_k_scales(packed_scales, sm);
+    int scale[16];
+    for (int j = 0; j < 16; ++j) scale[j] = sm[j / 2];
+    scaled_lanes<lane_by_4>(u, scale, y.qs, k->s);
+    for (int l = 0; l < 8; ++l)
+        k->m[l] = l < 4 ? sm[8 + 2 * l] * (y.bsums[4 * l] + y.bsums[4 * l + 1]) + sm[9 + 2 * l] * (y.bsums[4 * l + 2] + y.bsums[4 * l + 3]) : 0;
+}
+
+static inline void klanes(const block_q4_K& x, const block_q8_K& y, KLanes* k) {
+    int u[QK_K];
+    for (int i = 0; i < QK_K; ++i) u[i] = (x.qs[32 * (i / 64) + i % 32] >> (4 * (i / 32 % 2))) & 0xF;
+    lanes_k4(u, x.scales, y, k);
+}
+
+static inline void klanes(const block_q5_K& x, const block_q8_K& y, KLanes* k) {
+    int u[QK_K];
+    for (int i = 0; i < QK_K; ++i)
+        u[i] = ((x.qs[32 * (i / 64) + i % 32] >> (4 * (i / 32 % 2))) & 0xF) | ((x.qh[i % 32] >> (i / 32)) & 1) << 4;
+    lanes_k4(u, x.scales, y, k);
+}
+
+static inline void klanes(const block_q6_K& x, const block_q8_K& y, KLanes* k) {
+    int u[QK_K], scale[16];  // u = q + 32
+    for (int i = 0; i < QK_K; ++i) {
+        const int h = i / 128, q = i % 128 / 32, l = i % 32;
+        u[i] = ((x.ql[64 * h + 32 * (q % 2) + l] >> (4 * (q / 2))) & 0xF) | ((x.qh[32 * h + l] >> (2 * q)) & 3) << 4;
     }
-    return sumf;
+    for (int j = 0; j < 16; ++j) scale[j] = x.scales[j];
+    int32_t offset[8];
+    scaled_lanes<lane_by_4>(u, scale, y.qs, k->s);
+    pair_lanes(scale, y.bsums, offset);
+    for (int l = 0; l < 8; ++l) {
+        k->s[l] -= 32 * offset[l];
+        k->m[l] = 0;
+    }
+}
+
+template <class B> static inline float dmin_of(const B& x) { return fp16_to_fp32(x.dmin); }
+template <> inline float dmin_of(const block_q3_K&) { return 0.0f; }
+template <> inline float dmin_of(const block_q6_K&) { return 0.0f; }
+
+// The x86 vec_dot: per lane acc = fma(d_x * d_y, s, acc).  Q2_K takes its mins
+// into the same lanes (fma(-dmin, m, acc)); Q4_K/Q5_K into a 4-lane chain of
+// their own, added after the horizontal sums.
+template <class B>
+float dot_k(int64_t n, const void* w, const void* vy) {
+    const B* x = static_cast<const B*>(w);
+    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
+    constexpr bool MIN_OWN_CHAIN = std::is_same<B, block_q4_K>::value || std::is_same<B, block_q5_K>::value;
+    float acc[8] = {0}, accm[4] = {0};
+    KLanes k;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        klanes(x[i], y[i], &k);
+        const float d = fp16_to_fp32(x[i].d) * y[i].d, dmin = dmin_of(x[i]) * y[i].d;
+        for (int l = 0; l < 8; ++l) acc[l] = std::fmaf(d, (float)k.s[l], acc[l]);
+        if (std::is_same<B, block_q2_K>::value)
+            for (int l = 0; l < 8; ++l) acc[l] = std::fmaf(-dmin, (float)k.m[l], acc[l]);
+        if (MIN_OWN_CHAIN)
+            for (int l = 0; l < 4; ++l) accm[l] = std::fmaf(-dmin, (float)k.m[l], accm[l]);
+    }
+    return ggml_hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+}
+
+// llama.cpp's tiled k-quant matmul (see KernelSet::dot_tiled): per super-block
+// the exact totals s and m, r = d * s - dmin * m (product, then fused),
+// acc += r * d_act (fused).
+template <class B>
+float dot_k_tiled(int64_t n, const void* w, const void* vy) {
+    const B* x = static_cast<const B*>(w);
+    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
+    float acc = 0.0f;
+    KLanes k;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        klanes(x[i], y[i], &k);
+        int32_t s = 0, m = 0;
+        for (int l = 0; l < 8; ++l) {
+            s += k.s[l];
+            m += k.m[l];
+        }
+        const float r = std::fmaf(-dmin_of(x[i]), (float)m, fp16_to_fp32(x[i].d) * (float)s);
+        acc = std::fmaf(r, y[i].d, acc);
+    }
+    return acc;
 }
 
 // Q4_K as llama.cpp multiplies the weights it repacks (q4_K_8x8, see
@@ -345,111 +387,6 @@ float dot_q4_k_packed(int64_t n, const void* w, const void* vy) {
     return acc - acc_min;
 }
 
-template <class Combine>
-float dot_q5_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
-    const block_q5_K* x = static_cast<const block_q5_K*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
-    uint8_t sm[16];
-    float sumf = 0;
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        unpack_q4_k_scales(x[i].scales, sm);
-        const uint8_t* q4 = x[i].qs;
-        const uint8_t* hm = x[i].qh;
-        const int8_t* q8 = y[i].qs;
-        int isum = 0;
-        uint8_t m = 1;
-        for (int j = 0; j < QK_K / 64; ++j) {
-            int s0 = 0, s1 = 0;
-            for (int l = 0; l < 32; ++l) s0 += ((q4[l] & 0xF) + (hm[l] & m ? 16 : 0)) * q8[l];
-            m <<= 1;
-            for (int l = 0; l < 32; ++l) s1 += ((q4[l] >> 4) + (hm[l] & m ? 16 : 0)) * q8[l + 32];
-            m <<= 1;
-            isum += sm[2 * j] * s0 + sm[2 * j + 1] * s1;
-            q4 += 32;
-            q8 += 64;
-        }
-        int summs = 0;
-        for (int j = 0; j < QK_K / 16; ++j) summs += y[i].bsums[j] * sm[8 + j / 2];
-        sumf = combine(sumf, x[i], y[i], isum, summs);
-    }
-    return sumf;
-}
-
-template <class Combine>
-float dot_q6_k_with(int64_t n, const void* w, const void* vy, Combine combine) {
-    const block_q6_K* x = static_cast<const block_q6_K*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vy);
-    int8_t aux8[QK_K];
-    float sumf = 0;
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const uint8_t* q4 = x[i].ql;
-        const uint8_t* qh = x[i].qh;
-        const int8_t* q8 = y[i].qs;
-        int8_t* a = aux8;
-        for (int j = 0; j < QK_K; j += 128) {
-            for (int l = 0; l < 32; ++l) {
-                a[l + 0] = (int8_t)((q4[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                a[l + 32] = (int8_t)((q4[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                a[l + 64] = (int8_t)((q4[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                a[l + 96] = (int8_t)((q4[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            }
-            a += 128;
-            q4 += 64;
-            qh += 32;
-        }
-        int isum = 0;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            int s = 0;
-            for (int l = 0; l < 16; ++l) s += q8[16 * j + l] * aux8[16 * j + l];
-            isum += x[i].scales[j] * s;
-        }
-        sumf = combine(sumf, x[i], y[i], isum, 0);
-    }
-    return sumf;
-}
-
-// ggml's generic float work per super-block
-float dot_q2_k(int64_t n, const void* w, const void* vy) {
-    return dot_q2_k_with(n, w, vy, [](float sumf, const block_q2_K& x, const block_q8_K& y, int isum, int summs) {
-        const float dall = y.d * fp16_to_fp32(x.d);
-        const float dmin = y.d * fp16_to_fp32(x.dmin);
-        return sumf + (dall * isum - dmin * summs);
-    });
-}
-template <class B>
-float combine_d(float sumf, const B& x, const block_q8_K& y, int isum, int) {
-    const float d = fp16_to_fp32(x.d) * y.d;
-    return sumf + d * isum;
-}
-template <class B>
-float combine_d_dmin(float sumf, const B& x, const block_q8_K& y, int isum, int summs) {
-    const float d = fp16_to_fp32(x.d) * y.d;
-    const float dmin = fp16_to_fp32(x.dmin) * y.d;
-    sumf += d * isum;
-    return sumf - dmin * summs;
-}
-float dot_q3_k(int64_t n, const void* w, const void* vy) { return dot_q3_k_with(n, w, vy, combine_d<block_q3_K>); }
-float dot_q4_k(int64_t n, const void* w, const void* vy) { return dot_q4_k_with(n, w, vy, combine_d_dmin<block_q4_K>); }
-float dot_q5_k(int64_t n, const void* w, const void* vy) { return dot_q5_k_with(n, w, vy, combine_d_dmin<block_q5_K>); }
-float dot_q6_k(int64_t n, const void* w, const void* vy) { return dot_q6_k_with(n, w, vy, combine_d<block_q6_K>); }
-
-// llama.cpp's tiled k-quant matmul (see KernelSet::dot_tiled): r = d * s - dmin * m
-// (product, then fused), acc += r * d_act (fused)
-template <class B>
-float combine_tiled(float acc, const B& x, const block_q8_K& y, int isum, int) {
-    return std::fmaf(fp16_to_fp32(x.d) * (float)isum, y.d, acc);
-}
-template <class B>
-float combine_tiled_min(float acc, const B& x, const block_q8_K& y, int isum, int summs) {
-    const float r = std::fmaf(-fp16_to_fp32(x.dmin), (float)summs, fp16_to_fp32(x.d) * (float)isum);
-    return std::fmaf(r, y.d, acc);
-}
-float dot_q2_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q2_k_with(n, w, vy, combine_tiled_min<block_q2_K>); }
-float dot_q3_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q3_k_with(n, w, vy, combine_tiled<block_q3_K>); }
-float dot_q4_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q4_k_with(n, w, vy, combine_tiled_min<block_q4_K>); }
-float dot_q5_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q5_k_with(n, w, vy, combine_tiled_min<block_q5_K>); }
-float dot_q6_k_tiled(int64_t n, const void* w, const void* vy) { return dot_q6_k_with(n, w, vy, combine_tiled<block_q6_K>); }
-
 template <float (*DOT)(int64_t, const void*, const void*)>
 void rows(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
@@ -468,16 +405,16 @@ void register_kquants_scalar(KernelSet* ks) {
 
     ks->quant_act[TYPE_Q8_K] = quant_q8_k;
 
-    ks->dot[TYPE_Q2_K] = rows<dot_q2_k>;
-    ks->dot[TYPE_Q3_K] = rows<dot_q3_k>;
-    ks->dot[TYPE_Q4_K] = rows<dot_q4_k>;
-    ks->dot[TYPE_Q5_K] = rows<dot_q5_k>;
-    ks->dot[TYPE_Q6_K] = rows<dot_q6_k>;
-    ks->dot_tiled[TYPE_Q2_K] = rows<dot_q2_k_tiled>;
-    ks->dot_tiled[TYPE_Q3_K] = rows<dot_q3_k_tiled>;
-    ks->dot_tiled[TYPE_Q4_K] = rows<dot_q4_k_tiled>;
-    ks->dot_tiled[TYPE_Q5_K] = rows<dot_q5_k_tiled>;
-    ks->dot_tiled[TYPE_Q6_K] = rows<dot_q6_k_tiled>;
+    ks->dot[TYPE_Q2_K] = rows<dot_k<block_q2_K>>;
+    ks->dot[TYPE_Q3_K] = rows<dot_k<block_q3_K>>;
+    ks->dot[TYPE_Q4_K] = rows<dot_k<block_q4_K>>;
+    ks->dot[TYPE_Q5_K] = rows<dot_k<block_q5_K>>;
+    ks->dot[TYPE_Q6_K] = rows<dot_k<block_q6_K>>;
+    ks->dot_tiled[TYPE_Q2_K] = rows<dot_k_tiled<block_q2_K>>;
+    ks->dot_tiled[TYPE_Q3_K] = rows<dot_k_tiled<block_q3_K>>;
+    ks->dot_tiled[TYPE_Q4_K] = rows<dot_k_tiled<block_q4_K>>;
+    ks->dot_tiled[TYPE_Q5_K] = rows<dot_k_tiled<block_q5_K>>;
+    ks->dot_tiled[TYPE_Q6_K] = rows<dot_k_tiled<block_q6_K>>;
     ks->dot_gemv[TYPE_Q4_K] = rows<dot_q4_k_packed<4>>;
     ks->dot_gemm[TYPE_Q4_K] = rows<dot_q4_k_packed<1>>;
 }

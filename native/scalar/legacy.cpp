@@ -1,6 +1,7 @@
 // Scalar reference kernels for the float types and the legacy 32-weight block
-// formats.  Every SIMD kernel is tested against these; they follow ggml's
-// reference code (ggml-quants.c) step for step, integer sums per block.
+// formats.  Every SIMD kernel is tested against these.  Dequantization follows
+// ggml's reference code (ggml-quants.c); the dot products follow llama.cpp's
+// x86 kernels, whose int32 lanes and float chains decide its rounding.
 #include <cmath>
 
 #include "../ggml_math.h"
@@ -126,11 +127,19 @@ void quant_q8_1(const float* x, void* dst, int64_t n) {
 
 // ---- dot products: one weight row against one converted activation row ----
 
+// ggml_vec_dot_f32 at L lanes (llama.cpp's matvec for F32 weights): four
+// L-lane FMA accumulators over chunks of 4L, ggml's reduction tree, then the
+// tail one product and one add at a time.
+template <int L>
 float dot_f32(int64_t n, const void* w, const void* x) {
     const float* a = static_cast<const float*>(w);
     const float* b = static_cast<const float*>(x);
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    const int64_t np = n & ~int64_t(4 * L - 1);
+    float acc[4 * L] = {0};
+    for (int64_t i = 0; i < np; i += 4 * L)
+        for (int l = 0; l < 4 * L; l++) acc[l] = std::fmaf(a[i + l], b[i + l], acc[l]);
+    float s = ggml_reduce4<L>(acc, 1);
+    for (int64_t i = np; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
@@ -158,76 +167,63 @@ float dot_bf16(int64_t n, const void* w, const void* x) {
     return s;
 }
 
-float dot_q4_0(int64_t n, const void* w, const void* x) {
-    const block_q4_0* a = static_cast<const block_q4_0*>(w);
-    const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++)
-            sumi += ((a[i].qs[j] & 0x0F) - 8) * b[i].qs[j] + ((a[i].qs[j] >> 4) - 8) * b[i].qs[j + QK / 2];
-        s += sumi * (fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d));
+// The integer weight values of one block, in weight order: signed for
+// Q4_0/Q5_0/Q8_0, unsigned (the min added separately) for Q4_1/Q5_1.
+void values(const block_q4_0& b, int* v) {
+    for (int j = 0; j < QK / 2; j++) {
+        v[j] = (b.qs[j] & 0x0F) - 8;
+        v[j + QK / 2] = (b.qs[j] >> 4) - 8;
     }
-    return s;
+}
+void values(const block_q4_1& b, int* v) {
+    for (int j = 0; j < QK / 2; j++) {
+        v[j] = b.qs[j] & 0x0F;
+        v[j + QK / 2] = b.qs[j] >> 4;
+    }
+}
+template <class B>
+void values5(const B& b, int* v, int offset) {
+    const uint32_t qh = load_qh(b.qh);
+    for (int j = 0; j < QK / 2; j++) {
+        v[j] = ((b.qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - offset;
+        v[j + QK / 2] = ((b.qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - offset;
+    }
+}
+void values(const block_q5_0& b, int* v) { values5(b, v, 16); }
+void values(const block_q5_1& b, int* v) { values5(b, v, 0); }
+void values(const block_q8_0& b, int* v) {
+    for (int j = 0; j < QK; j++) v[j] = b.qs[j];
 }
 
-float dot_q4_1(int64_t n, const void* w, const void* x) {
-    const block_q4_1* a = static_cast<const block_q4_1*>(w);
-    const block_q8_1* b = static_cast<const block_q8_1*>(x);
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++) sumi += (a[i].qs[j] & 0x0F) * b[i].qs[j] + (a[i].qs[j] >> 4) * b[i].qs[j + QK / 2];
-        // the min m adds m * sum(y) = m * s_y to the block's dot product
-        s += sumi * (fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d)) + fp16_to_fp32(a[i].m) * fp16_to_fp32(b[i].s);
-    }
-    return s;
-}
+// the min m_w of Q4_1/Q5_1 and the activation sum s_y of Q8_1 (0 for the others)
+template <class B> float min_of(const B&) { return 0.0f; }
+float min_of(const block_q4_1& b) { return fp16_to_fp32(b.m); }
+float min_of(const block_q5_1& b) { return fp16_to_fp32(b.m); }
+float sum_of(const block_q8_0&) { return 0.0f; }
+float sum_of(const block_q8_1& b) { return fp16_to_fp32(b.s); }
 
-float dot_q5_0(int64_t n, const void* w, const void* x) {
-    const block_q5_0* a = static_cast<const block_q5_0*>(w);
-    const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    float s = 0.0f;
+// llama.cpp's x86 vec_dot (which wrote the reference logits): each block's
+// products are summed exactly in 8 int32 lanes of 4 consecutive weights
+// (maddubs + madd), lane l goes into float chain l by acc = fma(d_w * d_y,
+// lane, acc), and the chains meet in ggml's horizontal add.  Q4_1/Q5_1 add
+// m_w * s_y per block in one more fused chain, added last.
+template <class WB, class YB>
+float dot_blocks(int64_t n, const void* w, const void* x) {
+    const WB* a = static_cast<const WB*>(w);
+    const YB* b = static_cast<const YB*>(x);
+    float acc[8] = {0}, c = 0.0f;
+    int v[QK];
     for (int64_t i = 0; i < n / QK; i++) {
-        const uint32_t qh = load_qh(a[i].qh);
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            const int x0 = ((a[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
-            const int x1 = ((a[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
-            sumi += x0 * b[i].qs[j] + x1 * b[i].qs[j + QK / 2];
+        values(a[i], v);
+        const float d = fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d);
+        for (int l = 0; l < 8; l++) {
+            int lane = 0;
+            for (int j = 4 * l; j < 4 * l + 4; j++) lane += v[j] * b[i].qs[j];
+            acc[l] = std::fmaf(d, (float)lane, acc[l]);
         }
-        s += sumi * (fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d));
+        c = std::fmaf(min_of(a[i]), sum_of(b[i]), c);
     }
-    return s;
-}
-
-float dot_q5_1(int64_t n, const void* w, const void* x) {
-    const block_q5_1* a = static_cast<const block_q5_1*>(w);
-    const block_q8_1* b = static_cast<const block_q8_1*>(x);
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK; i++) {
-        const uint32_t qh = load_qh(a[i].qh);
-        int sumi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            const int x0 = (a[i].qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10);
-            const int x1 = (a[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-            sumi += x0 * b[i].qs[j] + x1 * b[i].qs[j + QK / 2];
-        }
-        s += sumi * (fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d)) + fp16_to_fp32(a[i].m) * fp16_to_fp32(b[i].s);
-    }
-    return s;
-}
-
-float dot_q8_0(int64_t n, const void* w, const void* x) {
-    const block_q8_0* a = static_cast<const block_q8_0*>(w);
-    const block_q8_0* b = static_cast<const block_q8_0*>(x);
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK; j++) sumi += a[i].qs[j] * b[i].qs[j];
-        s += sumi * (fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d));
-    }
-    return s;
+    return ggml_hsum8(acc) + c;
 }
 
 template <float (*DOT)(int64_t, const void*, const void*)>
@@ -252,15 +248,15 @@ void register_legacy_scalar(KernelSet* ks) {
     ks->quant_act[TYPE_Q8_0] = quant_q8_0;
     ks->quant_act[TYPE_Q8_1] = quant_q8_1;
 
-    ks->dot[TYPE_F32] = rows<dot_f32>;
+    ks->dot[TYPE_F32] = ks->lanes == 16 ? rows<dot_f32<16>> : rows<dot_f32<8>>;
     ks->dot_sgemm[TYPE_F32] = ks->lanes == 16 ? rows<dot_f32_sgemm<16>> : rows<dot_f32_sgemm<8>>;
     ks->dot[TYPE_F16] = rows<dot_f16>;
     ks->dot[TYPE_BF16] = rows<dot_bf16>;
-    ks->dot[TYPE_Q4_0] = rows<dot_q4_0>;
-    ks->dot[TYPE_Q4_1] = rows<dot_q4_1>;
-    ks->dot[TYPE_Q5_0] = rows<dot_q5_0>;
-    ks->dot[TYPE_Q5_1] = rows<dot_q5_1>;
-    ks->dot[TYPE_Q8_0] = rows<dot_q8_0>;
+    ks->dot[TYPE_Q4_0] = rows<dot_blocks<block_q4_0, block_q8_0>>;
+    ks->dot[TYPE_Q4_1] = rows<dot_blocks<block_q4_1, block_q8_1>>;
+    ks->dot[TYPE_Q5_0] = rows<dot_blocks<block_q5_0, block_q8_0>>;
+    ks->dot[TYPE_Q5_1] = rows<dot_blocks<block_q5_1, block_q8_1>>;
+    ks->dot[TYPE_Q8_0] = rows<dot_blocks<block_q8_0, block_q8_0>>;
 }
 
 }  // namespace ll

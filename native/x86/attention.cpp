@@ -19,31 +19,6 @@ namespace {
 inline __m256 load_h(const half_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline __m256 round_h(__m256 v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 
-// ggml_v_expf (AVX2)
-inline __m256 v_expf256(__m256 x) {
-    const __m256 r = _mm256_set1_ps(0x1.8p23f);
-    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
-    const __m256 n = _mm256_sub_ps(z, r);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
-    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
-    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
-    const __m256i c = _mm256_castps_si256(_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(126), _CMP_GT_OQ));
-    const __m256 u = _mm256_mul_ps(b, b);
-    const __m256 j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
-                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
-        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
-    if (!_mm256_movemask_ps(_mm256_castsi256_ps(c))) return _mm256_fmadd_ps(j, k, k);
-    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)), _mm256_set1_epi32(0x82000000u));
-    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000u)));
-    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
-    const __m256i d = _mm256_castps_si256(_mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(192), _CMP_GT_OQ));
-    return _mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
-                        _mm256_andnot_ps(_mm256_castsi256_ps(d),
-                                         _mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(c), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
-                                                      _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)))));
-}
-
 // 2^n for integral n in [-126, 127], exactly
 inline __m256 pow2(__m256 n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
@@ -73,8 +48,6 @@ inline __m256 v_expf512(__m256 x) {
     return _mm256_blendv_ps(res, _mm256_and_ps(pos, _mm256_set1_ps(INFINITY)), far);
 }
 
-inline __m256 v_expf(__m256 x) { return GGML_LANES == 16 ? v_expf512(x) : v_expf256(x); }
-
 constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
 constexpr int64_t DOT_STEP = 4 * GGML_LANES;  // ggml_vec_dot_f16's chunk
 
@@ -98,7 +71,7 @@ inline float dot_kq_batch(int64_t hd, const half_t* k, const float* qh) {
 // 8 outputs of ggml's horizontal sum over L slots (t[l] holds slot l's partial sums)
 inline __m256 hsum_slots(const __m256* t) {
     __m256 v[8];
-    for (int l = 0; l < 8; l++) v[l] = GGML_LANES == 16 ? _mm256_add_ps(t[l], t[l + 8]) : t[l];
+    for (int l = 0; l < 8; l++) v[l] = _mm256_add_ps(t[l], t[l + 8]);
     const __m256 t0 = _mm256_add_ps(v[0], v[4]), t1 = _mm256_add_ps(v[1], v[5]);
     const __m256 t2 = _mm256_add_ps(v[2], v[6]), t3 = _mm256_add_ps(v[3], v[7]);
     return _mm256_add_ps(_mm256_add_ps(t0, t2), _mm256_add_ps(t1, t3));
@@ -128,7 +101,7 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     double sum = 0.0;
     for (int64_t a = 0; a < cells; a += GGML_LANES) {
         __m256 e[GGML_HALVES];
-        for (int h = 0; h < GGML_HALVES; h++) _mm256_storeu_ps(w + a + 8 * h, e[h] = v_expf(_mm256_loadu_ps(w + a + 8 * h)));
+        for (int h = 0; h < GGML_HALVES; h++) _mm256_storeu_ps(w + a + 8 * h, e[h] = v_expf512(_mm256_loadu_ps(w + a + 8 * h)));
         sum += (double)hsum_lanes(e);
     }
     const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));

@@ -1,17 +1,16 @@
-// ggml's float reductions as its x86 builds compile them, at the lane width of
-// the build our objects reproduce: LL_GGML_LANES is 8 in the avx2 objects
-// (llama.cpp's AVX2 build) and 16 in the avx512 ones (its AVX-512 build; see
-// ggml_math.h).  A 16-lane vector is held as two __m256 halves: lane-wise
-// FMAs and adds round exactly as the 512-bit instructions do, so the same
-// code runs, and is tested, on AVX2 machines (the avx512 objects' only
-// AVX-512 instructions are the VNNI ones of int_macc.h).
+// ggml's float reductions as llama.cpp's AVX-512 build compiles them (the
+// build that wrote the reference logits; see ggml_math.h): 16 lanes, held as
+// two __m256 halves.  Lane-wise FMAs and adds round exactly as the 512-bit
+// instructions do, so the avx2 and avx512 objects share this code and give
+// the same floats on every x86 CPU (the avx512 objects' only AVX-512
+// instructions are the VNNI ones of int_macc.h).
 #pragma once
 
 #include <immintrin.h>
 
 #include <cstdint>
 
-#if defined(__AVX512F__) || defined(LL_VNNI_EMULATED)
+#if 1
 #define LL_GGML_LANES 16
 #else
 #define LL_GGML_LANES 8
@@ -20,8 +19,8 @@
 namespace ll {
 namespace {
 
-constexpr int GGML_LANES = LL_GGML_LANES;
-constexpr int GGML_HALVES = GGML_LANES / 8;  // __m256 per ggml vector
+constexpr int GGML_LANES = 16;
+constexpr int GGML_HALVES = 2;  // __m256 per ggml vector
 
 // ggml's 256-bit horizontal add (hsum): (v0+v4 + v2+v6) + (v1+v5 + v3+v7).
 inline float hsum_ggml(__m256 v) {
@@ -31,9 +30,9 @@ inline float hsum_ggml(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Horizontal sum of one ggml vector: hsum, or _mm512_reduce_add_ps (the two
-// halves added, then the same tree).
-inline float hsum_lanes(const __m256* v) { return hsum_ggml(GGML_HALVES == 2 ? _mm256_add_ps(v[0], v[1]) : v[0]); }
+// Horizontal sum of one 16-lane vector as _mm512_reduce_add_ps: the two
+// halves added, then hsum's tree.
+inline float hsum_lanes(const __m256* v) { return hsum_ggml(_mm256_add_ps(v[0], v[1])); }
 
 // The body of ggml_vec_dot_f32 and ggml_vec_dot_f16: the sum of a[i] * b[i]
 // over i < (n & ~(4L - 1)) in four L-lane FMA accumulators, then
@@ -55,11 +54,7 @@ inline float ggml_vec_dot_chunks(int64_t n, LoadA load_a, const float* b) {
             }
     __m256 x[GGML_HALVES];
     for (int h = 0; h < GGML_HALVES; h++) x[h] = _mm256_add_ps(_mm256_add_ps(s[0][h], s[2][h]), _mm256_add_ps(s[1][h], s[3][h]));
-    if (GGML_HALVES == 2) return hsum_lanes(x);
-    // GGML_F32x8_REDUCE ends in two _mm_hadd_ps: (a0+a1) + (a2+a3)
-    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x[0]), _mm256_extractf128_ps(x[0], 1));
-    const __m128 t1 = _mm_hadd_ps(t0, t0);
-    return _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    return hsum_lanes(x);
 }
 
 }  // namespace

@@ -3,9 +3,9 @@
 //   MADD16_ACC(acc, a, b): acc + the sum of the 2 products s16(a) * s16(b) of each lane's halves
 // The avx512 build has them in one instruction each (VPDPBUSD, VPDPWSSD); the
 // avx2 build composes them, exactly as long as VPMADDUBSW's int16 pair sums
-// cannot saturate, which holds for u <= 127.  Both builds run 256-bit code
-// otherwise (the avx512 one sums floats in 16 lanes, see ggml_vec_dot.h), so
-// these are the only AVX-512 instructions in it.
+// cannot saturate, which holds for u <= 127.  Both builds run the same
+// 256-bit code otherwise (ggml_vec_dot.h), so these are the only AVX-512
+// instructions in it.
 #pragma once
 
 #include <immintrin.h>

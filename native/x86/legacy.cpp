@@ -2,9 +2,8 @@
 // (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the Q8_0/Q8_1 activation
 // quantizers.  Compiled twice: LL_ISA=avx2 (-mavx2 -mfma -mf16c) and
 // LL_ISA=avx512 (adds AVX-512 F/BW/VL/DQ/VNNI).  Both builds run the same
-// 256-bit code; they differ in MAC_U8S8, the u8 x s8 multiply-accumulate of
-// int_macc.h, and in the lane width of F32 weights' float sums, which follow
-// llama.cpp's AVX2 or AVX-512 build (ggml_vec_dot.h).
+// 256-bit code and give the same floats; they differ only in MAC_U8S8, the
+// u8 x s8 multiply-accumulate of int_macc.h.
 //
 // Integer math is exact: 4/5-bit weights stay unsigned (0..15 / 0..31) so
 // VPMADDUBSW never saturates (31 * 128 * 2 < 32767), and Q8_0 x Q8_0 uses the
