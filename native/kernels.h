@@ -25,6 +25,13 @@ typedef void (*quant_row_fn)(const float* src, void* dst, int64_t n);
 // type's vec_dot_type (plain float32 for F32/F16/BF16 weights).
 typedef void (*dot_rows_fn)(int64_t n, int64_t nrows, const void* w, size_t row_stride, const void* x, float* y);
 
+// Several activation rows at once (a prompt batch): y[t * y_stride + r] =
+// dot(weight row r, activation row t) for t < n_tok, activation rows x_stride
+// bytes apart.  Each output is bit-identical to dot_rows_fn's: the same lanes
+// and float chains, but a weight block is unpacked once for several tokens.
+typedef void (*dot_tile_fn)(int64_t n, int64_t nrows, const void* w, size_t row_stride, const void* x, size_t x_stride,
+                            int64_t n_tok, float* y, size_t y_stride);
+
 // Attention of one query over n cached positions: K and V rows of hd values of
 // the cache type, k_stride / v_stride elements apart, the first at cache cell
 // `first`; scratch holds 2n + 128 + 64hd floats; the result goes to out[hd].  For an F16
@@ -68,6 +75,10 @@ struct KernelSet {
     // batch has two or more rows, k is a multiple of `lanes` and the row count
     // a multiple of 4 (see ggml_math.h).  Null where unused; not filled in.
     dot_rows_fn dot_sgemm[TYPE_COUNT];
+    // Batches multiplied where `dot` would be (not repacked, tiled or
+    // tinyBLAS): the same floats, fewer instructions.  Null where there is
+    // none (dot is used per token); not filled in from the scalar set.
+    dot_tile_fn dot_tile[TYPE_COUNT];
     quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
     attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
 };

@@ -86,8 +86,11 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     // Batched: a tile of weight rows stays in L2 while every activation row
     // passes over it, so weights are read from memory once per call.
     const int64_t tile = std::max<int64_t>(4, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(3)));
+    const dot_tile_fn dot_tile = !packed && dot == ks.dot[type] ? ks.dot_tile[type] : nullptr;
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
-        for (int64_t b = 0; b < batch; b++) dot_for(b)(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
+        if (dot_tile) dot_tile(k, r1 - r0, w + r0 * w_rb, w_rb, xq, x_rb, batch, y + r0, n_rows);
+        else
+            for (int64_t b = 0; b < batch; b++) dot_for(b)(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
     });
 }
 

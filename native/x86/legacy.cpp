@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <cstddef>
+#include <type_traits>
 
 #include "../kernels.h"
 
@@ -437,6 +438,120 @@ LL_QUANT_DOT(dot_q5_1, dot_q45_pass, TYPE_Q5_1, block_q5_1, block_q8_1, prep_q8_
 LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8_0<0>)
 #undef LL_QUANT_DOT
 
+// ---- batch tiles (KernelSet::dot_tile) ----
+//
+// TILE_ROWS weight rows x TILE_TOKS activation rows per pass: each weight
+// block is unpacked once for four tokens and each activation block's offset
+// sums (Q4_0/Q5_0) serve two rows.  Per output the integer lanes, the scale
+// product d_w * d_y, the FMA chain, the min chain and the horizontal sum are
+// dot's, so the floats are the same.  Weight tiles are small enough to stay
+// in cache while the tokens pass over them (ops.cpp), so nothing is prefetched.
+
+constexpr int TILE_ROWS = 2, TILE_TOKS = 4;
+
+// The activation scales of TILE_TOKS tokens, converted once per token group:
+// d[i][t] = d_y of token t's block i, and s[i][t] its Q8_1 sum.
+struct TileScales {
+    alignas(16) float d[SEG][TILE_TOKS];
+    alignas(16) float s[SEG][TILE_TOKS];
+};
+
+template <int RN, class YBLOCK>
+inline void tile_scales(int64_t nb, const uint8_t* x, size_t x_stride, TileScales* ts) {
+    for (int64_t i = 0; i < nb; i++)
+        for (int t = 0; t < TILE_TOKS; t++) {
+            const YBLOCK* b = reinterpret_cast<const YBLOCK*>(x + (t < RN ? t : 0) * x_stride) + i;
+            ts->d[i][t] = t < RN ? h2f(b->d) : 0.0f;
+            if constexpr (std::is_same<YBLOCK, block_q8_1>::value) ts->s[i][t] = t < RN ? h2f(b->s) : 0.0f;
+        }
+}
+
+// RM rows x RN tokens over nb blocks.  Q4_0/Q4_1/Q5_0/Q5_1 (Fmt) and Q8_0
+// (T == TYPE_Q8_0, sign trick as in dot_q8_0_pass).
+template <int RM, int RN, int T, class YBLOCK>
+inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const uint8_t* x, size_t x_stride, const TileScales* ts, float* y,
+                      size_t y_stride) {
+    constexpr bool Q8 = T == TYPE_Q8_0;
+    typedef Fmt<Q8 ? TYPE_Q4_0 : T> F;  // Q8_0 reads its own layout below
+    constexpr int64_t WSIZE = Q8 ? (int64_t)sizeof(block_q8_0) : (int64_t)F::size;
+    constexpr bool HAS_MIN = !Q8 && F::m >= 0;
+    constexpr int OFFSET = Q8 ? 0 : T == TYPE_Q4_0 ? 8 : T == TYPE_Q5_0 ? 16 : 0;
+    const YBLOCK* yb[RN];
+    for (int t = 0; t < RN; t++) yb[t] = reinterpret_cast<const YBLOCK*>(x + t * x_stride);
+    __m256 acc[RM][RN];
+    __m128 cacc[RM];  // lane t: the min chain sum of m_w * s_y (Q4_1 / Q5_1)
+    for (int r = 0; r < RM; r++) {
+        cacc[r] = _mm_setzero_ps();
+        for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++, w += WSIZE) {
+        const __m128 vdy = _mm_load_ps(ts->d[i]);
+        __m256i qw[RM], sw[RM];  // unpacked weights; Q8_0: |w| in qw, w itself in sw
+        alignas(16) float sc[RM][4];  // d_w[r] * d_y[t]
+        for (int r = 0; r < RM; r++) {
+            const uint8_t* b = w + r * stride;
+            _mm_store_ps(sc[r], _mm_mul_ps(_mm_set1_ps(h2f(load_u16(b))), vdy));  // d leads every block
+            if constexpr (Q8) {
+                sw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
+                qw[r] = _mm256_sign_epi8(sw[r], sw[r]);
+            } else {
+                qw[r] = F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs);
+            }
+            if constexpr (HAS_MIN) cacc[r] = _mm_fmadd_ps(_mm_set1_ps(h2f(load_u16(b + F::m))), _mm_load_ps(ts->s[i]), cacc[r]);
+        }
+        for (int t = 0; t < RN; t++) {
+            const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb[t][i].qs));
+            // OFFSET * (sums of y over each 4-byte group): dot's Prep::off
+            const __m256i off = OFFSET ? MAC_U8S8(_mm256_setzero_si256(), _mm256_set1_epi8(OFFSET), qy) : _mm256_setzero_si256();
+            for (int r = 0; r < RM; r++) {
+                __m256i sum = Q8 ? MAC_U8S8(_mm256_setzero_si256(), qw[r], _mm256_sign_epi8(qy, sw[r]))
+                                 : MAC_U8S8(_mm256_setzero_si256(), qw[r], qy);
+                if (OFFSET) sum = _mm256_sub_epi32(sum, off);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t]), _mm256_cvtepi32_ps(sum), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < RM; r++) {
+        alignas(16) float c[4];
+        _mm_store_ps(c, cacc[r]);
+        for (int t = 0; t < RN; t++) y[t * y_stride + r] = hsum_ggml(acc[r][t]) + c[t];
+    }
+}
+
+template <int RN, int T, class YBLOCK>
+inline void tile_rows(int64_t nb, int64_t nrows, const uint8_t* w, size_t stride, const uint8_t* x, size_t x_stride, TileScales* ts,
+                      float* y, size_t y_stride) {
+    tile_scales<RN, YBLOCK>(nb, x, x_stride, ts);
+    int64_t r = 0;
+    for (; r + TILE_ROWS <= nrows; r += TILE_ROWS)
+        tile_pass<TILE_ROWS, RN, T, YBLOCK>(nb, w + r * stride, stride, x, x_stride, ts, y + r, y_stride);
+    for (; r < nrows; r++) tile_pass<1, RN, T, YBLOCK>(nb, w + r * stride, stride, x, x_stride, ts, y + r, y_stride);
+}
+
+template <int T, class YBLOCK, void (*DOT)(int64_t, int64_t, const void*, size_t, const void*, float*)>
+void dot_tile(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok, float* y,
+              size_t y_stride) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const uint8_t* xb = static_cast<const uint8_t*>(x);
+    const int64_t nb = n / QK;
+    if (nb > SEG) {  // dot adds its segments' partial sums: leave such rows to it
+        for (int64_t t = 0; t < n_tok; t++) DOT(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
+        return;
+    }
+    TileScales ts;
+    int64_t t = 0;
+    for (; t + TILE_TOKS <= n_tok; t += TILE_TOKS)
+        tile_rows<TILE_TOKS, T, YBLOCK>(nb, nrows, p, stride, xb + t * x_stride, x_stride, &ts, y + t * y_stride, y_stride);
+    const uint8_t* xt = xb + t * x_stride;
+    float* yt = y + t * y_stride;
+    switch (n_tok - t) {
+        case 3: tile_rows<3, T, YBLOCK>(nb, nrows, p, stride, xt, x_stride, &ts, yt, y_stride); break;
+        case 2: tile_rows<2, T, YBLOCK>(nb, nrows, p, stride, xt, x_stride, &ts, yt, y_stride); break;
+        case 1: tile_rows<1, T, YBLOCK>(nb, nrows, p, stride, xt, x_stride, &ts, yt, y_stride); break;
+        default: break;
+    }
+}
+
 }  // namespace
 
 void LL_REGISTER(legacy)(KernelSet* ks) {
@@ -463,6 +578,11 @@ void LL_REGISTER(legacy)(KernelSet* ks) {
     ks->dot[TYPE_Q5_0] = dot_q5_0;
     ks->dot[TYPE_Q5_1] = dot_q5_1;
     ks->dot[TYPE_Q8_0] = dot_q8_0;
+    ks->dot_tile[TYPE_Q4_0] = dot_tile<TYPE_Q4_0, block_q8_0, dot_q4_0>;
+    ks->dot_tile[TYPE_Q4_1] = dot_tile<TYPE_Q4_1, block_q8_1, dot_q4_1>;
+    ks->dot_tile[TYPE_Q5_0] = dot_tile<TYPE_Q5_0, block_q8_0, dot_q5_0>;
+    ks->dot_tile[TYPE_Q5_1] = dot_tile<TYPE_Q5_1, block_q8_1, dot_q5_1>;
+    ks->dot_tile[TYPE_Q8_0] = dot_tile<TYPE_Q8_0, block_q8_0, dot_q8_0>;
 }
 
 }  // namespace ll

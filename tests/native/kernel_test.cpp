@@ -195,6 +195,26 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                     std::snprintf(detail, sizeof detail, "%lld of %lld outputs differ", (long long)n_diff, (long long)rows);
                     check(n_diff == 0, ks.name, tt.name, packed_name[g], k, rows, detail);
                 }
+
+                // batch tiles: every output as the reference's dot gives it
+                if (ks.dot_tile[t] && vdt != TYPE_F32) {
+                    const size_t xrb = row_bytes(vdt, k);
+                    for (int64_t n_tok : {1, 3, 6}) {
+                        std::vector<uint8_t> xs(n_tok * xrb);
+                        for (int64_t j = 0; j < n_tok; j++) {
+                            const std::vector<float> xj = random_activations(rng, k, j == 1);
+                            ref.quant_act[vdt](xj.data(), xs.data() + j * xrb, k);
+                        }
+                        std::vector<float> y_one(n_tok * rows), y_tile(n_tok * rows);
+                        for (int64_t j = 0; j < n_tok; j++) ref.dot[t](k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
+                        ks.dot_tile[t](k, rows, w.data(), rb, xs.data(), xrb, n_tok, y_tile.data(), rows);
+                        int64_t n_diff = 0;
+                        for (int64_t i = 0; i < n_tok * rows; i++) n_diff += std::memcmp(&y_one[i], &y_tile[i], sizeof(float)) != 0;
+                        std::snprintf(detail, sizeof detail, "%lld tokens: %lld of %lld outputs differ", (long long)n_tok, (long long)n_diff,
+                                      (long long)(n_tok * rows));
+                        check(n_diff == 0, ks.name, tt.name, "dot_tile", k, rows, detail);
+                    }
+                }
             }
         }
     }
