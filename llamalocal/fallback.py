@@ -2,18 +2,23 @@
 
 It serves the same kernel API as the native module: `matmul(qtype, w, x)`
 computes Y = X . W^T for a weight matrix stored row-wise in a ggml block
-format.  Like the native kernels (and ggml), integer weight formats are not
-multiplied in float: each activation row is first quantized to the weight
-type's `vec_dot_type` (Q8_0, Q8_1 or Q8_K) and every block contributes
-d_w * d_x * sum(q_w * q_x), plus for the affine formats the weight min times
-the activation's block sum.  That sum is what ggml and the native kernels use:
-Q8_K's exact integer bsums times d, and Q8_1's stored fp16 s = d*sum(q) for
-Q4_1/Q5_1.  So the result is the float64 dot product of the dequantized
-operands (with Q8_1's s in place of d*sum(q)) up to float roundoff.
+format, with the native scalar path's arithmetic (LLAMALOCAL_ISA=scalar,
+native/ops.cpp and native/scalar/*.cpp), bit for bit:
 
+- integer weight formats multiply int8 activations: each activation row is
+  first quantized to the weight type's vec_dot type (Q8_0/Q8_1 as llama.cpp's
+  runtime quantizers round, Q8_K as ggml's reference one), then
+- every output is one of the native kernels, chosen per activation row as
+  native matmul() chooses: llama.cpp's x86 vec_dot (exact int32 lane sums
+  taken into float FMA chains, ggml's horizontal add), its tiled k-quant
+  matmul (batches of 8+), its repacked Q4_K gemv/gemm (tensors with a
+  multiple of 8 rows), ggml_vec_dot_f32 or tinyBLAS for F32 weights.
+
+Integer sums are exact, so only the float steps need the C++ order; those
+are written out here one operation at a time in float32 (see ggml_numba).
 Weights are decoded one row at a time into small integer buffers (reused for
 every activation row), never into a float copy of the matrix; rows are spread
-over threads with numba's prange.
+over threads with numba's prange, as the native pool splits them.
 """
 from __future__ import annotations
 
@@ -22,243 +27,437 @@ from numba import njit, prange
 
 from . import quants
 from .formats import FORMATS, QK, QK_K, WEIGHT_TYPES, BlockFormat, GGMLType, block_format
-from .quants_k import q3k_scale, scale_min_k4
+from .ggml_numba import F0, LANES, bits_f32, f16_to_f32, f32_bits, f32_to_f16, fma, hsum8, hsum16, reduce4
 
 __all__ = ["matmul", "dequantize", "quantize_activation"]
 
 T = GGMLType
-_TS = {t: f.type_size for t, f in FORMATS.items()}
+_LEGACY = {T.Q4_0: 0, T.Q4_1: 1, T.Q5_0: 2, T.Q5_1: 3, T.Q8_0: 4}
+_KQUANT = {T.Q2_K: 0, T.Q3_K: 1, T.Q4_K: 2, T.Q5_K: 3, T.Q6_K: 4}
+_Q2_K, _Q3_K, _Q4_K, _Q5_K, _Q6_K = range(5)
 
-# bits -> float32 lookup tables for the 16-bit float weight types
-_F16_LUT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-_BF16_LUT = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+# The kernel an activation row gets (native/ops.cpp matmul, KernelSet)
+VEC_DOT, TILED, GEMV, GEMM, SGEMM = range(5)
 
-# Row decoder selector.  Every integer format is decoded to the same shape:
-# int32 quants q (k-quants with their integer sub-block scale already
-# multiplied in), one float64 scale ws per block (32 legacy weights or a
-# 256-weight super-block) and, for the affine kinds, one float64 offset wm
-# per group of 32 (legacy) or 16 (k-quants): weight = ws*q + wm.  Scales and
-# offsets are fp16 times small integers, exact in float64, so a single kernel
-# serves all formats and a block's integer dot needs one flat loop.
-_KIND = {T.Q4_0: 0, T.Q5_0: 1, T.Q8_0: 2, T.Q4_1: 3, T.Q5_1: 4,
-         T.Q2_K: 5, T.Q3_K: 6, T.Q4_K: 7, T.Q5_K: 8, T.Q6_K: 9}
-_FIRST_K_KIND = 5
-_AFFINE_KINDS = (3, 4, 5, 7, 8)
+_MAGIC = np.float32(12582912.0)  # 1.5 * 2^23: x + _MAGIC rounds x to an integer, half to even
+_F127 = np.float32(127.0)
 
 
 # ----------------------------------------------------------------------------
-# row decoders: bytes of one weight row -> q, ws, wm
+# activation quantizers (native/scalar/legacy.cpp quant_q8_0/_1, kquants.cpp quant_q8_k)
 # ----------------------------------------------------------------------------
+# On the calling thread: cheap next to the product, which reads every weight.
 
 
 @njit(cache=True, nogil=True)
-def _h(lut, row, o):
-    return lut[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
+def _quant_q8(x, with_sum, qs, dh, sh, d, s):
+    """llama.cpp's runtime Q8_0/Q8_1 quantizer per block of 32: id = 127/amax,
+    qs = round_half_even(x * id), d = fp16(amax/127) and, for Q8_1, s =
+    fp16(d * sum(qs)); dh and sh get the fp16 bits, d and s their values (s
+    stays 0 for Q8_0, which has none)."""
+    B, K = x.shape
+    nb = K // QK
+    for task in range(B * nb):
+        r, i = task // nb, task % nb
+        xb = x[r, i * QK:(i + 1) * QK]
+        amax = F0
+        for j in range(QK):
+            amax = max(amax, abs(xb[j]))
+        inv = _F127 / amax if amax != F0 else F0
+        total = 0
+        for j in range(QK):
+            v = np.int64((xb[j] * inv + _MAGIC) - _MAGIC)
+            qs[r, i * QK + j] = v
+            total += v
+        dr = amax / _F127
+        dh[r, i] = f32_to_f16(dr)
+        d[r, i] = f16_to_f32(dh[r, i])
+        sh[r, i] = f32_to_f16(dr * np.float32(total)) if with_sum else 0
+        s[r, i] = f16_to_f32(sh[r, i])
 
 
 @njit(cache=True, nogil=True)
-def _decode_legacy(kind, row, lut, q, ws, wm):
-    """32-weight blocks: Q4_0, Q5_0, Q8_0 (offset removed), Q4_1, Q5_1."""
-    affine = kind >= 3
-    five = kind == 1 or kind == 4
-    ts = 34 if kind == 2 else (20 if affine else 18) + (4 if five else 0)
-    hdr = 4 if affine else 2
-    qs_off = hdr + (4 if five else 0)
-    off = 0 if affine else (16 if five else 8)
-    for i in range(ws.size):
-        o = i * ts
-        ws[i] = _h(lut, row, o)
-        if affine:
-            wm[i] = _h(lut, row, o + 2)
-        qb = q[i * QK:(i + 1) * QK]
-        if kind == 2:
-            blk = row[o + 2:o + 34]
-            for j in range(QK):
-                v = np.int32(blk[j])
-                qb[j] = v - 256 if v >= 128 else v
+def _quant_q8_k(x, qs, d, bsums):
+    """ggml's quantize_row_q8_K_ref per block of 256: iscale = -127/max (the
+    value of largest magnitude), ggml's nearest_int, d = 1/iscale, sums per 16."""
+    B, K = x.shape
+    nb = K // QK_K
+    for task in range(B * nb):
+        r, i = task // nb, task % nb
+        xb = x[r, i * QK_K:(i + 1) * QK_K]
+        mx = F0
+        amax = F0
+        for j in range(QK_K):
+            ax = abs(xb[j])
+            if ax > amax:
+                amax = ax
+                mx = xb[j]
+        if amax == F0:
+            d[r, i] = F0
+            qs[r, i * QK_K:(i + 1) * QK_K] = 0
+            bsums[r, i * 16:(i + 1) * 16] = 0
             continue
-        blk = row[o + qs_off:o + qs_off + 16]
-        for j in range(16):
-            b = np.int32(blk[j])
-            qb[j] = (b & 0xF) - off
-            qb[j + 16] = (b >> 4) - off
-        if five:
-            qh = (np.int64(row[o + hdr]) | (np.int64(row[o + hdr + 1]) << 8)
-                  | (np.int64(row[o + hdr + 2]) << 16) | (np.int64(row[o + hdr + 3]) << 24))
-            for j in range(QK):
-                qb[j] += ((qh >> j) & 1) << 4
+        iscale = np.float32(-127.0) / mx
+        for g in range(16):
+            s = 0
+            for t in range(16):
+                v = min(127, (f32_bits(iscale * xb[16 * g + t] + _MAGIC) & 0x007FFFFF) - 0x00400000)
+                qs[r, i * QK_K + 16 * g + t] = v
+                s += v
+            bsums[r, i * 16 + g] = s
+        d[r, i] = np.float32(1.0) / iscale
 
 
-@njit(cache=True, nogil=True)
-def _decode_k(kind, row, lut, q, ws, wm):
-    """K-quant super-blocks: ws = d, q = sc[g]*quant, wm[g] = -dmin*m[g]
-    per group g of 16."""
-    for i in range(ws.size):
-        qb = q[i * QK_K:(i + 1) * QK_K]
-        g0 = i * 16
-        if kind == 5:  # Q2_K: element 128h + 32j + l uses bits 2j of qs[32h + l]
-            o = i * 84
-            ws[i] = _h(lut, row, o + 80)
-            dmin = float(_h(lut, row, o + 82))
-            for g in range(16):
-                s = np.int32(row[o + g])
-                wm[g0 + g] = -dmin * (s >> 4)
-                sc = s & 0xF
-                shift = 2 * ((g >> 1) & 3)
-                src = row[o + 16 + 32 * (g >> 3) + 16 * (g & 1):]
-                dst = qb[16 * g:16 * g + 16]
-                for t in range(16):
-                    dst[t] = sc * ((np.int32(src[t]) >> shift) & 3)
-        elif kind == 6:  # Q3_K: as Q2_K; a clear bit 4h + j of hmask[l] means -4
-            o = i * 110
-            ws[i] = _h(lut, row, o + 108)
-            for g in range(16):
-                sc = np.int32(q3k_scale(row, o + 96, g))
-                h = g >> 3
-                j = (g >> 1) & 3
-                bit = 1 << (4 * h + j)
-                lo = row[o + 32 + 32 * h + 16 * (g & 1):]
-                hm = row[o + 16 * (g & 1):]
-                dst = qb[16 * g:16 * g + 16]
-                for t in range(16):
-                    v = (np.int32(lo[t]) >> (2 * j)) & 3
-                    if not (hm[t] & bit):
-                        v -= 4
-                    dst[t] = sc * v
-        elif kind == 7 or kind == 8:  # Q4_K, Q5_K: sub-blocks of 32 share a scale
-            five = kind == 8
-            o = i * (176 if five else 144)
-            ws[i] = _h(lut, row, o)
-            dmin = float(_h(lut, row, o + 2))
-            for c in range(4):
-                s1, m1 = scale_min_k4(2 * c, row, o + 4)
-                s2, m2 = scale_min_k4(2 * c + 1, row, o + 4)
-                for u in range(2):
-                    wm[g0 + 4 * c + u] = -dmin * m1
-                    wm[g0 + 4 * c + 2 + u] = -dmin * m2
-                src = row[o + (48 if five else 16) + 32 * c:]
-                d1 = qb[64 * c:64 * c + 32]
-                d2 = qb[64 * c + 32:64 * c + 64]
-                a1 = np.int32(s1)
-                a2 = np.int32(s2)
-                if five:
-                    hb = row[o + 16:o + 48]
-                    for l in range(32):
-                        b = np.int32(src[l])
-                        h = np.int32(hb[l]) >> (2 * c)
-                        d1[l] = a1 * ((b & 0xF) | ((h & 1) << 4))
-                        d2[l] = a2 * ((b >> 4) | ((h & 2) << 3))
-                else:
-                    for l in range(32):
-                        b = np.int32(src[l])
-                        d1[l] = a1 * (b & 0xF)
-                        d2[l] = a2 * (b >> 4)
-        else:  # Q6_K: 128-weight halves; ql nibbles and qh bit pairs interleave
-            o = i * 210
-            ws[i] = _h(lut, row, o + 208)
-            for h in range(2):
-                ql = row[o + 64 * h:o + 64 * h + 64]
-                qh = row[o + 128 + 32 * h:o + 128 + 32 * h + 32]
-                for k in range(4):
-                    shift = 4 * (k >> 1)
-                    src = ql[32 * (k & 1):]
-                    for half in range(2):
-                        sc = np.int32(row[o + 192 + 8 * h + 2 * k + half])
-                        if sc >= 128:
-                            sc -= 256
-                        dst = qb[128 * h + 32 * k + 16 * half:128 * h + 32 * k + 16 * half + 16]
-                        for t in range(16):
-                            l = 16 * half + t
-                            v = ((np.int32(src[l]) >> shift) & 0xF) | (((np.int32(qh[l]) >> (2 * k)) & 3) << 4)
-                            dst[t] = sc * (v - 32)
+class _Activations:
+    """Quantized activation rows as the kernels read them: int8 quants qs
+    (B, K), float32 block scales d, and Q8_1's s (float32 per block) or
+    Q8_K's bsums (int32 per 16)."""
+
+    def __init__(self, vtype: GGMLType, x: np.ndarray):
+        B, K = x.shape
+        self.vtype = vtype
+        self.qs = np.empty((B, K), np.int8)
+        if vtype == T.Q8_K:
+            self.d = np.empty((B, K // QK_K), np.float32)
+            self.bsums = np.empty((B, K // 16), np.int32)
+            _quant_q8_k(x, self.qs, self.d, self.bsums)
+            self.s = np.zeros((B, 0), np.float32)
+        else:
+            self.dh = np.empty((B, K // QK), np.uint16)
+            self.sh = np.empty((B, K // QK), np.uint16)
+            self.d = np.empty((B, K // QK), np.float32)
+            self.s = np.empty((B, K // QK), np.float32)
+            _quant_q8(x, vtype == T.Q8_1, self.qs, self.dh, self.sh, self.d, self.s)
+            self.bsums = np.zeros((B, 0), np.int32)
+
+    def packed(self) -> np.ndarray:
+        """The rows as native/blocks.h lays the blocks out, uint8 (B, row_bytes)."""
+        B = self.qs.shape[0]
+        qs = self.qs.view(np.uint8).reshape(B, -1, QK_K if self.vtype == T.Q8_K else QK)
+        if self.vtype == T.Q8_K:
+            parts = [self.d.astype("<f4").reshape(B, -1, 1).view(np.uint8), qs,
+                     self.bsums.astype("<i2").reshape(B, -1, 16).view(np.uint8)]
+        else:
+            halves = [self.dh, self.sh] if self.vtype == T.Q8_1 else [self.dh]
+            parts = [h.astype("<u2").reshape(B, -1, 1).view(np.uint8) for h in halves] + [qs]
+        return np.concatenate(parts, axis=2).reshape(B, -1)
 
 
 # ----------------------------------------------------------------------------
-# kernels: exact integer block sums, float64 scaling and accumulation
+# legacy formats (native/scalar/legacy.cpp dot_blocks)
+# ----------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _h(row, o):
+    return f16_to_f32(np.int64(row[o]) | (np.int64(row[o + 1]) << 8))
+
+
+@njit(cache=True, nogil=True)
+def _decode_legacy(kind, row, v, d, m):
+    """One row of 32-weight blocks -> integer values v (weight order; signed
+    for Q4_0/Q5_0/Q8_0, unsigned for Q4_1/Q5_1), scales d and mins m."""
+    affine = kind == 1 or kind == 3
+    five = kind == 2 or kind == 3
+    ts = 34 if kind == 4 else 18 + (2 if affine else 0) + (4 if five else 0)
+    hdr = 4 if affine else 2
+    offset = 0 if affine else (16 if five else 8)
+    for i in range(d.size):
+        o = i * ts
+        d[i] = _h(row, o)
+        if affine:
+            m[i] = _h(row, o + 2)
+        vb = v[i * QK:(i + 1) * QK]
+        if kind == 4:
+            for j in range(QK):
+                vb[j] = np.int8(row[o + 2 + j])  # the byte's signed value
+            continue
+        qh = 0
+        if five:
+            for t in range(4):
+                qh |= np.int64(row[o + hdr + t]) << (8 * t)
+        qs = o + hdr + (4 if five else 0)
+        for j in range(QK // 2):
+            b = np.int32(row[qs + j])
+            lo, hi = b & 0xF, b >> 4
+            if five:
+                lo |= ((qh >> j) << 4) & 0x10
+                hi |= (qh >> (j + 12)) & 0x10
+            vb[j] = lo - offset
+            vb[j + QK // 2] = hi - offset
+
+
+@njit(cache=True, parallel=True)
+def _mm_legacy(kind, w, xqs, xd, xs, out):
+    """llama.cpp's x86 vec_dot: per block, 8 exact int32 lanes of 4 weights,
+    lane l into float chain l by acc = fma(d_w * d_x, lane, acc); the chains
+    meet in ggml's horizontal add; Q4_1/Q5_1 add min * s_x in a fused chain
+    of their own, added last (Q8_0's s is 0: fma(0, 0, c) = c)."""
+    N = w.shape[0]
+    B, K = xqs.shape
+    nb = K // QK
+    for r in prange(N):
+        v = np.empty(K, np.int32)
+        d = np.empty(nb, np.float32)
+        m = np.zeros(nb, np.float32)
+        _decode_legacy(kind, w[r], v, d, m)
+        p = np.empty(K, np.int32)
+        lanes = np.empty(K // 4, np.int32)
+        acc = np.empty(8, np.float32)
+        for b in range(B):
+            _lanes_of_4(v, xqs[b], p, lanes)
+            acc[:] = F0
+            c = F0
+            for i in range(nb):
+                db = d[i] * xd[b, i]
+                for l in range(8):
+                    acc[l] = fma(db, np.float32(lanes[8 * i + l]), acc[l])
+                c = fma(m[i], xs[b, i], c)
+            out[b, r] = hsum8(acc, 0) + c
+
+
+@njit(cache=True, nogil=True)
+def _lanes_of_4(v, x, p, lanes):
+    """lanes[g] = the exact sum of v * x over weights 4g .. 4g + 3 (products
+    p, then their sums: two flat loops that LLVM vectorizes)."""
+    for j in range(v.size):
+        p[j] = v[j] * x[j]
+    for g in range(lanes.size):
+        lanes[g] = p[4 * g] + p[4 * g + 1] + p[4 * g + 2] + p[4 * g + 3]
+
+
+# ----------------------------------------------------------------------------
+# k-quants (native/scalar/kquants.cpp)
+# ----------------------------------------------------------------------------
+# Per super-block the kernels take integer sums into float chains in 8 lanes;
+# lane l of sub-block c (32 weights) holds 4 weights: 32c + 4l + e (Q4_K,
+# Q5_K, Q6_K: maddubs + madd) or, for Q2_K/Q3_K, whose 16-weight scales come
+# in through int16 pairs, 32c + 16(l//4) + 2(l%4) + {0, 1, 8, 9}.  Those are
+# decoded (and their activations gathered, _PAIRS_ORDER) in lane order, so
+# one loop serves both: lane l of sub-block c is k = 32c + 4l + e, and its
+# 16-weight scale group is k // 16 either way.
+
+_PAIRS_ORDER = np.array([32 * c + 16 * (l // 4) + 2 * (l % 4) + (e & 1) + 8 * (e >> 1)
+                         for c in range(8) for l in range(8) for e in range(4)], np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _decode_k(kind, row, u, sc, mn, d, dmin):
+    """One row of super-blocks -> unsigned values u (lane order, see above;
+    Q3_K's and Q6_K's offsets 4 and 32 not removed), scales sc and mins mn
+    per 16 weights, and the fp16 d and dmin (0 where a format has none)."""
+    order = _PAIRS_ORDER
+    for i in range(d.size):
+        ub = u[i * QK_K:(i + 1) * QK_K]
+        g0 = i * 16
+        if kind == _Q2_K:  # scales[16], qs[64], d, dmin
+            o = i * 84
+            d[i] = _h(row, o + 80)
+            dmin[i] = _h(row, o + 82)
+            for g in range(16):
+                sc[g0 + g] = np.int32(row[o + g]) & 0xF
+                mn[g0 + g] = np.int32(row[o + g]) >> 4
+            for k in range(QK_K):
+                e = order[k]
+                ub[k] = (np.int32(row[o + 16 + 32 * (e // 128) + e % 32]) >> (2 * (e % 128 // 32))) & 3
+        elif kind == _Q3_K:  # hmask[32], qs[64], scales[12], d
+            o = i * 110
+            d[i] = _h(row, o + 108)
+            dmin[i] = F0
+            for g in range(16):  # unpack_q3_k_scales, minus 32
+                lo = (np.int32(row[o + 96 + g]) & 0xF) if g < 8 else (np.int32(row[o + 96 + g - 8]) >> 4)
+                hi = (np.int32(row[o + 104 + (g & 3)]) >> (2 * (g >> 2))) & 3
+                sc[g0 + g] = (lo | (hi << 4)) - 32
+                mn[g0 + g] = 0
+            for k in range(QK_K):
+                e = order[k]
+                low = (np.int32(row[o + 32 + 32 * (e // 128) + e % 32]) >> (2 * (e % 128 // 32))) & 3
+                ub[k] = low | (((np.int32(row[o + e % 32]) >> (e // 32)) & 1) << 2)
+        elif kind == _Q4_K or kind == _Q5_K:  # d, dmin, scales[12], (qh[32],) qs[128]
+            five = kind == _Q5_K
+            o = i * (176 if five else 144)
+            d[i] = _h(row, o)
+            dmin[i] = _h(row, o + 2)
+            for j in range(8):  # get_scale_min_k4
+                s = o + 4
+                if j < 4:
+                    scj, mnj = np.int32(row[s + j]) & 63, np.int32(row[s + j + 4]) & 63
+                else:
+                    scj = (np.int32(row[s + j + 4]) & 0xF) | ((np.int32(row[s + j - 4]) >> 6) << 4)
+                    mnj = (np.int32(row[s + j + 4]) >> 4) | ((np.int32(row[s + j]) >> 6) << 4)
+                sc[g0 + 2 * j] = sc[g0 + 2 * j + 1] = scj
+                mn[g0 + 2 * j] = mn[g0 + 2 * j + 1] = mnj
+            qs = o + (48 if five else 16)
+            for c in range(4):  # weights 64c + l and 64c + 32 + l share byte qs[32c + l]
+                for l in range(32):
+                    b = np.int32(row[qs + 32 * c + l])
+                    lo, hi = b & 0xF, b >> 4
+                    if five:
+                        h = np.int32(row[o + 16 + l]) >> (2 * c)
+                        lo |= (h & 1) << 4
+                        hi |= (h & 2) << 3
+                    ub[64 * c + l] = lo
+                    ub[64 * c + 32 + l] = hi
+        else:  # Q6_K: ql[128], qh[64], scales[16] (int8), d
+            o = i * 210
+            d[i] = _h(row, o + 208)
+            dmin[i] = F0
+            for g in range(16):
+                s = np.int32(row[o + 192 + g])
+                sc[g0 + g] = s - 256 if s >= 128 else s
+                mn[g0 + g] = 0
+            for h in range(2):
+                for q in range(4):
+                    for l in range(32):
+                        lo = (np.int32(row[o + 64 * h + 32 * (q & 1) + l]) >> (4 * (q >> 1))) & 0xF
+                        ub[128 * h + 32 * q + l] = lo | (((np.int32(row[o + 128 + 32 * h + l]) >> (2 * q)) & 3) << 4)
+
+
+@njit(cache=True, parallel=True)
+def _mm_kquant(kind, w, variant, xqs, xd, bsums, out):
+    """out[b, r] for weight row r and activation row b with the kernel
+    variant[b]: VEC_DOT (dot_k), TILED (dot_k_tiled), GEMV / GEMM
+    (dot_q4_k_packed<4> / <1>, Q4_K only)."""
+    N = w.shape[0]
+    B, K = xqs.shape
+    nsb = K // QK_K
+    for r in prange(N):
+        u = np.empty(K, np.int32)
+        sc = np.empty(K // 16, np.int32)
+        mn = np.empty(K // 16, np.int32)
+        d = np.empty(nsb, np.float32)
+        dmin = np.empty(nsb, np.float32)
+        _decode_k(kind, w[r], u, sc, mn, d, dmin)
+        p = np.empty(K, np.int32)
+        lanes = np.empty(K // 4, np.int32)
+        s = np.empty(8, np.int32)
+        m = np.empty(8, np.int32)
+        s32 = np.empty(8, np.int32)
+        acc = np.empty(8, np.float32)
+        accm = np.empty(4, np.float32)
+        for b in range(B):
+            var = variant[b]
+            _lanes_of_4(u, xqs[b], p, lanes)
+            acc[:] = F0
+            accm[:] = F0
+            a1 = F0
+            a2 = F0
+            for i in range(nsb):
+                # klanes: the exact int32 lane sums s (with Q3_K's and Q6_K's
+                # offsets through the activation block sums) and m (the mins)
+                g0 = 16 * i
+                s[:] = 0
+                for c in range(8):
+                    s32[c] = 0
+                    for l in range(8):
+                        q4 = lanes[64 * i + 8 * c + l]
+                        s[l] += sc[g0 + 2 * c + l // 4] * q4
+                        s32[c] += q4
+                bs = bsums[b, g0:g0 + 16]
+                for l in range(8):
+                    if kind == _Q2_K:
+                        m[l] = mn[g0 + 2 * l] * bs[2 * l] + mn[g0 + 2 * l + 1] * bs[2 * l + 1]
+                    elif (kind == _Q4_K or kind == _Q5_K) and l < 4:
+                        m[l] = (mn[g0 + 4 * l] * bs[4 * l] + mn[g0 + 4 * l + 1] * bs[4 * l + 1]
+                                + mn[g0 + 4 * l + 2] * bs[4 * l + 2] + mn[g0 + 4 * l + 3] * bs[4 * l + 3])
+                    else:
+                        m[l] = 0
+                    if kind == _Q3_K or kind == _Q6_K:
+                        s[l] -= (4 if kind == _Q3_K else 32) * (sc[g0 + 2 * l] * bs[2 * l] + sc[g0 + 2 * l + 1] * bs[2 * l + 1])
+                yd = xd[b, i]
+                if var == VEC_DOT:
+                    # acc = fma(d_w * d_x, s, acc) per lane; Q2_K's mins into the
+                    # same lanes, Q4_K/Q5_K's into a 4-lane chain of their own
+                    dd = d[i] * yd
+                    dm = dmin[i] * yd
+                    for l in range(8):
+                        acc[l] = fma(dd, np.float32(s[l]), acc[l])
+                    if kind == _Q2_K:
+                        for l in range(8):
+                            acc[l] = fma(-dm, np.float32(m[l]), acc[l])
+                    if kind == _Q4_K or kind == _Q5_K:
+                        for l in range(4):
+                            accm[l] = fma(-dm, np.float32(m[l]), accm[l])
+                elif var == TILED:
+                    # r = d * s - dmin * m (a product, then fused), acc += r * d_x fused
+                    st = 0
+                    mt = 0
+                    for l in range(8):
+                        st += s[l]
+                        mt += m[l]
+                    rb = fma(-dmin[i], np.float32(mt), d[i] * np.float32(st))
+                    a1 = fma(rb, yd, a1)
+                else:
+                    # repacked Q4_K: exact sums over 4 sub-block pairs (gemv) or
+                    # 1 (gemm), each into a chain for d and one for dmin
+                    dd = d[i] * yd
+                    dm = dmin[i] * yd
+                    group = 4 if var == GEMV else 1
+                    isum = 0
+                    imin = 0
+                    for j in range(4):
+                        isum += sc[g0 + 4 * j] * s32[2 * j] + sc[g0 + 4 * j + 2] * s32[2 * j + 1]
+                        imin += m[j]
+                        if (j + 1) % group == 0:
+                            a1 = fma(np.float32(isum), dd, a1)
+                            a2 = fma(np.float32(imin), dm, a2)
+                            isum = 0
+                            imin = 0
+            if var == VEC_DOT:
+                out[b, r] = hsum8(acc, 0) + ((accm[0] + accm[2]) + (accm[1] + accm[3]))
+            elif var == TILED:
+                out[b, r] = a1
+            else:
+                out[b, r] = a1 - a2
+
+
+# ----------------------------------------------------------------------------
+# float weights (native/scalar/legacy.cpp dot_f32, dot_f32_sgemm, dot_f16, dot_bf16)
 # ----------------------------------------------------------------------------
 
 
 @njit(cache=True, parallel=True)
-def _mm_int(kind, bsize, gsize, w, lut, xqs, xd, xsum, out):
-    """out[b, n] = sum over blocks k of xd[b, k] * ws[k] * sum(q*qx) + sum
-    over the block's groups g of wm[g] * xsum[b, g], where xsum is the
-    activation's value sum per group (Q8_1's s per 32, d * bsums per 16)."""
-    N = w.shape[0]
-    B, K = xqs.shape
-    nblk = K // bsize
-    ng = K // gsize
-    gpb = bsize // gsize
-    affine = False
-    for a in _AFFINE_KINDS:
-        affine |= kind == a
-    for n in prange(N):
-        q = np.empty(K, np.int32)
-        ws = np.empty(nblk, np.float64)
-        wm = np.zeros(ng, np.float64)
-        if kind < _FIRST_K_KIND:
-            _decode_legacy(kind, w[n], lut, q, ws, wm)
-        else:
-            _decode_k(kind, w[n], lut, q, ws, wm)
-        for b in range(B):
-            xb = xqs[b]
-            acc = 0.0
-            for k in range(nblk):
-                # slices indexed from 0 let numba drop its negative-index
-                # wraparound code, which is what allows LLVM to vectorize
-                qk = q[k * bsize:(k + 1) * bsize]
-                xk = xb[k * bsize:(k + 1) * bsize]
-                s = np.int32(0)
-                for t in range(bsize):
-                    s += qk[t] * xk[t]
-                acc += float(xd[b, k]) * ws[k] * s
-                if affine:
-                    for g in range(k * gpb, (k + 1) * gpb):
-                        acc += wm[g] * xsum[b, g]
-            out[b, n] = acc
-
-
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def _mm_f16(w, lut, x, out):
-    """F16 / BF16 weights (uint16 bits) decoded through a 64 Ki-entry table."""
+def _mm_f32(w, variant, x, out):
+    """ggml_vec_dot_f32 (four 16-lane FMA accumulators over chunks of 64,
+    ggml_reduce4, the tail one rounded product and add at a time) or tinyBLAS
+    (one 16-lane FMA accumulator, then its horizontal sum)."""
     N, K = w.shape
     B = x.shape[0]
-    for n in prange(N):
-        row = np.empty(K, np.float64)
-        for k in range(K):
-            row[k] = lut[w[n, k]]
+    kp = K & ~(4 * LANES - 1)
+    for r in prange(N):
+        wr = w[r]
+        acc = np.empty(4 * LANES, np.float32)
         for b in range(B):
-            acc = 0.0
+            xb = x[b]
+            acc[:] = F0
+            if variant[b] == SGEMM:
+                for k in range(K):
+                    acc[k % LANES] = fma(wr[k], xb[k], acc[k % LANES])
+                out[b, r] = hsum16(acc, 0)
+                continue
+            for k0 in range(0, kp, 4 * LANES):
+                for a in range(4 * LANES):
+                    acc[a] = fma(wr[k0 + a], xb[k0 + a], acc[a])
+            s = reduce4(acc)
+            for k in range(kp, K):
+                s += wr[k] * xb[k]
+            out[b, r] = s
+
+
+@njit(cache=True, parallel=True)
+def _mm_half(w, bf16, x, out):
+    """F16 / BF16 weights (uint16 bits): one rounded product and add at a time."""
+    N, K = w.shape
+    B = x.shape[0]
+    for r in prange(N):
+        row = np.empty(K, np.float32)
+        for k in range(K):
+            row[k] = bits_f32(np.int64(w[r, k]) << 16) if bf16 else f16_to_f32(w[r, k])
+        for b in range(B):
+            s = F0
             for k in range(K):
-                acc += row[k] * x[b, k]
-            out[b, n] = acc
-
-
-# ----------------------------------------------------------------------------
-# activation packing
-# ----------------------------------------------------------------------------
-
-
-def _split_activation(vtype: GGMLType, xq: np.ndarray, K: int):
-    """Unpack quantized activation rows (B, row_bytes) into arrays the kernels
-    index directly: int8 quants (B, K), float32 block scales d and float64
-    value sums per group (only used by the affine weight formats)."""
-    B = xq.shape[0]
-    ts = _TS[vtype]
-    blocks = xq.reshape(B, -1, ts)
-    if vtype == T.Q8_K:
-        d = np.ascontiguousarray(blocks[:, :, :4]).view(np.float32).reshape(B, -1)
-        qs = np.ascontiguousarray(blocks[:, :, 4:4 + QK_K]).view(np.int8).reshape(B, K)
-        bsums = np.ascontiguousarray(blocks[:, :, 4 + QK_K:]).view("<i2").reshape(B, -1, 16)
-        xsum = (d[:, :, None].astype(np.float64) * bsums).reshape(B, K // 16)
-        return qs, d, xsum
-    qs_off = 4 if vtype == T.Q8_1 else 2
-    d = np.ascontiguousarray(blocks[:, :, :2]).view("<f2").reshape(B, -1).astype(np.float32)
-    qs = np.ascontiguousarray(blocks[:, :, qs_off:]).view(np.int8).reshape(B, K)
-    if vtype == T.Q8_1:
-        xsum = np.ascontiguousarray(blocks[:, :, 2:4]).view("<f2").reshape(B, -1).astype(np.float64)
-    else:
-        xsum = np.zeros((B, K // QK), np.float64)
-    return qs, d, xsum
+                s += row[k] * x[b, k]
+            out[b, r] = s
 
 
 # ----------------------------------------------------------------------------
@@ -293,39 +492,40 @@ def _check_activations(x) -> np.ndarray:
 
 def quantize_activation(qtype_of_weights, x) -> np.ndarray:
     """Activation rows (K,) or (B, K) in the weights' vec_dot format, as uint8
-    (..., row_bytes).  Float weight types take activations as plain F32."""
+    (..., row_bytes), byte for byte as the native quantize_activations.  Float
+    weight types take activations as plain F32."""
     fmt = _weight_format(qtype_of_weights)
     x2 = _check_activations(x)
     vfmt = FORMATS[fmt.vec_dot_type]
     if x2.shape[1] % vfmt.block_size:
         raise ValueError(f"x: length {x2.shape[1]} is not a multiple of the {vfmt.name} block size {vfmt.block_size}")
-    if vfmt.type in (GGMLType.Q8_0, GGMLType.Q8_1):
-        return _quantize_q8_runtime(x, with_sum=vfmt.type == GGMLType.Q8_1)
-    return quants.quantize(x, vfmt.type)
-
-
-def _quantize_q8_runtime(x: np.ndarray, with_sum: bool) -> np.ndarray:
-    """Q8_0 / Q8_1 activations rounded as the native kernels and llama.cpp's
-    runtime quantizers do: id = 127/amax and round half to even (ggml's *_ref
-    weight quantizers, which quants.quantize mirrors, use 1/d and round half
-    away from zero)."""
-    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 32)
-    amax = np.abs(blocks).max(axis=1, keepdims=True)
-    d = amax / np.float32(127.0)
-    safe = np.where(amax != 0, amax, np.float32(1.0))
-    inv = np.where(amax != 0, np.float32(127.0) / safe, np.float32(0.0)).astype(np.float32)
-    q = np.rint(blocks * inv).astype(np.int8)
-    parts = [d.astype(np.float16).view(np.uint8)]
-    if with_sum:
-        s = d * q.astype(np.int32).sum(axis=1, keepdims=True).astype(np.float32)
-        parts.append(s.astype(np.float16).view(np.uint8))
-    parts.append(q.view(np.uint8))
-    return np.concatenate(parts, axis=1).reshape(*x.shape[:-1], -1)
+    if vfmt.type == T.F32:
+        return x.view(np.uint8).copy()
+    return _Activations(vfmt.type, x2).packed().reshape(*x.shape[:-1], -1)
 
 
 def dequantize(qtype, w) -> np.ndarray:
     """Weights (..., row_bytes) -> float32 (..., K)."""
     return quants.dequantize(w, qtype)
+
+
+def kernel_variants(qtype, n_rows: int, k: int, batch: int) -> np.ndarray:
+    """The kernel native matmul() gives each activation row (native/ops.cpp):
+    repacked Q4_K (a multiple of 8 rows) takes its gemm for the rows in full
+    groups of four (batches of more than three) and its gemv for the others;
+    other k-quants their tiled kernel from 8 rows on; F32 tinyBLAS from 2
+    rows on when k % 16 == 0 and n_rows % 4 == 0; everything else vec_dot."""
+    t = block_format(qtype).type
+    v = np.full(batch, VEC_DOT, np.int64)
+    if t == T.Q4_K and n_rows % 8 == 0:
+        n_gemm = batch - batch % 4 if batch > 3 else 0
+        v[:] = GEMV
+        v[:n_gemm] = GEMM
+    elif t in _KQUANT and batch >= 8:
+        v[:] = TILED
+    elif t == T.F32 and batch >= 2 and k % LANES == 0 and n_rows % 4 == 0:
+        v[:] = SGEMM
+    return v
 
 
 def matmul(qtype, w, x, out=None) -> np.ndarray:
@@ -357,15 +557,17 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         return out
 
     t = fmt.type
+    variant = kernel_variants(t, N, K, B)
     if t == T.F32:
-        np.matmul(x2, w.view(np.float32).T, out=out2)
+        _mm_f32(w.view(np.float32), variant, x2, out2)
     elif t in (T.F16, T.BF16):
-        _mm_f16(w.view(np.uint16), _F16_LUT if t == T.F16 else _BF16_LUT, x2, out2)
+        _mm_half(w.view(np.uint16), t == T.BF16, x2, out2)
+    elif t in _LEGACY:
+        a = _Activations(fmt.vec_dot_type, x2)
+        _mm_legacy(_LEGACY[t], w, a.qs, a.d, a.s, out2)
     else:
-        vt = fmt.vec_dot_type
-        xqs, xd, xsum = _split_activation(vt, quantize_activation(fmt.type, x2), K)
-        if vt == T.Q8_K:
-            _mm_int(_KIND[t], QK_K, 16, w, _F16_LUT, xqs, xd, xsum, out2)
-        else:
-            _mm_int(_KIND[t], QK, QK, w, _F16_LUT, xqs, xd, xsum, out2)
+        a = _Activations(T.Q8_K, x2)
+        qs = a.qs if t not in (T.Q2_K, T.Q3_K) else np.ascontiguousarray(
+            a.qs.reshape(B, -1, QK_K)[:, :, _PAIRS_ORDER].reshape(B, K))
+        _mm_kquant(_KQUANT[t], w, variant, qs, a.d, a.bsums, out2)
     return out

@@ -1,14 +1,28 @@
-"""llamalocal.fallback.matmul against a float64 reference built from
-gguf.quants.dequantize(W) and the dequantized vec_dot activations."""
+"""The numba backend's kernels: llamalocal.fallback.matmul and the ggml
+arithmetic of llamalocal.ggml_numba, bit for bit against the native scalar
+path (LLAMALOCAL_ISA=scalar) and, independently of it, close to a float64
+reference built from gguf.quants.dequantize(W) and the dequantized vec_dot
+activations."""
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
 
 import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as G
+from numba import njit
 
 from llamalocal import fallback, quants
+from llamalocal import ggml_numba as gn
 from llamalocal.formats import FORMATS, QK_K, SCALE_FIELDS, WEIGHT_TYPES, GGMLType
+
+try:
+    from llamalocal import _native as native
+except ImportError:
+    native = None
+needs_native = pytest.mark.skipif(native is None, reason="the native scalar path is the reference")
 
 T = GGMLType
 QUANTIZABLE = {T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K}
@@ -24,6 +38,132 @@ def make_weights(qtype: GGMLType, n: int, k: int, seed: int) -> np.ndarray:
                                 .astype(np.float16).view(np.uint8))
     return w.reshape(n, -1)
 
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """float32 values as their bits: equality that tells -0 from +0 and compares NaNs."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def scalar_matmul(qtype, w, x):
+    return native.matmul(int(qtype), w, x, isa="scalar")
+
+
+# ---------------------------------------------------------------- bit for bit against the native scalar path
+
+# Batch sizes that select each of native matmul()'s kernels: vec_dot (1, 3;
+# F32 tinyBLAS from 2), the repacked Q4_K gemv (1, 3) or gemm + gemv (4, 5,
+# 17), the tiled k-quant kernel (8, 17); 37 rows leave Q4_K unpacked and
+# tinyBLAS unused, 64 rows allow both.
+@needs_native
+@pytest.mark.parametrize("batch", [1, 3, 4, 5, 8, 17])
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_matmul_bit_identical_to_native_scalar(qtype, batch):
+    k = 512
+    x = (np.random.default_rng(batch).standard_normal((batch, k)) * 4).astype(np.float32)
+    x[0, :QK_K] = 0  # an all-zero activation block
+    for n in (37, 64):
+        w = make_weights(qtype, n, k, seed=int(qtype) + n)
+        assert np.array_equal(bits(fallback.matmul(qtype, w, x)), bits(scalar_matmul(qtype, w, x))), (n, qtype.name)
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_weights_bit_identical_to_native_scalar(qtype):
+    """ggml_vec_dot_f32's chunks of 64 and its tail, tinyBLAS only where k % 16
+    == 0 and n_rows % 4 == 0 (stories260K has k = 64, 172, 256, 688)."""
+    for k in (8, 64, 172, 688):
+        for n in (3, 172):
+            w = make_weights(qtype, n, k, seed=k + n)
+            for batch in (1, 2, 5):
+                x = np.random.default_rng(batch).standard_normal((batch, k)).astype(np.float32)
+                assert np.array_equal(bits(fallback.matmul(qtype, w, x)), bits(scalar_matmul(qtype, w, x))), (k, n, batch)
+
+
+def test_kernel_variants_follow_native_matmul():
+    v = fallback.kernel_variants
+    assert list(v(T.Q4_K, 64, 256, 6)) == [fallback.GEMM] * 4 + [fallback.GEMV] * 2
+    assert list(v(T.Q4_K, 64, 256, 3)) == [fallback.GEMV] * 3
+    assert list(v(T.Q4_K, 60, 256, 8)) == [fallback.TILED] * 8
+    assert list(v(T.Q6_K, 64, 256, 7)) == [fallback.VEC_DOT] * 7
+    assert list(v(T.F32, 8, 64, 2)) == [fallback.SGEMM] * 2
+    assert list(v(T.F32, 8, 72, 2)) == list(v(T.F32, 6, 64, 2)) == [fallback.VEC_DOT] * 2
+    assert list(v(T.F32, 8, 64, 1)) == [fallback.VEC_DOT]
+    assert list(v(T.Q8_0, 64, 256, 17)) == [fallback.VEC_DOT] * 17
+
+
+@needs_native
+def test_activation_quantizers_byte_identical_to_native():
+    x = (np.random.default_rng(6).standard_normal((3, 512)) * 3).astype(np.float32)
+    x[1, :256] = 0  # a zero block of every format
+    x[2, 300] = 1e4  # one large value in a block
+    for wt in (T.Q4_0, T.Q4_1, T.Q6_K):
+        assert np.array_equal(fallback.quantize_activation(wt, x), native.quantize_activations(int(wt), x, isa="scalar")), wt.name
+    assert np.array_equal(fallback.quantize_activation(T.Q2_K, x), quants.quantize(x, T.Q8_K))
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
+def test_dequantize_bit_identical_to_native(qtype):
+    """The embeddings are dequantized rows: the model's input on both paths."""
+    w = make_weights(qtype, 7, 512, seed=3)
+    assert np.array_equal(bits(fallback.dequantize(qtype, w)), bits(native.dequantize(int(qtype), w, isa="scalar")))
+
+
+@needs_native
+def test_rms_norm_bit_identical_to_native():
+    x = (np.random.default_rng(7).standard_normal((5, 576)) * 3).astype(np.float32)
+    w = np.random.default_rng(8).standard_normal(576).astype(np.float32)
+    y = np.empty_like(x)
+    gn.rms_norm(x, w, np.float32(1e-5), y)
+    assert np.array_equal(bits(y), bits(native.rms_norm(x, w, 1e-5)))
+
+
+# ---------------------------------------------------------------- ggml_numba's primitives
+
+def test_fp16_conversions_are_exact():
+    halves = np.arange(1 << 16, dtype=np.uint16)
+    finite = ~np.isnan(halves.view(np.float16))
+    got = np.array([gn.f16_to_f32(h) for h in halves], np.float32)
+    assert np.array_equal(bits(got)[finite], bits(halves.view(np.float16).astype(np.float32))[finite])
+    rng = np.random.default_rng(9)
+    f = np.concatenate([rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 6, 4000),
+                        [0.0, -0.0, 65504.0, 65520.0, 1e6, -np.inf, 2.0 ** -25, 2.0 ** -24 * 1.5]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = f.astype(np.float16).view(np.uint16)
+    assert np.array_equal(np.array([gn.f32_to_f16(v) for v in f], np.uint16), want)
+
+
+@njit(cache=True)
+def _fma_all(a, b, c, out):
+    for i in range(a.size):
+        out[i] = gn.fma(a[i], b[i], c[i])
+
+
+def test_fma_rounds_once():
+    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    libm.fmaf.restype, libm.fmaf.argtypes = ctypes.c_float, [ctypes.c_float] * 3
+    rng = np.random.default_rng(10)
+    a, b, c = (rng.standard_normal((3, 2000)) * 1e3).astype(np.float32)
+    got = np.empty_like(a)
+    _fma_all(a, b, c, got)
+    want = np.array([libm.fmaf(float(p), float(q), float(r)) for p, q, r in zip(a, b, c)], np.float32)
+    assert np.array_equal(bits(got), bits(want))
+    assert not np.array_equal(got, a * b + c)  # the rounded product differs somewhere
+
+
+def test_expf512():
+    x = np.linspace(-110.0, 88.0, 20001).astype(np.float32)
+    got = np.array([gn.expf512(v) for v in x], np.float32)
+    want = np.exp(x.astype(np.float64))
+    # within 3 ulps (ggml's own bound is 1.5 ulps of the reduced argument) down
+    # into the subnormals, where ldexp rounds the result once
+    assert want.min() < 2.0 ** -140
+    assert np.all(np.abs(got - want) <= 3 * np.spacing(want.astype(np.float32)))
+    assert gn.expf512(np.float32(0.0)) == 1.0 and gn.expf512(np.float32(-200.0)) == 0.0
+    assert gn.expf512(np.float32(200.0)) == np.inf and gn.expf512(-np.float32(np.inf)) == 0.0
+
+
+# ---------------------------------------------------------------- float64 reference (independent of the native path)
 
 def reference(qtype: GGMLType, w: np.ndarray, x: np.ndarray):
     """float64 X.W^T of the dequantized operands, and sum |x||w| per output.
@@ -51,7 +191,7 @@ def assert_close(y, ref, mag):
     assert np.all(err <= 1e-5 * mag + 1e-30), float((err / (mag + 1e-30)).max())
 
 
-@pytest.mark.parametrize("batch", [1, 3, 17])
+@pytest.mark.parametrize("batch", [1, 17])
 @pytest.mark.parametrize("qtype", WEIGHT_TYPES, ids=lambda t: t.name)
 def test_matmul_matches_reference(qtype, batch):
     n, k = 37, 512
@@ -107,17 +247,14 @@ def test_quantize_activation_formats():
     assert fallback.quantize_activation(T.Q4_0, x).shape == (3, 16 * 34)
     assert fallback.quantize_activation(T.Q4_1, x).shape == (3, 16 * 36)
     assert fallback.quantize_activation(T.Q6_K, x).shape == (3, 2 * 292)
+    assert fallback.quantize_activation(T.Q4_0, x[0]).shape == (16 * 34,)
     # Q8_0/Q8_1 activations round like llama.cpp's runtime quantizers (id = 127/amax,
-    # half to even), as the native kernels do; ggml's *_ref rounding, which
-    # quants.quantize mirrors, differs from it by at most one step.
-    from llamalocal import _native
-
+    # half to even); ggml's *_ref rounding, which quants.quantize mirrors, differs
+    # from it by at most one step.
     for wt, at in ((T.Q8_0, T.Q8_0), (T.Q5_1, T.Q8_1)):
         got = fallback.quantize_activation(wt, x)
-        assert np.array_equal(got, _native.quantize_activations(int(wt), x, isa="scalar"))
         step = np.repeat(np.abs(x).reshape(3, -1, 32).max(-1) / 127, 32, axis=1)
         assert np.all(np.abs(quants.dequantize(got, at) - quants.dequantize(quants.quantize(x, at), at)) <= 1.01 * step)
-    assert np.array_equal(fallback.quantize_activation(T.Q2_K, x), quants.quantize(x, T.Q8_K))
     assert np.array_equal(fallback.quantize_activation(T.BF16, x).view(np.float32), x)
 
 
