@@ -27,7 +27,8 @@ from numba import njit, prange
 
 from . import quants
 from .formats import FORMATS, QK, QK_K, WEIGHT_TYPES, BlockFormat, GGMLType, block_format
-from .ggml_numba import F0, LANES, bits_f32, f16_to_f32, f32_bits, f32_to_f16, fma, hsum8, hsum16, reduce4
+from .ggml_numba import F0, LANES, bits_f32, f16_to_f32, f32_to_f16, fma, hsum8, hsum16, reduce4
+from .quants_k import quant_q8_k
 
 __all__ = ["matmul", "dequantize", "quantize_activation"]
 
@@ -78,34 +79,9 @@ def _quant_q8(x, with_sum, qs, dh, sh, d, s):
 
 @njit(cache=True, nogil=True)
 def _quant_q8_k(x, qs, d, bsums):
-    """ggml's quantize_row_q8_K_ref per block of 256: iscale = -127/max (the
-    value of largest magnitude), ggml's nearest_int, d = 1/iscale, sums per 16."""
-    B, K = x.shape
-    nb = K // QK_K
-    for task in range(B * nb):
-        r, i = task // nb, task % nb
-        xb = x[r, i * QK_K:(i + 1) * QK_K]
-        mx = F0
-        amax = F0
-        for j in range(QK_K):
-            ax = abs(xb[j])
-            if ax > amax:
-                amax = ax
-                mx = xb[j]
-        if amax == F0:
-            d[r, i] = F0
-            qs[r, i * QK_K:(i + 1) * QK_K] = 0
-            bsums[r, i * 16:(i + 1) * 16] = 0
-            continue
-        iscale = np.float32(-127.0) / mx
-        for g in range(16):
-            s = 0
-            for t in range(16):
-                v = min(127, (f32_bits(iscale * xb[16 * g + t] + _MAGIC) & 0x007FFFFF) - 0x00400000)
-                qs[r, i * QK_K + 16 * g + t] = v
-                s += v
-            bsums[r, i * 16 + g] = s
-        d[r, i] = np.float32(1.0) / iscale
+    """ggml's quantize_row_q8_K_ref (quants_k.quant_q8_k) of every row."""
+    for r in range(x.shape[0]):
+        quant_q8_k(x[r], d[r], qs[r], bsums[r])
 
 
 class _Activations:
