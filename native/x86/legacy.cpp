@@ -296,9 +296,9 @@ LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
 //    leave the loads waiting on DRAM (measured: about 60% of stream_read
 //    bandwidth on one core without this, about 90% with it).
 //  * Per block, the rows' fp16 scales are packed into one u64 in general
-//    registers and converted by a single VCVTPH2PS; the products with d_y go
-//    to a small stack array, from which each row's FMA takes a broadcast load
-//    (a load-port uop, no shuffle); the R constant terms are one 4-lane FMA.
+//    registers and converted by a single VCVTPH2PS; each row's FMA takes its
+//    product with d_y by an in-register lane broadcast (row_scales, lane_of);
+//    the R constant terms are one 4-lane FMA.
 
 constexpr int64_t SEG = 512;  // activation blocks per segment: k <= 16384 is one segment
 constexpr int ROWS_PER_PASS = 4;
@@ -348,6 +348,26 @@ inline __m128 row_halves(const uint8_t* p, size_t stride) {
     return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
 }
 
+// d_w * d_y for rows 0..R-1 (R <= 4) in lanes 0..R-1 of both 128-bit halves,
+// so that lane_of broadcasts a row's scale in-register (one VPERMILPS).  A
+// stack array and broadcast loads instead cost a store-to-load round trip per
+// block, measured at about a third of the kernel's time.
+template <int R>
+inline __m256 row_scales(const uint8_t* p, size_t stride, const float* dy) {
+    const __m128 dw = row_halves<R>(p, stride);
+    return _mm256_mul_ps(_mm256_set_m128(dw, dw), _mm256_broadcast_ss(dy));
+}
+template <int L>
+inline __m256 lane(__m256 v) { return _mm256_permute_ps(v, L * 0x55); }
+inline __m256 lane_of(__m256 v, int l) {  // l is a constant once the row loop is unrolled
+    switch (l) {
+        case 0: return lane<0>(v);
+        case 1: return lane<1>(v);
+        case 2: return lane<2>(v);
+        default: return lane<3>(v);
+    }
+}
+
 // First segment stores, later segments add.
 inline void put(float* out, float v, bool add) { *out = add ? *out + v : v; }
 
@@ -359,9 +379,8 @@ template <> struct Fmt<TYPE_Q5_0> { enum { size = sizeof(block_q5_0), d = 0, m =
 template <> struct Fmt<TYPE_Q5_1> { enum { size = sizeof(block_q5_1), d = 0, m = offsetof(block_q5_1, m), qh = offsetof(block_q5_1, qh), qs = offsetof(block_q5_1, qs) }; };
 
 // Q4_0 / Q4_1 / Q5_0 / Q5_1 against Q8_0 / Q8_1 (see the structure notes above).
-template <int R, int T, class YBLOCK>
-inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out,
-                         bool add, bool prefetch) {
+template <int R, bool PREFETCH, int T, class YBLOCK>
+inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out, bool add) {
     typedef Fmt<T> F;
     __m256 acc[R];
 #pragma GCC unroll 4
@@ -369,18 +388,16 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
     __m128 cacc = _mm_setzero_ps();  // Q4_1 / Q5_1, lane r: sum of m_w * s_y for row r
     for (int64_t i = 0; i < nb; i++, w += F::size) {
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-        const __m128 dw = row_halves<R>(w + F::d, stride);
-        alignas(16) float sc[4];  // d_w[r] * d_y
-        _mm_store_ps(sc, _mm_mul_ps(dw, _mm_broadcast_ss(p->d + i)));
+        const __m256 sc = row_scales<R>(w + F::d, stride, p->d + i);
         if (F::m >= 0) cacc = _mm_fmadd_ps(row_halves<R>(w + F::m, stride), _mm_broadcast_ss(p->c + i), cacc);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t* b = w + r * stride;
-            if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
+            if (PREFETCH) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
             const __m256i qw = F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs);
             __m256i sum = MAC_U8S8(_mm256_setzero_si256(), qw, qy);  // sum(u * y) per 4-byte lane, exact
             if (F::m < 0) sum = _mm256_sub_epi32(sum, p->off[i]);   // sum((u - offset) * y): ggml's signed lanes
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
+            acc[r] = _mm256_fmadd_ps(lane_of(sc, r), _mm256_cvtepi32_ps(sum), acc[r]);
         }
     }
     alignas(16) float c[4];
@@ -390,23 +407,21 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
 }
 
 // Q8_0 against Q8_0, sign trick: |w| (0..128, unsigned) * sign(y, w) = w * y.
-template <int R, int T, class YBLOCK>
-inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out,
-                          bool add, bool prefetch) {
+template <int R, bool PREFETCH, int T, class YBLOCK>
+inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out, bool add) {
     __m256 acc[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++, w += sizeof(block_q8_0)) {
         const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-        alignas(16) float sc[4];
-        _mm_store_ps(sc, _mm_mul_ps(row_halves<R>(w, stride), _mm_broadcast_ss(p->d + i)));
+        const __m256 sc = row_scales<R>(w, stride, p->d + i);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t* b = w + r * stride;
-            if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
+            if (PREFETCH) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
             const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
             const __m256i sum = MAC_U8S8(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw));
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + r), _mm256_cvtepi32_ps(sum), acc[r]);
+            acc[r] = _mm256_fmadd_ps(lane_of(sc, r), _mm256_cvtepi32_ps(sum), acc[r]);
         }
     }
 #pragma GCC unroll 4
@@ -423,11 +438,13 @@ inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBL
             const int64_t ns = nb - s0 < SEG ? nb - s0 : SEG;                                                     \
             PREP_FN(xb + s0, ns, &prep);                                                                          \
             const uint8_t* ps = p + s0 * sizeof(WBLOCK);                                                          \
+            const bool add = s0 > 0;                                                                              \
             int64_t r = 0;                                                                                        \
+            for (; r + 2 * ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                            \
+                PASS<ROWS_PER_PASS, true, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add);    \
             for (; r + ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                                \
-                PASS<ROWS_PER_PASS, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, s0 > 0,        \
-                                               r + 2 * ROWS_PER_PASS <= nrows);                                   \
-            for (; r < nrows; r++) PASS<1, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, s0 > 0, false); \
+                PASS<ROWS_PER_PASS, false, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add);   \
+            for (; r < nrows; r++) PASS<1, false, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add); \
         }                                                                                                         \
     }
 
