@@ -108,14 +108,47 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
     else pool.run(work);
 }
 
-// GELU as llama.cpp computes it: looked up by the fp16 value of x in a table of
-// fp16 results (ggml_vec_geglu_f32), so both roundings are reproduced here.
-inline float gelu_tanh(float x) {
+// GELU as llama.cpp computes it (ggml_vec_geglu_f32): looked up by the fp16
+// value of x in a table of fp16 results, built once from the float formula,
+// so both roundings are reproduced and no element pays for a tanhf.
+inline float gelu_tanh_of_half(half_t h) {
+    const float xh = fp16_to_fp32(h);
+    const float c = 0.7978845608028654f;  // sqrt(2/pi)
+    return 0.5f * xh * (1.0f + std::tanh(c * xh * (1.0f + 0.044715f * xh * xh)));
+}
+
+const half_t* gelu_table() {
+    static const std::vector<half_t> table = [] {
+        std::vector<half_t> t(1 << 16);
+        for (uint32_t h = 0; h < t.size(); h++) t[h] = fp32_to_fp16(gelu_tanh_of_half((half_t)h));
+        return t;
+    }();
+    return table.data();
+}
+
+inline float gelu_tanh(float x, const half_t* table) {
     if (x <= -10.0f) return 0.0f;
     if (x >= 10.0f) return x;
-    const float xh = fp16_to_fp32(fp32_to_fp16(x));
-    const float c = 0.7978845608028654f;  // sqrt(2/pi)
-    return fp16_to_fp32(fp32_to_fp16(0.5f * xh * (1.0f + std::tanh(c * xh * (1.0f + 0.044715f * xh * xh)))));
+    return fp16_to_fp32(table[fp32_to_fp16(x)]);
+}
+
+// gate = act(gate) * up over T rows of n_ff, the rows split among the threads
+// when there are enough of them (a prompt batch).
+void glu(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* gate, const float* up, int64_t T) {
+    // ggml's SwiGLU: vector expf in groups of its lane width, libm for a row's tail
+    const int64_t n_ff = L.n_ff, n_vec = n_ff & ~int64_t(ks.lanes - 1);
+    const half_t* table = L.activation == ACT_GELU_TANH ? gelu_table() : nullptr;
+    auto rows = [&](int64_t t0, int64_t t1) {
+        for (int64_t i = t0 * n_ff; i < t1 * n_ff; i++) {
+            const float g = gate[i];
+            gate[i] = (table ? gelu_tanh(g, table) : ggml_silu(g, i % n_ff < n_vec, ks.lanes)) * up[i];
+        }
+    };
+    if (T < 2 * pool.size()) {
+        rows(0, T);
+        return;
+    }
+    pool.run([&](int ith, int nth) { rows(T * ith / nth, T * (ith + 1) / nth); });
 }
 
 }  // namespace
@@ -154,12 +187,7 @@ void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, fl
     rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
     linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data());  // [T, n_ff]
     linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data());      // [T, n_ff]
-    // ggml's SwiGLU: vector expf in groups of its lane width, libm for a row's tail
-    const int64_t n_vec = L.n_ff & ~int64_t(ks.lanes - 1);
-    for (int64_t i = 0; i < T * L.n_ff; i++) {
-        const float g = gate[i];
-        gate[i] = (L.activation == ACT_GELU_TANH ? gelu_tanh(g) : ggml_silu(g, i % L.n_ff < n_vec, ks.lanes)) * up[i];
-    }
+    glu(ks, pool, L, gate.data(), up.data(), T);
     linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data());  // [T, d]
     if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];

@@ -504,10 +504,17 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const uint8_t
     for (int64_t i = 0; i < nb; i++, w += WSIZE) {
         const __m128 vdy = _mm_load_ps(ts->d[i]);
         __m256i qw[RM], sw[RM];  // unpacked weights; Q8_0: |w| in qw, w itself in sw
-        alignas(16) float sc[RM][4];  // d_w[r] * d_y[t]
+        // d_w[r] * d_y[t]: in registers, lane t of both halves (lane_of), as
+        // in dot; Q4_0 / Q5_0 need those registers for their offsets, and
+        // spilling measured slower than a stack array read by broadcasts.
+        __m256 sc[RM];
+        alignas(16) float sc_mem[RM][4];
+#pragma GCC unroll 2
         for (int r = 0; r < RM; r++) {
             const uint8_t* b = w + r * stride;
-            _mm_store_ps(sc[r], _mm_mul_ps(_mm_set1_ps(h2f(load_u16(b))), vdy));  // d leads every block
+            const __m128 v = _mm_mul_ps(_mm_set1_ps(h2f(load_u16(b))), vdy);  // d leads every block
+            if constexpr (OFFSET == 0) sc[r] = _mm256_set_m128(v, v);
+            else _mm_store_ps(sc_mem[r], v);
             if constexpr (Q8) {
                 sw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
                 qw[r] = _mm256_sign_epi8(sw[r], sw[r]);
@@ -516,15 +523,18 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const uint8_t
             }
             if constexpr (HAS_MIN) cacc[r] = _mm_fmadd_ps(_mm_set1_ps(h2f(load_u16(b + F::m))), _mm_load_ps(ts->s[i]), cacc[r]);
         }
+#pragma GCC unroll 4
         for (int t = 0; t < RN; t++) {
             const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb[t][i].qs));
             // OFFSET * (sums of y over each 4-byte group): dot's Prep::off
             const __m256i off = OFFSET ? MAC_U8S8(_mm256_setzero_si256(), _mm256_set1_epi8(OFFSET), qy) : _mm256_setzero_si256();
+#pragma GCC unroll 2
             for (int r = 0; r < RM; r++) {
                 __m256i sum = Q8 ? MAC_U8S8(_mm256_setzero_si256(), qw[r], _mm256_sign_epi8(qy, sw[r]))
                                  : MAC_U8S8(_mm256_setzero_si256(), qw[r], qy);
                 if (OFFSET) sum = _mm256_sub_epi32(sum, off);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t]), _mm256_cvtepi32_ps(sum), acc[r][t]);
+                const __m256 d = OFFSET == 0 ? lane_of(sc[r], t) : _mm256_broadcast_ss(&sc_mem[r][t]);
+                acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sum), acc[r][t]);
             }
         }
     }
