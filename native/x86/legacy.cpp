@@ -497,8 +497,11 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const uint8_t
     for (int t = 0; t < RN; t++) yb[t] = reinterpret_cast<const YBLOCK*>(x + t * x_stride);
     __m256 acc[RM][RN];
     __m128 cacc[RM];  // lane t: the min chain sum of m_w * s_y (Q4_1 / Q5_1)
+    // every loop over r and t unrolled, so that acc stays in registers
+#pragma GCC unroll 2
     for (int r = 0; r < RM; r++) {
         cacc[r] = _mm_setzero_ps();
+#pragma GCC unroll 4
         for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++, w += WSIZE) {
@@ -538,9 +541,11 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const uint8_t
             }
         }
     }
+#pragma GCC unroll 2
     for (int r = 0; r < RM; r++) {
         alignas(16) float c[4];
         _mm_store_ps(c, cacc[r]);
+#pragma GCC unroll 4
         for (int t = 0; t < RN; t++) y[t * y_stride + r] = hsum_ggml(acc[r][t]) + c[t];
     }
 }
