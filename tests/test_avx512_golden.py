@@ -22,6 +22,7 @@ import pytest
 
 from models import TESTS_DIR
 from test_model import EXACT, GEMMA3, ISA_CHECK, SMOLLM2
+from test_native import native_env
 
 from llamalocal import _native
 
@@ -53,8 +54,7 @@ def emulated_site(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("model_name", [SMOLLM2, GEMMA3])
 def test_avx512_path_reproduces_llama_cpps_avx512_build(emulated_site, model_name):
     script = PRELUDE.format(site=str(emulated_site)) + ISA_CHECK.format(tests=str(TESTS_DIR), model=model_name)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(emulated_site), os.environ.get("PYTHONPATH", "")]),
-           "LLAMALOCAL_ISA": "avx512"}
+    env = native_env(PYTHONPATH=os.pathsep.join([str(emulated_site), os.environ.get("PYTHONPATH", "")]), LLAMALOCAL_ISA="avx512")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=TESTS_DIR, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])

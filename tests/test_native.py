@@ -211,8 +211,15 @@ class TestBadArguments:
             _native.matmul(int(T.Q4_0), self.w, self.x, out=out)
 
 
+def native_env(**env: str) -> dict:
+    """The environment with `env` added, for a child process that must use the
+    C++ extension even when this run forces the numba backend."""
+    base = {k: v for k, v in os.environ.items() if k != "LLAMALOCAL_BACKEND"}
+    return {**base, **env}
+
+
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=native_env(**env), timeout=300,
                           cwd=TESTS_DIR)
 
 
@@ -225,7 +232,7 @@ def test_isa_env_var_selects_path(isa):
 
 def test_isa_env_var_rejects_unavailable_path():
     r = subprocess.run([sys.executable, "-m", "llamalocal.cli", "sysinfo"], capture_output=True, text=True, cwd=TESTS_DIR,
-                       env={**os.environ, "LLAMALOCAL_ISA": "pdp11"}, timeout=120)
+                       env=native_env(LLAMALOCAL_ISA="pdp11"), timeout=120)
     assert r.returncode != 0 and "LLAMALOCAL_ISA='pdp11' is not available" in r.stderr
 
 
