@@ -448,9 +448,9 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
             alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
             __m128i sums[4], mins[4];  // per row
-            // loops over rows fully unrolled: sums, mins and dm then live in
+            // loops over rows fully unrolled: sums and mins then live in
             // registers (as arrays indexed at run time they went through the
-            // stack, costing a quarter of the kernel's time)
+            // stack, with an accumulator spilled: a quarter of the kernel's time)
             _Pragma("GCC unroll 2")
             for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
                 const ScalesK4x2 sc2 = scales_k4x2(x[t][i].scales, x[t + 1][i].scales);

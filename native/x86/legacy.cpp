@@ -461,14 +461,14 @@ LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8
 // TILE_ROWS weight rows x TILE_TOKS activation rows per pass: the 4/5-bit
 // weights are unpacked to bytes once per call (dot_tile), each weight vector
 // serves four tokens and each activation block's offset sums (Q4_0/Q5_0)
-// serve two rows.  Per output the integer lanes, the scale
-// product d_w * d_y, the FMA chain, the min chain and the horizontal sum are
-// dot's, so the floats are the same.  Weight tiles are small enough to stay
-// in cache while the tokens pass over them (ops.cpp), so nothing is prefetched.
+// serve two rows.  Per output the integer lanes, the scale product d_w * d_y,
+// the FMA chain, the min chain and the horizontal sum are dot's, so the floats
+// are the same.  Weight tiles are small enough to stay in cache while the
+// tokens pass over them (ops.cpp), so nothing is prefetched.
 
 constexpr int TILE_ROWS = 2, TILE_TOKS = 4;
 
-struct alignas(32) Bytes32 {
+struct alignas(32) Bytes32 {  // one block's weights unpacked, one byte each
     uint8_t b[32];
 };
 
