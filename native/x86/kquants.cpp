@@ -433,18 +433,26 @@ template <int GROUP>
 void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vx);
-    const int64_t nb = n / QK_K, used = nb * (int64_t)sizeof(block_q4_K);
+    const int64_t nb = n / QK_K;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int64_t r = 0; r < nrows; r += 4) {
         const block_q4_K* x[4];
         for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
-        // the four rows are four streams: as in LL_DOT_ROWS, fetch ahead of all of them
-        PrefetchCursor pf = prefetch_start(x[0], used, 4 * (int64_t)stride);
+        // The same bytes of the next group's four rows are fetched into L1
+        // while this group streams, as the legacy matvec does: measured at 2
+        // threads, 30-33.5 GB/s against 28-30 for a fixed distance ahead in
+        // each row (the LL_DOT_ROWS cursor).
+        const bool prefetch = r + 8 <= nrows;
         __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
         for (int64_t i = 0; i < nb; ++i) {
-            _Pragma("GCC unroll 4")
-            for (int t = 0; t < 4; ++t) prefetch_lines(pf, t * (int64_t)stride, (int)sizeof(block_q4_K));
-            prefetch_advance(pf, (int)sizeof(block_q4_K));
+            if (prefetch) {
+                _Pragma("GCC unroll 4")
+                for (int t = 0; t < 4; ++t) {
+                    const char* a = reinterpret_cast<const char*>(x[t] + i) + 4 * stride;
+                    _Pragma("GCC unroll 3")
+                    for (int o = 0; o < (int)sizeof(block_q4_K); o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
+                }
+            }
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
             alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
             __m128i sums[4], mins[4];  // per row
