@@ -389,21 +389,26 @@ def _attend_f32(q, keys, values, pos0, window, group, scale, task, out):
 
 
 @njit(cache=True, nogil=True)
+def _attend(f16, q, keys, values, pos0, window, group, scale, task, out):
+    if f16:
+        _attend_f16(q, keys, values, pos0, window, group, scale, task, out)
+    else:
+        _attend_f32(q, keys, values, pos0, window, group, scale, task, out)
+
+
+# One loop over the (token, head) tasks, compiled twice: numba fixes
+# parallel=True at compile time, and its thread start-up costs more than a
+# short attention span does.
+@njit(cache=True, nogil=True)
 def _attention_serial(f16, q, keys, values, pos0, window, group, scale, out):
     for task in range(q.shape[0] * q.shape[1]):
-        if f16:
-            _attend_f16(q, keys, values, pos0, window, group, scale, task, out)
-        else:
-            _attend_f32(q, keys, values, pos0, window, group, scale, task, out)
+        _attend(f16, q, keys, values, pos0, window, group, scale, task, out)
 
 
 @njit(cache=True, parallel=True)
 def _attention_parallel(f16, q, keys, values, pos0, window, group, scale, out):
     for task in prange(q.shape[0] * q.shape[1]):
-        if f16:
-            _attend_f16(q, keys, values, pos0, window, group, scale, task, out)
-        else:
-            _attend_f32(q, keys, values, pos0, window, group, scale, task, out)
+        _attend(f16, q, keys, values, pos0, window, group, scale, task, out)
 
 
 def attention(f16: bool, q, keys, values, pos0: int, window: int, group: int, scale, out) -> None:
