@@ -11,8 +11,8 @@ native/ops.cpp and native/scalar/*.cpp), bit for bit:
 - every output is one of the native kernels, chosen per activation row as
   native matmul() chooses: llama.cpp's x86 vec_dot (exact int32 lane sums
   taken into float FMA chains, ggml's horizontal add), its tiled k-quant
-  matmul (batches of 8+), its repacked Q4_K gemv/gemm (tensors with a
-  multiple of 8 rows), ggml_vec_dot_f32 or tinyBLAS for F32 weights.
+  matmul (batches of 8+), its repacked Q4_0 and Q4_K gemv/gemm (tensors
+  with a multiple of 8 rows), ggml_vec_dot_f32 or tinyBLAS for F32 weights.
 
 Integer sums are exact, so only the float steps need the C++ order; those
 are written out here one operation at a time in float32 (see ggml_numba).
@@ -164,11 +164,13 @@ def _decode_legacy(kind, row, v, d, m):
 
 
 @njit(cache=True, parallel=True)
-def _mm_legacy(kind, w, xqs, xd, xs, out):
+def _mm_legacy(kind, w, xqs, xd, xs, packed, out):
     """llama.cpp's x86 vec_dot: per block, 8 exact int32 lanes of 4 weights,
     lane l into float chain l by acc = fma(d_w * d_x, lane, acc); the chains
     meet in ggml's horizontal add; Q4_1/Q5_1 add min * s_x in a fused chain
-    of their own, added last (Q8_0's s is 0: fma(0, 0, c) = c)."""
+    of their own, added last (Q8_0's s is 0: fma(0, 0, c) = c).
+    packed (repacked Q4_0, dot_q4_0_packed): the block's exact sum into one
+    chain, acc = fma(sum, d_w * d_x, acc)."""
     N = w.shape[0]
     B, K = xqs.shape
     nb = K // QK
@@ -182,6 +184,15 @@ def _mm_legacy(kind, w, xqs, xd, xs, out):
         acc = np.empty(8, np.float32)
         for b in range(B):
             _lanes_of_4(v, xqs[b], p, lanes)
+            if packed:
+                a1 = F0
+                for i in range(nb):
+                    s = 0
+                    for l in range(8):
+                        s += lanes[8 * i + l]
+                    a1 = fma(np.float32(s), d[i] * xd[b, i], a1)
+                out[b, r] = a1
+                continue
             acc[:] = F0
             c = F0
             for i in range(nb):
@@ -487,13 +498,16 @@ def dequantize(qtype, w) -> np.ndarray:
 
 def kernel_variants(qtype, n_rows: int, k: int, batch: int) -> np.ndarray:
     """The kernel native matmul() gives each activation row (native/ops.cpp):
+    repacked Q4_0 (a multiple of 8 rows) its gemv / gemm, which agree;
     repacked Q4_K (a multiple of 8 rows) takes its gemm for the rows in full
     groups of four (batches of more than three) and its gemv for the others;
     other k-quants their tiled kernel from 8 rows on; F32 tinyBLAS from 2
     rows on when k % 16 == 0 and n_rows % 4 == 0; everything else vec_dot."""
     t = block_format(qtype).type
     v = np.full(batch, VEC_DOT, np.int64)
-    if t == T.Q4_K and n_rows % 8 == 0:
+    if t == T.Q4_0 and n_rows % 8 == 0:
+        v[:] = GEMV  # its gemv and gemm agree
+    elif t == T.Q4_K and n_rows % 8 == 0:
         n_gemm = batch - batch % 4 if batch > 3 else 0
         v[:] = GEMV
         v[:n_gemm] = GEMM
@@ -540,7 +554,7 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         _mm_half(w.view(np.uint16), t == T.BF16, x2, out2)
     elif t in _LEGACY:
         a = _Activations(fmt.vec_dot_type, x2)
-        _mm_legacy(_LEGACY[t], w, a.qs, a.d, a.s, out2)
+        _mm_legacy(_LEGACY[t], w, a.qs, a.d, a.s, bool(variant[0] == GEMV), out2)
     else:
         a = _Activations(T.Q8_K, x2)
         qs = a.qs if t not in (T.Q2_K, T.Q3_K) else np.ascontiguousarray(

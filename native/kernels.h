@@ -56,7 +56,7 @@ struct KernelSet {
     dequant_row_fn dequant[TYPE_COUNT];
     dot_rows_fn dot[TYPE_COUNT];
     // llama.cpp's CPU backend repacks some weight types into interleaved
-    // blocks when the tensor has a multiple of 8 rows (on AVX2: Q4_K) and
+    // blocks when the tensor has a multiple of 8 rows (on AVX2: Q4_0, Q4_K) and
     // multiplies them with its own kernels, which round differently from its
     // vec_dot ones: a gemm for the batch rows in full groups of four (batches
     // of more than three rows) and a gemv for the others.  Null where a type
@@ -64,6 +64,10 @@ struct KernelSet {
     // from the scalar set).
     dot_rows_fn dot_gemv[TYPE_COUNT];
     dot_rows_fn dot_gemm[TYPE_COUNT];
+    // Batches through the repacked arithmetic where gemv and gemm agree (Q4_0:
+    // every output as dot_gemm's), a block unpacked once for several tokens.
+    // Null where there is none (gemm / gemv per token); not filled in.
+    dot_tile_fn dot_tile_packed[TYPE_COUNT];
     // llama.cpp's tiled k-quant matmul, which replaces vec_dot for batches of
     // 8 or more rows on weights it does not repack: per super-block the exact
     // integer sums s = sum(scale * dot) and m = sum(min * bsum), r = d * s -

@@ -32,10 +32,11 @@ void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, size_t work_byt
 }
 
 // Rows per chunk: enough chunks for balance (about 8 per thread) but never so
-// small that the per-chunk overhead shows; a multiple of 4 for the kernels.
+// small that the per-chunk overhead shows; a multiple of 8, the row group of
+// the repacked-weight kernels.
 int64_t row_chunk(int64_t n_rows, int n_threads, int64_t min_chunk) {
     int64_t c = n_rows / (8 * (int64_t)n_threads);
-    c = std::max<int64_t>(min_chunk, (c + 3) & ~int64_t(3));
+    c = std::max<int64_t>(min_chunk, (c + 7) & ~int64_t(7));
     return c;
 }
 
@@ -85,8 +86,8 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     }
     // Batched: a tile of weight rows stays in L2 while every activation row
     // passes over it, so weights are read from memory once per call.
-    const int64_t tile = std::max<int64_t>(4, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(3)));
-    const dot_tile_fn dot_tile = !packed && dot == ks.dot[type] ? ks.dot_tile[type] : nullptr;
+    const int64_t tile = std::max<int64_t>(8, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(7)));
+    const dot_tile_fn dot_tile = packed ? ks.dot_tile_packed[type] : dot == ks.dot[type] ? ks.dot_tile[type] : nullptr;
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
         if (dot_tile) dot_tile(k, r1 - r0, w + r0 * w_rb, w_rb, xq, x_rb, batch, y + r0, n_rows);
         else

@@ -52,7 +52,7 @@ def scalar_matmul(qtype, w, x):
 
 # Batch sizes that select each of native matmul()'s kernels: vec_dot (1, 3;
 # F32 tinyBLAS from 2), the repacked Q4_K gemv (1, 3) or gemm + gemv (4, 5,
-# 17), the tiled k-quant kernel (8, 17); 37 rows leave Q4_K unpacked and
+# 17), the tiled k-quant kernel (8, 17); 37 rows leave Q4_0/Q4_K unpacked and
 # tinyBLAS unused, 64 rows allow both.
 @needs_native
 @pytest.mark.parametrize("batch", [1, 3, 4, 5, 8, 17])
@@ -89,6 +89,8 @@ def test_kernel_variants_follow_native_matmul():
     assert list(v(T.F32, 8, 72, 2)) == list(v(T.F32, 6, 64, 2)) == [fallback.VEC_DOT] * 2
     assert list(v(T.F32, 8, 64, 1)) == [fallback.VEC_DOT]
     assert list(v(T.Q8_0, 64, 256, 17)) == [fallback.VEC_DOT] * 17
+    assert list(v(T.Q4_0, 64, 256, 6)) == [fallback.GEMV] * 6
+    assert list(v(T.Q4_0, 60, 256, 6)) == [fallback.VEC_DOT] * 6
 
 
 @needs_native

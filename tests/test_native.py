@@ -92,14 +92,15 @@ def test_matmul_matches_reference(isa, qtype, batch):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("qtype", [T.F32, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.F32, T.Q4_0, T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("batch", [1, 2, 5, 8, 13])
 def test_matmul_llama_cpp_kernel_choices(isa, qtype, batch):
     """Shapes where llama.cpp changes kernels (and so rounding): tinyBLAS for F32
     batches (k a multiple of 8, rows of 4), its repacked-Q4_K gemm for the batch
     rows in full groups of four and gemv for the rest (rows a multiple of 8),
-    its tiled k-quant kernel from 8 batch rows on.  Every path stays within
-    float rounding of the reference, and a gemv row equals the same row alone."""
+    its repacked-Q4_0 gemv / gemm (which agree), its tiled k-quant kernel from
+    8 batch rows on.  Every path stays within float rounding of the reference,
+    and a gemv row equals the same row alone."""
     rng = np.random.default_rng(77 + int(qtype) * 5 + batch)
     n, k = 40, 3 * 256
     w = random_blocks(rng, qtype, n, k)
@@ -107,8 +108,38 @@ def test_matmul_llama_cpp_kernel_choices(isa, qtype, batch):
     want, mag = ref_matmul(qtype, w, x, isa)
     got = _native.matmul(int(qtype), w, x, isa=isa)
     assert np.all(np.abs(got - want) <= 2e-5 * mag + 1e-6)
-    if qtype == T.Q4_K and (batch <= 3 or batch % 4):  # the last row goes through the gemv
+    if qtype == T.Q4_0 or (qtype == T.Q4_K and (batch <= 3 or batch % 4)):  # the last row goes through the gemv
         assert np.array_equal(got[-1:], _native.matmul(int(qtype), w, x[-1:], isa=isa))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_repacked_q4_0_one_chain_per_output(isa):
+    """llama.cpp repacks Q4_0 tensors of a multiple of 8 rows on x86
+    (q4_0_8x8): every output is one float chain, acc = fma(block sum, d_w *
+    d_x, acc), with no horizontal add.  The x86 paths give the scalar
+    reference's floats bit for bit: one token, token groups of four with a
+    remainder (the batch tile), rows past 16384 columns (the chain carried
+    across segments), and a tile of rows that is not a multiple of 8 at the
+    end of a chunk.  NEON keeps vec_dot (llama.cpp's ARM repack rounds
+    differently again), within rounding.  37 rows are not repacked: vec_dot,
+    which differs from the chain in the last bits."""
+    rng = np.random.default_rng(808)
+    for n, k in ((72, 4096), (16, 17 * 1024), (37, 1024)):
+        w = random_blocks(rng, T.Q4_0, n, k)
+        for batch in (1, 5, 9):
+            x = rng.standard_normal((batch, k)).astype(np.float32)
+            got = _native.matmul(int(T.Q4_0), w, x, isa=isa)
+            want = _native.matmul(int(T.Q4_0), w, x, isa="scalar")
+            if _native.arch == "x86_64":
+                assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (n, k, batch)
+            else:
+                ref, mag = ref_matmul(T.Q4_0, w, x, isa)
+                assert np.all(np.abs(got - ref) <= 2e-5 * mag + 1e-6)
+    # the two arithmetics really differ: the same rows, repacked or not
+    w = random_blocks(rng, T.Q4_0, 40, 4096)
+    x = rng.standard_normal(4096).astype(np.float32)
+    assert not np.array_equal(_native.matmul(int(T.Q4_0), w, x, isa="scalar")[:37],
+                              _native.matmul(int(T.Q4_0), w[:37], x, isa="scalar"))
 
 
 @pytest.mark.parametrize("isa", ISAS)

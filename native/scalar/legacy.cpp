@@ -226,6 +226,23 @@ float dot_blocks(int64_t n, const void* w, const void* x) {
     return ggml_hsum8(acc) + c;
 }
 
+// Q4_0 as llama.cpp multiplies the weights it repacks (q4_0_8x8, see
+// KernelSet; its gemv and gemm agree): each block's 32 products summed
+// exactly, one float chain acc = fma(sum, d_w * d_y, acc), no horizontal add.
+float dot_q4_0_packed(int64_t n, const void* w, const void* x) {
+    const block_q4_0* a = static_cast<const block_q4_0*>(w);
+    const block_q8_0* b = static_cast<const block_q8_0*>(x);
+    float acc = 0.0f;
+    int v[QK];
+    for (int64_t i = 0; i < n / QK; i++) {
+        values(a[i], v);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) sum += v[j] * b[i].qs[j];
+        acc = std::fmaf((float)sum, fp16_to_fp32(a[i].d) * fp16_to_fp32(b[i].d), acc);
+    }
+    return acc;
+}
+
 template <float (*DOT)(int64_t, const void*, const void*)>
 void rows(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
@@ -253,6 +270,7 @@ void register_legacy_scalar(KernelSet* ks) {
     ks->dot[TYPE_F16] = rows<dot_f16>;
     ks->dot[TYPE_BF16] = rows<dot_bf16>;
     ks->dot[TYPE_Q4_0] = rows<dot_blocks<block_q4_0, block_q8_0>>;
+    ks->dot_gemv[TYPE_Q4_0] = ks->dot_gemm[TYPE_Q4_0] = rows<dot_q4_0_packed>;
     ks->dot[TYPE_Q4_1] = rows<dot_blocks<block_q4_1, block_q8_1>>;
     ks->dot[TYPE_Q5_0] = rows<dot_blocks<block_q5_0, block_q8_0>>;
     ks->dot[TYPE_Q5_1] = rows<dot_blocks<block_q5_1, block_q8_1>>;

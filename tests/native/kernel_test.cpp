@@ -196,8 +196,17 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                     check(n_diff == 0, ks.name, tt.name, packed_name[g], k, rows, detail);
                 }
 
-                // batch tiles: every output as the reference's dot gives it
-                if (ks.dot_tile[t] && vdt != TYPE_F32) {
+                // batch tiles: every output as the reference's dot gives it (dot_tile)
+                // or its gemm (dot_tile_packed, where gemv and gemm agree)
+                for (int packed_tile = 0; packed_tile < 2; packed_tile++) {
+                    const dot_tile_fn tile_fn = packed_tile ? ks.dot_tile_packed[t] : ks.dot_tile[t];
+                    const dot_rows_fn one_fn = packed_tile ? ref.dot_gemm[t] : ref.dot[t];
+                    const char* tile_name = packed_tile ? "dot_tile_packed" : "dot_tile";
+                    if (!tile_fn || vdt == TYPE_F32) continue;
+                    if (!one_fn) {
+                        check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar gemm for the packed tile");
+                        continue;
+                    }
                     const size_t xrb = row_bytes(vdt, k);
                     for (int64_t n_tok : {1, 3, 6}) {
                         std::vector<uint8_t> xs(n_tok * xrb);
@@ -206,13 +215,13 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                             ref.quant_act[vdt](xj.data(), xs.data() + j * xrb, k);
                         }
                         std::vector<float> y_one(n_tok * rows), y_tile(n_tok * rows);
-                        for (int64_t j = 0; j < n_tok; j++) ref.dot[t](k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
-                        ks.dot_tile[t](k, rows, w.data(), rb, xs.data(), xrb, n_tok, y_tile.data(), rows);
+                        for (int64_t j = 0; j < n_tok; j++) one_fn(k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
+                        tile_fn(k, rows, w.data(), rb, xs.data(), xrb, n_tok, y_tile.data(), rows);
                         int64_t n_diff = 0;
                         for (int64_t i = 0; i < n_tok * rows; i++) n_diff += std::memcmp(&y_one[i], &y_tile[i], sizeof(float)) != 0;
                         std::snprintf(detail, sizeof detail, "%lld tokens: %lld of %lld outputs differ", (long long)n_tok, (long long)n_diff,
                                       (long long)(n_tok * rows));
-                        check(n_diff == 0, ks.name, tt.name, "dot_tile", k, rows, detail);
+                        check(n_diff == 0, ks.name, tt.name, tile_name, k, rows, detail);
                     }
                 }
             }
