@@ -64,9 +64,10 @@ struct KernelSet {
     // from the scalar set).
     dot_rows_fn dot_gemv[TYPE_COUNT];
     dot_rows_fn dot_gemm[TYPE_COUNT];
-    // Batches through the repacked arithmetic where gemv and gemm agree (Q4_0:
-    // every output as dot_gemm's), a block unpacked once for several tokens.
-    // Null where there is none (gemm / gemv per token); not filled in.
+    // Whole batches through the repacked kernels, each token as matmul()
+    // assigns it to dot_gemm or dot_gemv (bit for bit), a block unpacked once
+    // for several tokens.  Null where there is none (gemm / gemv per token);
+    // not filled in.
     dot_tile_fn dot_tile_packed[TYPE_COUNT];
     // llama.cpp's tiled k-quant matmul, which replaces vec_dot for batches of
     // 8 or more rows on weights it does not repack: per super-block the exact

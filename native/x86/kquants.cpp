@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "../kernels.h"
 
@@ -513,6 +514,104 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
     }
 }
 
+// Batches (KernelSet::dot_tile_packed): the tokens in full groups of four
+// take the gemm's arithmetic, the others the gemv's, as matmul() assigns
+// them.  For the gemm tokens a group of four rows is unpacked once, per block
+// and sub-block pair, into nibble bytes and broadcast scale vectors, and
+// every token then costs two VPMADDUBSW, two VPMADDWD and an add per pair and
+// row instead of also the unpacking.  The integer sums, the transposes and the
+// FMA chains are dot_q4_k_packed<1>'s, so the floats are the same.
+struct alignas(32) Q4KUnpacked {
+    __m256i lo[4], hi[4];      // pair j: sub-block 2j's weights (low nibbles), 2j+1's (high)
+    __m256i s_lo[4], s_hi[4];  // their scales, broadcast int16
+    __m128i mins;              // int16 mins m0..m7
+};
+
+// n_tok tokens through the gemm's arithmetic over four rows whose blocks are in u
+// (u[t * nb + i]) with their (d, dmin) pairs as floats in d4 / dmin4.
+inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const __m128* d4, const __m128* dmin4, const uint8_t* x,
+                            size_t x_stride, int64_t n_tok, float* out, size_t out_stride, int nrows) {
+    for (int64_t tok = 0; tok < n_tok; tok++) {
+        const block_q8_K* y = reinterpret_cast<const block_q8_K*>(x + tok * x_stride);
+        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+        for (int64_t i = 0; i < nb; ++i) {
+            const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));
+            __m128i sums[4], mins[4];
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < 4; ++t) {
+                const Q4KUnpacked& b = u[t * nb + i];
+                __m256i pair[4];
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < 4; ++j) {
+                    const __m256i lo = _mm256_maddubs_epi16(b.lo[j], loadu256(y[i].qs + 64 * j));
+                    const __m256i hi = _mm256_maddubs_epi16(b.hi[j], loadu256(y[i].qs + 64 * j + 32));
+                    pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, b.s_lo[j]), hi, b.s_hi[j]);
+                }
+                const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
+                sums[t] = halves(h);
+                mins[t] = _mm_madd_epi16(b.mins, bs32);
+            }
+            const __m128 yd = _mm_set1_ps(y[i].d);
+            const __m128 d = _mm_mul_ps(d4[i], yd), dmin = _mm_mul_ps(dmin4[i], yd);
+            __m128i sg[4], mg[4];
+            transpose4(sums, sg);
+            transpose4(mins, mg);
+            for (int g = 0; g < 4; ++g) {
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sg[g]), d, acc);
+                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(mg[g]), dmin, acc_min);
+            }
+        }
+        alignas(16) float res[4];
+        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
+        for (int t = 0; t < nrows; ++t) out[tok * out_stride + t] = res[t];
+    }
+}
+
+void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
+                          float* y, size_t y_stride) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const uint8_t* xb = static_cast<const uint8_t*>(x);
+    const int64_t n_gemm = n_tok > 3 ? n_tok - n_tok % 4 : 0;
+    for (int64_t t = n_gemm; t < n_tok; t++) dot_q4_k_packed<4>(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
+    if (n_gemm == 0) return;
+    const int64_t nb = n / QK_K;
+    thread_local std::vector<Q4KUnpacked> unpacked;
+    thread_local std::vector<__m128> dm;  // d4[i], then dmin4[i]
+    unpacked.resize((size_t)(4 * nb));
+    dm.resize((size_t)(2 * nb));
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int64_t r = 0; r < nrows; r += 4) {
+        const block_q4_K* xr[4];
+        for (int t = 0; t < 4; ++t) xr[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
+        for (int64_t i = 0; i < nb; ++i) {
+            alignas(16) half_t h[8];  // d0, dmin0, d1, dmin1, ...
+            for (int t = 0; t < 4; t += 2) {
+                const ScalesK4x2 sc2 = scales_k4x2(xr[t][i].scales, xr[t + 1][i].scales);
+                for (int v = 0; v < 2; ++v) {
+                    const block_q4_K* b = xr[t + v] + i;
+                    Q4KUnpacked& o = unpacked[(t + v) * nb + i];
+                    const __m256i sc = v ? sc2.sc1 : sc2.sc0;
+                    o.mins = v ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins);
+                    for (int j = 0; j < 4; ++j) {
+                        const __m256i q = loadu256(b->qs + 32 * j);
+                        o.lo[j] = _mm256_and_si256(q, m4);
+                        o.hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                        o.s_lo[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
+                        o.s_hi[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
+                    }
+                    std::memcpy(h + 2 * (t + v), &b->d, 4);
+                }
+            }
+            const __m256 f = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+            const __m128 lo = _mm256_castps256_ps128(f), hi = _mm256_extractf128_ps(f, 1);
+            dm[i] = _mm_shuffle_ps(lo, hi, 0x88);       // d of the four rows
+            dm[nb + i] = _mm_shuffle_ps(lo, hi, 0xDD);  // dmin
+        }
+        const int rows_here = (int)std::min<int64_t>(4, nrows - r);
+        q4_k_gemm_rows4(nb, unpacked.data(), dm.data(), dm.data() + nb, xb, x_stride, n_gemm, y + r, y_stride, rows_here);
+    }
+}
+
 // ---- llama.cpp's tiled k-quant matmul (see KernelSet::dot_tiled) ----
 //
 // Per super-block the exact integer sums s = sum(scale * dot) and m =
@@ -727,6 +826,7 @@ void LL_REGISTER(kquants)(KernelSet* ks) {
     ks->dot_tiled[TYPE_Q6_K] = dot_tiled<block_q6_K>;
     ks->dot_gemv[TYPE_Q4_K] = dot_q4_k_packed<4>;
     ks->dot_gemm[TYPE_Q4_K] = dot_q4_k_packed<1>;
+    ks->dot_tile_packed[TYPE_Q4_K] = dot_tile_q4_k_packed;
     ks->quant_act[TYPE_Q8_K] = quant_q8_k;
     ks->dequant[TYPE_Q4_K] = dequant_q4_k;
     ks->dequant[TYPE_Q6_K] = dequant_q6_k;
