@@ -427,6 +427,19 @@ LL_INLINE void transpose4(const __m128i in[4], __m128i out[4]) {
     out[3] = _mm_unpackhi_epi64(t1, t3);
 }
 
+// The gemm's float steps for one block of four rows: sums[t] / mins[t] hold
+// row t's four per-pair integer sums; each pair in order into the row's two
+// chains (lane t).
+LL_INLINE void gemm_chains(const __m128i sums[4], const __m128i mins[4], __m128 d, __m128 dmin, __m128& acc, __m128& acc_min) {
+    __m128i s[4], m[4];
+    transpose4(sums, s);
+    transpose4(mins, m);
+    for (int g = 0; g < 4; ++g) {
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s[g]), d, acc);
+        acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m[g]), dmin, acc_min);
+    }
+}
+
 // Four rows at a time, one float lane each (lane-wise FMAs round as fmaf):
 // per block the gemv's single (scale, min) sum pair, or the gemm's four, one
 // per pair of sub-blocks (madd pairs the mins exactly so).
@@ -499,13 +512,7 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                 acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc);
                 acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
             } else {  // four per row, in order
-                __m128i s[4], m[4];
-                transpose4(sums, s);
-                transpose4(mins, m);
-                for (int g = 0; g < 4; ++g) {
-                    acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s[g]), d, acc);
-                    acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m[g]), dmin, acc_min);
-                }
+                gemm_chains(sums, mins, d, dmin, acc, acc_min);
             }
         }
         alignas(16) float res[4];
@@ -552,14 +559,7 @@ inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const __m128* d4, 
                 mins[t] = _mm_madd_epi16(b.mins, bs32);
             }
             const __m128 yd = _mm_set1_ps(y[i].d);
-            const __m128 d = _mm_mul_ps(d4[i], yd), dmin = _mm_mul_ps(dmin4[i], yd);
-            __m128i sg[4], mg[4];
-            transpose4(sums, sg);
-            transpose4(mins, mg);
-            for (int g = 0; g < 4; ++g) {
-                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sg[g]), d, acc);
-                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(mg[g]), dmin, acc_min);
-            }
+            gemm_chains(sums, mins, _mm_mul_ps(d4[i], yd), _mm_mul_ps(dmin4[i], yd), acc, acc_min);
         }
         alignas(16) float res[4];
         _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
