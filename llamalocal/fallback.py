@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from . import quants
 from .formats import FORMATS, QK, QK_K, WEIGHT_TYPES, BlockFormat, GGMLType, block_format
-from .ggml_numba import F0, LANES, bits_f32, f16_to_f32, f32_to_f16, fma, hsum8, hsum16, reduce4
+from .ggml_numba import F0, LANES, bits_f32, f16_to_f32, f32_to_f16, fma, hsum8, hsum16, read_f16, reduce4
 from .quants_k import quant_q8_k
 
 __all__ = ["matmul", "dequantize", "quantize_activation"]
@@ -125,11 +125,6 @@ class _Activations:
 
 
 @njit(cache=True, nogil=True)
-def _h(row, o):
-    return f16_to_f32(np.int64(row[o]) | (np.int64(row[o + 1]) << 8))
-
-
-@njit(cache=True, nogil=True)
 def _decode_legacy(kind, row, v, d, m):
     """One row of 32-weight blocks -> integer values v (weight order; signed
     for Q4_0/Q5_0/Q8_0, unsigned for Q4_1/Q5_1), scales d and mins m."""
@@ -140,9 +135,9 @@ def _decode_legacy(kind, row, v, d, m):
     offset = 0 if affine else (16 if five else 8)
     for i in range(d.size):
         o = i * ts
-        d[i] = _h(row, o)
+        d[i] = read_f16(row, o)
         if affine:
-            m[i] = _h(row, o + 2)
+            m[i] = read_f16(row, o + 2)
         vb = v[i * QK:(i + 1) * QK]
         if kind == 4:
             for j in range(QK):
@@ -239,8 +234,8 @@ def _decode_k(kind, row, u, sc, mn, d, dmin):
         g0 = i * 16
         if kind == _Q2_K:  # scales[16], qs[64], d, dmin
             o = i * 84
-            d[i] = _h(row, o + 80)
-            dmin[i] = _h(row, o + 82)
+            d[i] = read_f16(row, o + 80)
+            dmin[i] = read_f16(row, o + 82)
             for g in range(16):
                 sc[g0 + g] = np.int32(row[o + g]) & 0xF
                 mn[g0 + g] = np.int32(row[o + g]) >> 4
@@ -249,7 +244,7 @@ def _decode_k(kind, row, u, sc, mn, d, dmin):
                 ub[k] = (np.int32(row[o + 16 + 32 * (e // 128) + e % 32]) >> (2 * (e % 128 // 32))) & 3
         elif kind == _Q3_K:  # hmask[32], qs[64], scales[12], d
             o = i * 110
-            d[i] = _h(row, o + 108)
+            d[i] = read_f16(row, o + 108)
             dmin[i] = F0
             for g in range(16):  # unpack_q3_k_scales, minus 32
                 lo = (np.int32(row[o + 96 + g]) & 0xF) if g < 8 else (np.int32(row[o + 96 + g - 8]) >> 4)
@@ -263,8 +258,8 @@ def _decode_k(kind, row, u, sc, mn, d, dmin):
         elif kind == _Q4_K or kind == _Q5_K:  # d, dmin, scales[12], (qh[32],) qs[128]
             five = kind == _Q5_K
             o = i * (176 if five else 144)
-            d[i] = _h(row, o)
-            dmin[i] = _h(row, o + 2)
+            d[i] = read_f16(row, o)
+            dmin[i] = read_f16(row, o + 2)
             for j in range(8):  # get_scale_min_k4
                 s = o + 4
                 if j < 4:
@@ -287,7 +282,7 @@ def _decode_k(kind, row, u, sc, mn, d, dmin):
                     ub[64 * c + 32 + l] = hi
         else:  # Q6_K: ql[128], qh[64], scales[16] (int8), d
             o = i * 210
-            d[i] = _h(row, o + 208)
+            d[i] = read_f16(row, o + 208)
             dmin[i] = F0
             for g in range(16):
                 s = np.int32(row[o + 192 + g])

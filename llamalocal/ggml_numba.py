@@ -95,6 +95,12 @@ def f16_to_f32(h):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def read_f16(src, o):
+    """The little-endian half at src[o:o + 2] (a uint8 array) as float32."""
+    return f16_to_f32(np.int64(src[o]) | (np.int64(src[o + 1]) << 8))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def f32_to_f16(f):
     """fp16 bits (int64) of float32 f."""
     base = (abs(f) * bits_f32(np.int64(0x77800000))) * bits_f32(np.int64(0x08800000))

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from .formats import FORMATS, QK_K, GGMLType
+from .ggml_numba import f16_to_f32, read_f16
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -42,23 +43,10 @@ TS_Q6_K = FORMATS[GGMLType.Q6_K].type_size
 # ----------------------------------------------------------------------------
 # scalar helpers (numba has no float16 and no scalar bit casts)
 # ----------------------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def f16_to_f32(h):
-    """IEEE half bits -> float32.  Every half is exactly a float32, so building
-    it in float64 with ldexp and narrowing loses nothing."""
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        v = math.ldexp(float(m), -24)
-    elif e == 31:
-        v = math.inf if m == 0 else math.nan
-    else:
-        v = math.ldexp(float(m | 0x400), e - 25)
-    if h & 0x8000:
-        v = -v
-    return np.float32(v)
+# Half -> float is ggml_numba's (exact either way).  Float -> half stays here:
+# unlike ggml_numba.f32_to_f16 (float32 in, as ggml's runtime path) it takes
+# the quantizers' float64 scales and rounds them to half once, as gguf.quants'
+# numpy astype does; going through float32 first could round twice.
 
 
 @njit(cache=True, nogil=True)
@@ -115,11 +103,6 @@ def nearest_int(fval):
         return np.int64(a * 7.136238463529799e44) - 4194304
     m, e = math.frexp(a)
     return np.int64((m * 2.0 - 1.0) * 8388608.0) - 4194304
-
-
-@njit(cache=True, nogil=True)
-def read_f16(src, o):
-    return f16_to_f32(np.int64(src[o]) | (np.int64(src[o + 1]) << 8))
 
 
 @njit(cache=True, nogil=True)
