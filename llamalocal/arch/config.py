@@ -1,7 +1,6 @@
 """ModelConfig: everything the forward pass needs to know besides the weights."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -88,7 +87,3 @@ def base_config(arch: str, get: Callable[[str, Any], Any], n_vocab: int, **overr
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
-
-
-def default_attn_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
