@@ -471,8 +471,8 @@ LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8
 // is about 7 vector operations against dot's 10; measured on one core in L2,
 // 3.05 cycles against 3.40, the rest mostly the eight fp16 scales, gathered
 // through general registers as in dot (a VPGATHERDD or a prepass through a
-// table measured slower).  Rows are streamed and prefetched
-// as in dot; the chain is carried across segments through out[] (exact).
+// table measured slower).  Rows are streamed and prefetched as in dot; the
+// chain is carried across segments through out[] (exact).
 
 struct PackedPrep {
     float d[SEG];        // d_y
