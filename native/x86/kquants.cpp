@@ -535,8 +535,8 @@ struct alignas(32) Q4KUnpacked {
 };
 
 // n_tok tokens through the gemm's arithmetic over four rows whose blocks are in u
-// (u[t * nb + i]) with their (d, dmin) pairs as floats in d4 / dmin4.
-inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const __m128* d4, const __m128* dmin4, const uint8_t* x,
+// (u[t * nb + i]), the four rows' d and dmin of block i as floats at d4 + 4i / dmin4 + 4i.
+inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const float* d4, const float* dmin4, const uint8_t* x,
                             size_t x_stride, int64_t n_tok, float* out, size_t out_stride, int nrows) {
     for (int64_t tok = 0; tok < n_tok; tok++) {
         const block_q8_K* y = reinterpret_cast<const block_q8_K*>(x + tok * x_stride);
@@ -559,7 +559,7 @@ inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const __m128* d4, 
                 mins[t] = _mm_madd_epi16(b.mins, bs32);
             }
             const __m128 yd = _mm_set1_ps(y[i].d);
-            gemm_chains(sums, mins, _mm_mul_ps(d4[i], yd), _mm_mul_ps(dmin4[i], yd), acc, acc_min);
+            gemm_chains(sums, mins, _mm_mul_ps(_mm_loadu_ps(d4 + 4 * i), yd), _mm_mul_ps(_mm_loadu_ps(dmin4 + 4 * i), yd), acc, acc_min);
         }
         alignas(16) float res[4];
         _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
@@ -576,9 +576,9 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
     if (n_gemm == 0) return;
     const int64_t nb = n / QK_K;
     thread_local std::vector<Q4KUnpacked> unpacked;
-    thread_local std::vector<__m128> dm;  // d4[i], then dmin4[i]
+    thread_local std::vector<float> dm;  // per block the four rows' d, then per block their dmin
     unpacked.resize((size_t)(4 * nb));
-    dm.resize((size_t)(2 * nb));
+    dm.resize((size_t)(8 * nb));
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int64_t r = 0; r < nrows; r += 4) {
         const block_q4_K* xr[4];
@@ -604,11 +604,11 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
             }
             const __m256 f = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
             const __m128 lo = _mm256_castps256_ps128(f), hi = _mm256_extractf128_ps(f, 1);
-            dm[i] = _mm_shuffle_ps(lo, hi, 0x88);       // d of the four rows
-            dm[nb + i] = _mm_shuffle_ps(lo, hi, 0xDD);  // dmin
+            _mm_storeu_ps(&dm[4 * i], _mm_shuffle_ps(lo, hi, 0x88));
+            _mm_storeu_ps(&dm[4 * (nb + i)], _mm_shuffle_ps(lo, hi, 0xDD));
         }
         const int rows_here = (int)std::min<int64_t>(4, nrows - r);
-        q4_k_gemm_rows4(nb, unpacked.data(), dm.data(), dm.data() + nb, xb, x_stride, n_gemm, y + r, y_stride, rows_here);
+        q4_k_gemm_rows4(nb, unpacked.data(), dm.data(), dm.data() + 4 * nb, xb, x_stride, n_gemm, y + r, y_stride, rows_here);
     }
 }
 
