@@ -498,18 +498,21 @@ inline __m256 halves8(const uint8_t* p, size_t stride) {
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
 }
 
-template <bool PREFETCH>
-inline void q4_0_packed_pass8(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* y, const PackedPrep* p, float* out,
-                              bool add) {
+// NT tokens (activation rows yb[t], prepared in prep[t]) over eight rows from
+// w; output t to out + t * out_stride, which holds the chains so far if add.
+// Per block the eight rows are unpacked once for all NT tokens.
+template <int NT, bool PREFETCH>
+inline void q4_0_packed_rows8(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
+                              float* out, size_t out_stride, bool add) {
     // lane order of the sums and the chains: rows 0, 2, 4, 6, 1, 3, 5, 7
-    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    __m256 acc = add ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(out), order) : _mm256_setzero_ps();
+    __m256 acc[NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        acc[t] = add ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(out + t * out_stride), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
+                     : _mm256_setzero_ps();
     const __m256i mask = _mm256_set1_epi8(0x0F);
     for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
-        const __m128i* yq = reinterpret_cast<const __m128i*>(y[i].qs);
-        const __m256i y_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq));      // y0..15 in both halves
-        const __m256i y_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq + 1));  // y16..31
-        __m256i v[4];  // rows 2q | 2q+1: sum(u * y) in 4 lanes each
+        __m256i lo[4], hi[4];  // rows 2q | 2q+1: weights 0-15 and 16-31, unsigned
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) {
             const uint8_t* b = w + 2 * q * stride;
@@ -519,16 +522,28 @@ inline void q4_0_packed_pass8(int64_t nb, const uint8_t* w, size_t stride, const
             }
             const __m256i qs = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(b + stride + offsetof(block_q4_0, qs)),
                                                    reinterpret_cast<const __m128i*>(b + offsetof(block_q4_0, qs)));
-            const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(qs, mask), y_lo);
-            const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qs, 4), mask), y_hi);
-            v[q] = _mm256_madd_epi16(_mm256_add_epi16(lo, hi), _mm256_set1_epi16(1));
+            lo[q] = _mm256_and_si256(qs, mask);
+            hi[q] = _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask);
         }
-        __m256i sum = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(p->off[i]));  // sum((u - 8) * y)
-        const __m256 scale = _mm256_mul_ps(halves8(w, stride), _mm256_broadcast_ss(p->d + i));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
+        const __m256 dw = halves8(w, stride);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            const __m128i* yq = reinterpret_cast<const __m128i*>(yb[t][i].qs);
+            const __m256i y_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq));      // y0..15 in both halves
+            const __m256i y_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq + 1));  // y16..31
+            __m256i v[4];  // rows 2q | 2q+1: sum(u * y) in 4 lanes each
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++)
+                v[q] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[q], y_lo), _mm256_maddubs_epi16(hi[q], y_hi)),
+                                         _mm256_set1_epi16(1));
+            __m256i sum = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(prep[t].off[i]));  // sum((u - 8) * y)
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_broadcast_ss(prep[t].d + i)), acc[t]);
+        }
     }
-    _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(acc, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        _mm256_storeu_ps(out + t * out_stride, _mm256_permutevar8x32_ps(acc[t], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
 }
 
 inline void q4_0_packed_row(int64_t nb, const uint8_t* w, const block_q8_0* y, const PackedPrep* p, float* out, bool add) {
@@ -552,57 +567,16 @@ void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
         const uint8_t* ps = p + s0 * sizeof(block_q4_0);
         const bool add = s0 > 0;
         int64_t r = 0;
-        for (; r + 16 <= nrows; r += 8) q4_0_packed_pass8<true>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add);
-        for (; r + 8 <= nrows; r += 8) q4_0_packed_pass8<false>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add);
+        const block_q8_0* ys = xb + s0;
+        for (; r + 16 <= nrows; r += 8) q4_0_packed_rows8<1, true>(ns, ps + r * stride, stride, &ys, &prep, y + r, 0, add);
+        for (; r + 8 <= nrows; r += 8) q4_0_packed_rows8<1, false>(ns, ps + r * stride, stride, &ys, &prep, y + r, 0, add);
         for (; r < nrows; r++) q4_0_packed_row(ns, ps + r * stride, xb + s0, &prep, y + r, add);
     }
 }
 
-// Several tokens at once (KernelSet::dot_tile_packed): per block the eight
-// rows' nibbles and scales are unpacked once for up to four tokens; each
-// output's integer sums and float chain are dot_q4_0_packed's.
-struct PackedTileTokens {
-    float d[4][SEG];
-    int32_t off[4][SEG];
-};
-
-template <int NT>
-inline void q4_0_packed_tile8(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedTileTokens* tp,
-                              float* out, size_t out_stride) {
-    __m256 acc[NT];
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
-        __m256i lo[4], hi[4];  // rows 2q | 2q+1: weights 0-15 and 16-31, unsigned
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-            const uint8_t* b = w + 2 * q * stride + offsetof(block_q4_0, qs);
-            const __m256i qs = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(b + stride), reinterpret_cast<const __m128i*>(b));
-            lo[q] = _mm256_and_si256(qs, mask);
-            hi[q] = _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask);
-        }
-        const __m256 dw = halves8(w, stride);
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; t++) {
-            const __m128i* yq = reinterpret_cast<const __m128i*>(yb[t][i].qs);
-            const __m256i y_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq));
-            const __m256i y_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq + 1));
-            __m256i v[4];
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; q++)
-                v[q] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[q], y_lo), _mm256_maddubs_epi16(hi[q], y_hi)),
-                                         _mm256_set1_epi16(1));
-            __m256i sum = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-            sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(tp->off[t][i]));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_broadcast_ss(&tp->d[t][i])), acc[t]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        _mm256_storeu_ps(out + t * out_stride, _mm256_permutevar8x32_ps(acc[t], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-}
-
+// Several tokens at once (KernelSet::dot_tile_packed): groups of up to four
+// tokens through q4_0_packed_rows8, which unpacks each block once for all of
+// them; every output is dot_q4_0_packed's.
 void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
                           float* y, size_t y_stride) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
@@ -612,32 +586,27 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
         for (int64_t t = 0; t < n_tok; t++) dot_q4_0_packed(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
         return;
     }
-    PackedTileTokens tp;
-    PackedPrep one;
+    PackedPrep prep[4];
     for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
         const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
         const block_q8_0* yb[4];
         for (int t = 0; t < nt; t++) {
             yb[t] = reinterpret_cast<const block_q8_0*>(xb + (t0 + t) * x_stride);
-            prep_q4_0_packed(yb[t], nb, &one);
-            std::memcpy(tp.d[t], one.d, nb * sizeof(float));
-            std::memcpy(tp.off[t], one.off, nb * sizeof(int32_t));
+            prep_q4_0_packed(yb[t], nb, &prep[t]);
         }
         float* yt = y + t0 * y_stride;
         int64_t r = 0;
         for (; r + 8 <= nrows; r += 8) {
             const uint8_t* wr = p + r * stride;
             switch (nt) {
-                case 4: q4_0_packed_tile8<4>(nb, wr, stride, yb, &tp, yt + r, y_stride); break;
-                case 3: q4_0_packed_tile8<3>(nb, wr, stride, yb, &tp, yt + r, y_stride); break;
-                case 2: q4_0_packed_tile8<2>(nb, wr, stride, yb, &tp, yt + r, y_stride); break;
-                default: q4_0_packed_tile8<1>(nb, wr, stride, yb, &tp, yt + r, y_stride); break;
+                case 4: q4_0_packed_rows8<4, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
+                case 3: q4_0_packed_rows8<3, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
+                case 2: q4_0_packed_rows8<2, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
+                default: q4_0_packed_rows8<1, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
             }
         }
-        for (int t = 0; t < nt && r < nrows; t++) {  // rows short of a group of 8
-            prep_q4_0_packed(yb[t], nb, &one);
-            for (int64_t rr = r; rr < nrows; rr++) q4_0_packed_row(nb, p + rr * stride, yb[t], &one, yt + t * y_stride + rr, false);
-        }
+        for (; r < nrows; r++)  // rows short of a group of 8
+            for (int t = 0; t < nt; t++) q4_0_packed_row(nb, p + r * stride, yb[t], &prep[t], yt + t * y_stride + r, false);
     }
 }
 

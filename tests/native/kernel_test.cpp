@@ -196,16 +196,16 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                     check(n_diff == 0, ks.name, tt.name, packed_name[g], k, rows, detail);
                 }
 
-                // batch tiles: every output as the reference's dot gives it (dot_tile)
-                // or its gemm (dot_tile_packed, where gemv and gemm agree)
+                // batch tiles: every output as the reference gives it one token at
+                // a time: its dot (dot_tile), or, for the repacked kernels
+                // (dot_tile_packed), matmul's rule: the gemm for tokens in full
+                // groups of four, the gemv for the rest
                 for (int packed_tile = 0; packed_tile < 2; packed_tile++) {
                     const dot_tile_fn tile_fn = packed_tile ? ks.dot_tile_packed[t] : ks.dot_tile[t];
-                    // packed: matmul's rule, the gemm for tokens in full groups of four
-                    const dot_rows_fn one_fn = packed_tile ? ref.dot_gemm[t] : ref.dot[t];
                     const char* tile_name = packed_tile ? "dot_tile_packed" : "dot_tile";
                     if (!tile_fn || vdt == TYPE_F32) continue;
-                    if (!one_fn || (packed_tile && !ref.dot_gemv[t])) {
-                        check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar gemm for the packed tile");
+                    if (packed_tile && (!ref.dot_gemm[t] || !ref.dot_gemv[t])) {
+                        check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar gemm / gemv for the packed tile");
                         continue;
                     }
                     const size_t xrb = row_bytes(vdt, k);
@@ -216,9 +216,11 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                             ref.quant_act[vdt](xj.data(), xs.data() + j * xrb, k);
                         }
                         std::vector<float> y_one(n_tok * rows), y_tile(n_tok * rows);
-                        const int64_t n_gemm = packed_tile && n_tok > 3 ? n_tok - n_tok % 4 : packed_tile ? 0 : n_tok;
-                        for (int64_t j = 0; j < n_tok; j++)
-                            (j < n_gemm ? one_fn : ref.dot_gemv[t])(k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
+                        const int64_t n_gemm = n_tok > 3 ? n_tok - n_tok % 4 : 0;
+                        for (int64_t j = 0; j < n_tok; j++) {
+                            const dot_rows_fn one = !packed_tile ? ref.dot[t] : j < n_gemm ? ref.dot_gemm[t] : ref.dot_gemv[t];
+                            one(k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
+                        }
                         tile_fn(k, rows, w.data(), rb, xs.data(), xrb, n_tok, y_tile.data(), rows);
                         int64_t n_diff = 0;
                         for (int64_t i = 0; i < n_tok * rows; i++) n_diff += std::memcmp(&y_one[i], &y_tile[i], sizeof(float)) != 0;
