@@ -5,7 +5,9 @@ fraction of memory bandwidth it reaches.  Weights are spread over many copies
 (far more than the last-level cache) and each call reads the next copy, so
 bytes come from DRAM as they do in a real model.  The bandwidth probe (a plain
 streaming sum in the extension) runs in the same process, interleaved with the
-kernels, and every figure is a median.
+kernels round by round (the bandwidth left to one VM drifts from second to
+second), and every figure is a median: the fraction is the median of the
+rounds' own ratios.
 
     python bench/bench_kernels.py [--types Q4_0,Q4_K] [--threads 1,2] [--quick]
 """
@@ -60,11 +62,26 @@ def time_calls(fn, items, min_seconds: float) -> float:
     return statistics.median(per_call)
 
 
-def read_bandwidth(buf: np.ndarray, min_seconds: float) -> float:
-    """GB/s of the streaming-sum probe over a buffer far larger than the caches."""
-    chunks = np.array_split(buf, 8)
-    t = time_calls(backend._native.stream_read, chunks, min_seconds)
-    return chunks[0].nbytes / t / 1e9
+def paired_rounds(fn, items, probe: np.ndarray, min_seconds: float) -> tuple[float, float, float]:
+    """Rounds of one probe sweep then one sweep of fn over all items, so that both
+    see the same moment's bandwidth.  Returns the medians of the kernel's seconds
+    per call, of the probe's GB/s and of the rounds' (kernel bytes/s) / (probe bytes/s)
+    with a kernel call reading items[0].nbytes."""
+    chunks = np.array_split(probe, 8)
+    per_call, probe_gbs, ratios = [], [], []
+    t_end = time.perf_counter() + min_seconds
+    while time.perf_counter() < t_end or len(ratios) < 5:
+        t0 = time.perf_counter()
+        for c in chunks:
+            backend._native.stream_read(c)
+        t1 = time.perf_counter()
+        for it in items:
+            fn(it)
+        t2 = time.perf_counter()
+        per_call.append((t2 - t1) / len(items))
+        probe_gbs.append(probe.nbytes / (t1 - t0) / 1e9)
+        ratios.append(items[0].nbytes / per_call[-1] / 1e9 / probe_gbs[-1])
+    return statistics.median(per_call), statistics.median(probe_gbs), statistics.median(ratios)
 
 
 def main() -> None:
@@ -85,6 +102,7 @@ def main() -> None:
 
     print(f"kernel path {backend.active_isa()}, weights swept over >= {working_set >> 20} MiB per shape (DRAM, not cache)")
     print("in cache: the same kernel on rows that fit in the last-level cache, its compute ceiling")
+    print("of BW: the median over rounds of (kernel GB/s) / (read BW), each round timing the probe then the kernel")
     print(f"{'type':6} {'thr':>3} {'shape (N x K)':>14} {'GB/s':>7} {'read BW':>8} {'of BW':>6} {'us/call':>8} {'in cache':>9}")
     summary = []
     for nth in threads:
@@ -94,14 +112,12 @@ def main() -> None:
                 copies = weight_copies(qtype, n, k, working_set, rng)
                 x = rng.standard_normal(k).astype(np.float32)
                 out = np.empty(n, np.float32)
-                bw = read_bandwidth(probe, secs / 2)
-                t = time_calls(lambda w: backend._native.matmul(int(qtype), w, x, out), copies, secs)
-                bw = statistics.median([bw, read_bandwidth(probe, secs / 2)])
+                t, bw, frac = paired_rounds(lambda w: backend._native.matmul(int(qtype), w, x, out), copies, probe, 2 * secs)
                 gbs = copies[0].nbytes / t / 1e9
                 hot = copies[0][: max(1, (CACHE_RESIDENT_BYTES // copies[0][0].nbytes) // 8 * 8)]
                 t_hot = time_calls(lambda w: backend._native.matmul(int(qtype), w, x, out[: len(w)]), [hot] * 16, secs / 2)
-                summary.append((qtype.name, nth, gbs / bw))
-                print(f"{qtype.name:6} {nth:>3} {f'{n}x{k}':>14} {gbs:7.1f} {bw:8.1f} {gbs / bw:6.0%} {t * 1e6:8.0f} "
+                summary.append((qtype.name, nth, frac))
+                print(f"{qtype.name:6} {nth:>3} {f'{n}x{k}':>14} {gbs:7.1f} {bw:8.1f} {frac:6.0%} {t * 1e6:8.0f} "
                       f"{hot.nbytes / t_hot / 1e9:9.1f}", flush=True)
                 del copies
 

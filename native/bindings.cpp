@@ -153,13 +153,14 @@ py::array_t<uint8_t> quantize_activations_py(int weight_type, const py::array& x
     return dst;
 }
 
-uint64_t stream_read_py(const py::array& buf) {
+uint64_t stream_read_py(const py::array& buf, const py::object& isa) {
+    const KernelSet& ks = kernels(isa);
     check_array(buf, "buf", py::dtype::of<uint8_t>(), "uint8", 1, 1);
     const uint8_t* p = static_cast<const uint8_t*>(buf.data());
     const size_t n = (size_t)buf.size();
     py::gil_scoped_release release;
     auto pool = global_pool();
-    return ll::stream_read(*pool, p, n);
+    return ll::stream_read(ks, *pool, p, n);
 }
 
 }  // namespace
@@ -175,7 +176,7 @@ PYBIND11_MODULE(_native, m) {
           "Dequantize uint8 rows (or one 1-D row) of GGML `type` to float32.");
     m.def("quantize_activations", &quantize_activations_py, py::arg("weight_type"), py::arg("x"), py::arg("isa") = py::none(),
           "Convert float32 activation rows to the int8 format the kernels of `weight_type` multiply by (Q8_0, Q8_1 or Q8_K).");
-    m.def("stream_read", &stream_read_py, py::arg("buf"), "Read a uint8 buffer once on all pool threads (bandwidth probe); returns a checksum.");
+    m.def("stream_read", &stream_read_py, py::arg("buf"), py::arg("isa") = py::none(), "Read a uint8 buffer once on all pool threads (bandwidth probe); returns a checksum: the wrapping sum of its aligned 64-bit words and of the bytes outside them.");
 
     m.def("available_isas", [] {
         const char* names[8];

@@ -117,6 +117,7 @@ void build_all() {
             if (!ks.quant_act[t]) ks.quant_act[t] = scalar.quant_act[t];
             if (!ks.attn[t]) ks.attn[t] = scalar.attn[t];
         }
+        if (!ks.sum_words) ks.sum_words = scalar.sum_words;
         ks.name = ISAS[i].name;
         g_sets[i] = ks;
         g_built[i] = true;

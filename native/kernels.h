@@ -44,6 +44,11 @@ typedef void (*dot_tile_fn)(int64_t n, int64_t nrows, const void* w, size_t row_
 typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, size_t k_stride, const void* v, size_t v_stride,
                         float scale, int64_t first, bool batch, float* scratch, float* out);
 
+// The wrapping sum of n 64-bit words: the inner loop of the bandwidth probe
+// (ops.h stream_read), which must read as fast as the widest loads allow, or
+// the probe measures its own adds rather than the memory.
+typedef uint64_t (*sum_words_fn)(const uint64_t* p, size_t n);
+
 struct KernelSet {
     const char* name;
     // ggml's float vector width in the llama.cpp build whose arithmetic this
@@ -86,6 +91,7 @@ struct KernelSet {
     dot_tile_fn dot_tile[TYPE_COUNT];
     quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
     attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
+    sum_words_fn sum_words;
 };
 
 // Registration functions, one per (type family, ISA).  Each sets only the

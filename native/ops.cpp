@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -103,27 +104,21 @@ void dequantize(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* 
     });
 }
 
-uint64_t stream_read(ThreadPool& pool, const uint8_t* buf, size_t n) {
-    const size_t words = n / sizeof(uint64_t);
-    const uint64_t* p = reinterpret_cast<const uint64_t*>(buf);
+uint64_t stream_read(const KernelSet& ks, ThreadPool& pool, const uint8_t* buf, size_t n) {
+    // Whole words from the first 8-byte boundary on; the bytes before and after it are added one by one.
+    const size_t head = std::min(n, (size_t)(-(uintptr_t)buf % sizeof(uint64_t)));
+    const size_t words = (n - head) / sizeof(uint64_t);
+    const uint64_t* p = reinterpret_cast<const uint64_t*>(buf + head);
     std::vector<uint64_t> partial(pool.size(), 0);
     pool.run([&](int ith, int nth) {
         const size_t per = (words + nth - 1) / nth;
         const size_t a = std::min(words, per * ith), b = std::min(words, a + per);
-        // One cache line per iteration into independent accumulators, with the
-        // line 1 KiB ahead prefetched: the probe should reach what the memory
-        // system can deliver, as the best kernels do, not what one load stream can.
-        uint64_t s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        size_t i = a;
-        for (; i + 8 <= b; i += 8) {
-            __builtin_prefetch(p + i + 128);
-            for (int j = 0; j < 8; j++) s[j] += p[i + j];
-        }
-        for (; i < b; i++) s[0] += p[i];
-        partial[ith] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+        partial[ith] = ks.sum_words(p + a, b - a);
     });
     uint64_t s = 0;
     for (uint64_t v : partial) s += v;
+    for (size_t i = 0; i < head; i++) s += buf[i];
+    for (size_t i = head + words * sizeof(uint64_t); i < n; i++) s += buf[i];
     return s;
 }
 

@@ -24,6 +24,6 @@ void quantize_activations(const KernelSet& ks, ThreadPool& pool, int weight_type
 
 // Reads n bytes once on every pool thread's share and returns a checksum: the
 // memory-bandwidth probe the benchmarks compare kernels against.
-uint64_t stream_read(ThreadPool& pool, const uint8_t* buf, size_t n);
+uint64_t stream_read(const KernelSet& ks, ThreadPool& pool, const uint8_t* buf, size_t n);
 
 }  // namespace ll

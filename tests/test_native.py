@@ -195,6 +195,28 @@ def test_matmul_into_out_buffer():
     assert np.shares_memory(y, out) and np.array_equal(out, _native.matmul(int(T.Q8_0), w, x))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bandwidth_probe_reads_every_byte(isa, threads):
+    # The probe's checksum is the wrapping sum of the buffer's 8-byte-aligned
+    # words and of the bytes outside them, so a thread share or a vector tail
+    # left unread shows.
+    rng = np.random.default_rng(3)
+    before = _native.num_threads()
+    try:
+        _native.set_num_threads(threads)
+        for n in (0, 5, 8, 127, 128 * 1024 + 77):
+            buf = rng.integers(0, 256, size=n + 3, dtype=np.uint8)[3:]  # not 8-byte aligned
+            head = min(n, -buf.ctypes.data % 8)
+            end = head + (n - head) // 8 * 8
+            words = np.frombuffer(buf[head:end].tobytes(), np.uint64)
+            outside = int(buf[:head].sum()) + int(buf[end:].sum())
+            expected = (int(words.sum(dtype=np.uint64)) + outside) % 2**64
+            assert _native.stream_read(buf, isa=isa) == expected
+    finally:
+        _native.set_num_threads(before)
+
+
 class TestBadArguments:
     w = np.zeros((4, 18 * 2), np.uint8)  # 4 rows of 64 Q4_0 weights
     x = np.zeros(64, np.float32)

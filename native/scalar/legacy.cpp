@@ -249,9 +249,21 @@ void rows(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x,
     for (int64_t r = 0; r < nrows; r++) y[r] = DOT(n, p + r * stride, x);
 }
 
+// The bandwidth probe's reference loop: one cache line per step into eight
+// independent sums.
+uint64_t sum_words(const uint64_t* p, size_t n) {
+    uint64_t s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += p[i + j];
+    for (; i < n; i++) s[0] += p[i];
+    return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
 }  // namespace
 
 void register_legacy_scalar(KernelSet* ks) {
+    ks->sum_words = sum_words;
     ks->dequant[TYPE_F32] = dequant_f32;
     ks->dequant[TYPE_F16] = dequant_f16;
     ks->dequant[TYPE_BF16] = dequant_bf16;

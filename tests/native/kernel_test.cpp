@@ -309,6 +309,22 @@ void test_attention(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
     }
 }
 
+// The bandwidth probe's loop: the same wrapping sum as the reference, at any
+// length and word alignment.
+void test_sum_words(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
+    std::vector<uint64_t> words(1000);
+    for (auto& w : words) w = rng.next();
+    digest(words.data(), words.size() * sizeof(uint64_t));
+    for (size_t first : {0, 1, 3}) {
+        for (size_t n : {0, 1, 7, 15, 16, 17, 33, 997}) {
+            char detail[64];
+            std::snprintf(detail, sizeof detail, "from word %zu", first);
+            check(ks.sum_words(words.data() + first, n) == ref.sum_words(words.data() + first, n), ks.name, "u64",
+                  "sum_words", (int64_t)n, 1, detail);
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -333,6 +349,7 @@ int main() {
         }
         for (int vdt : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantizer(ref, ks, vdt, rng);
         test_attention(ref, ks, rng);
+        test_sum_words(ref, ks, rng);
         std::printf("%s: input digest %016llx\n", names[i], (unsigned long long)g_digest);
     }
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
