@@ -32,6 +32,14 @@
 
 #define LL_INLINE inline __attribute__((always_inline))
 
+// The avx512 build's Q4_K gemv uses 512-bit registers (SIMDe's emulated
+// VNNI build keeps the 256-bit code).
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(LL_VNNI_EMULATED)
+#define LL_Q4_K_ZMM 1
+#else
+#define LL_Q4_K_ZMM 0
+#endif
+
 namespace ll {
 namespace {
 
@@ -232,6 +240,48 @@ LL_INLINE __m256i sumi_q4_k(const block_q4_K* x, const int8_t* q8, __m256i sc) {
     }
     return scaled_dot8(u, q8, sc);
 }
+
+#if LL_Q4_K_ZMM
+// A super-block's activations arranged for sumi_q4_k_zmm: vector 2h + n holds
+// sub-blocks 4h + n and 4h + n + 2 (n = 0: low nibbles, 1: high), a 256-bit
+// half each, matching the nibbles of qs[64h..64h+63] in one 512-bit load.
+struct Q8KZmm {
+    __m512i y[4];
+};
+
+LL_INLINE Q8KZmm arrange_q8_k_zmm(const int8_t* q8) {
+    Q8KZmm a;
+    _Pragma("GCC unroll 4")
+    for (int v = 0; v < 4; ++v) {
+        const int8_t* p = q8 + 128 * (v / 2) + 32 * (v % 2);
+        a.y[v] = _mm512_inserti64x4(_mm512_castsi256_si512(loadu256(p)), loadu256(p + 64), 1);
+    }
+    return a;
+}
+
+// sumi_q4_k with 512-bit registers: four lanes summing to sum_j scale_j * dot_j
+// (exact integers, so any lanes with that total give the same floats).
+LL_INLINE __m128i sumi_q4_k_zmm(const block_q4_K* x, const Q8KZmm& a, __m256i sc) {
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    const __m512i scz = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc));  // int16 s0..s7 in every lane
+    __m512i acc = _mm512_setzero_si512();
+    _Pragma("GCC unroll 2")
+    for (int h = 0; h < 2; ++h) {
+        const __m512i q = _mm512_loadu_si512(x->qs + 64 * h);
+        _Pragma("GCC unroll 2")
+        for (int n = 0; n < 2; ++n) {
+            const __m512i u = n ? _mm512_and_si512(_mm512_srli_epi16(q, 4), m4) : _mm512_and_si512(q, m4);
+            // int16 scale of sub-block 4h + n in the low half, 4h + n + 2 in the high
+            const int lo = 4 * h + n, hi = lo + 2;
+            const __m512i s = _mm512_shuffle_epi8(scz, _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * lo)),
+                                                                           _mm256_set1_epi16((short)(0x0100 + 0x0202 * hi)), 1));
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, a.y[2 * h + n]), s);
+        }
+    }
+    const __m256i r = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+#endif
 
 LL_INLINE void block2_q4_k(const block_q4_K* x0, const block_q4_K* x1, const block_q8_K* y, __m256& acc0, __m256& acc1, __m256& accm) {
     const ScalesK4x2 s = scales_k4x2(x0->scales, x1->scales);
@@ -468,6 +518,9 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                 }
             }
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
+#if LL_Q4_K_ZMM
+            const Q8KZmm yz = GROUP == 4 ? arrange_q8_k_zmm(y[i].qs) : Q8KZmm{};
+#endif
             alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
             __m128i sums[4], mins[4];  // per row
             // loops over rows fully unrolled: sums and mins then live in
@@ -484,7 +537,11 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                     const __m256i sc = u ? sc2.sc1 : sc2.sc0;
                     std::memcpy(dm + 2 * (t + u), &b->d, 4);
                     if (GROUP == 4) {
+#if LL_Q4_K_ZMM
+                        sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
+#else
                         sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
+#endif
                     } else {
                         // sub-blocks 2j (low nibbles) and 2j + 1 (high) of qs[32j..]: one vector per pair
                         __m256i pair[4];
