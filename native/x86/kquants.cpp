@@ -583,13 +583,84 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
 // them.  For the gemm tokens a group of four rows is unpacked once, per block
 // and sub-block pair, into nibble bytes and broadcast scale vectors, and
 // every token then costs two VPMADDUBSW, two VPMADDWD and an add per pair and
-// row instead of also the unpacking.  The integer sums, the transposes and the
-// FMA chains are dot_q4_k_packed<1>'s, so the floats are the same.
+// row (the avx512 build: per two pairs) instead of also the unpacking.  The
+// integer sums are exact and the transposes and FMA chains are
+// dot_q4_k_packed<1>'s, so the floats are the same.
+#if LL_Q4_K_ZMM
+// The avx512 build keeps two pairs to a 512-bit register: lo[h] holds the low
+// nibbles of qs[64h..64h+63] (pair 2h's sub-block 4h in the low half, pair
+// 2h+1's 4h+2 in the high), hi[h] the high nibbles (4h+1 | 4h+3), each with
+// its broadcast scales; the activations come arranged to match (Q8KZmm).
+struct alignas(64) Q4KUnpacked {
+    __m512i lo[2], hi[2];
+    __m512i s_lo[2], s_hi[2];
+    __m128i mins;  // int16 mins m0..m7
+};
+#else
 struct alignas(32) Q4KUnpacked {
     __m256i lo[4], hi[4];      // pair j: sub-block 2j's weights (low nibbles), 2j+1's (high)
     __m256i s_lo[4], s_hi[4];  // their scales, broadcast int16
     __m128i mins;              // int16 mins m0..m7
 };
+#endif
+
+// Row b's four pair sums (lane j: pair j, exact) against one super-block of activations.
+#if LL_Q4_K_ZMM
+LL_INLINE __m128i q4_k_pair_sums(const Q4KUnpacked& b, const Q8KZmm& y) {
+    __m512i p[2];  // p[h]: pair 2h in the low half's 8 lanes, 2h + 1 in the high half's
+    _Pragma("GCC unroll 2")
+    for (int h = 0; h < 2; ++h)
+        p[h] = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(b.lo[h], y.y[2 * h]), b.s_lo[h]),
+                                   _mm512_maddubs_epi16(b.hi[h], y.y[2 * h + 1]), b.s_hi[h]);
+    // 128-bit lanes 0, 1 (pairs 0 | 2) and 2, 3 (pairs 1 | 3): [p0 p1 p0 p1] sums, then the two lanes of each pair added
+    __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+    a = _mm512_add_epi32(a, _mm512_shuffle_epi32(a, _MM_PERM_BADC));
+    a = _mm512_add_epi32(a, _mm512_shuffle_i32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_castsi512_si128(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), a));
+}
+#else
+LL_INLINE __m128i q4_k_pair_sums(const Q4KUnpacked& b, const int8_t* q8) {
+    __m256i pair[4];
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < 4; ++j) {
+        const __m256i lo = _mm256_maddubs_epi16(b.lo[j], loadu256(q8 + 64 * j));
+        const __m256i hi = _mm256_maddubs_epi16(b.hi[j], loadu256(q8 + 64 * j + 32));
+        pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, b.s_lo[j]), hi, b.s_hi[j]);
+    }
+    return halves(_mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3])));
+}
+#endif
+
+// Row b's block unpacked (sc: its int16 scales s0..s7 in both lanes, mins: m0..m7).
+LL_INLINE void unpack_q4_k_row(const block_q4_K* b, __m256i sc, __m128i mins, Q4KUnpacked& o) {
+    o.mins = mins;
+#if LL_Q4_K_ZMM
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    const __m512i scz = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc));
+    _Pragma("GCC unroll 2")
+    for (int h = 0; h < 2; ++h) {
+        const __m512i q = _mm512_loadu_si512(b->qs + 64 * h);
+        o.lo[h] = _mm512_and_si512(q, m4);
+        o.hi[h] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        _Pragma("GCC unroll 2")
+        for (int n = 0; n < 2; ++n) {  // sub-blocks 4h + n and 4h + n + 2
+            const int lo = 4 * h + n, hi = lo + 2;
+            (n ? o.s_hi : o.s_lo)[h] = _mm512_shuffle_epi8(scz, _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * lo)),
+                                                                                    _mm256_set1_epi16((short)(0x0100 + 0x0202 * hi)), 1));
+        }
+    }
+#else
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < 4; ++j) {
+        const __m256i q = loadu256(b->qs + 32 * j);
+        o.lo[j] = _mm256_and_si256(q, m4);
+        o.hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        o.s_lo[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
+        o.s_hi[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
+    }
+#endif
+}
 
 // n_tok tokens through the gemm's arithmetic over four rows whose blocks are in u
 // (u[t * nb + i]), the four rows' d and dmin of block i as floats at d4 + 4i / dmin4 + 4i.
@@ -600,19 +671,16 @@ inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const float* d4, c
         __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
         for (int64_t i = 0; i < nb; ++i) {
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));
+#if LL_Q4_K_ZMM
+            const Q8KZmm yq = arrange_q8_k_zmm(y[i].qs);
+#else
+            const int8_t* yq = y[i].qs;
+#endif
             __m128i sums[4], mins[4];
             _Pragma("GCC unroll 4")
             for (int t = 0; t < 4; ++t) {
                 const Q4KUnpacked& b = u[t * nb + i];
-                __m256i pair[4];
-                _Pragma("GCC unroll 4")
-                for (int j = 0; j < 4; ++j) {
-                    const __m256i lo = _mm256_maddubs_epi16(b.lo[j], loadu256(y[i].qs + 64 * j));
-                    const __m256i hi = _mm256_maddubs_epi16(b.hi[j], loadu256(y[i].qs + 64 * j + 32));
-                    pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, b.s_lo[j]), hi, b.s_hi[j]);
-                }
-                const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
-                sums[t] = halves(h);
+                sums[t] = q4_k_pair_sums(b, yq);
                 mins[t] = _mm_madd_epi16(b.mins, bs32);
             }
             const __m128 yd = _mm_set1_ps(y[i].d);
@@ -636,7 +704,6 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
     thread_local std::vector<float> dm;  // per block the four rows' d, then per block their dmin
     unpacked.resize((size_t)(4 * nb));
     dm.resize((size_t)(8 * nb));
-    const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int64_t r = 0; r < nrows; r += 4) {
         const block_q4_K* xr[4];
         for (int t = 0; t < 4; ++t) xr[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
@@ -646,16 +713,8 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
                 const ScalesK4x2 sc2 = scales_k4x2(xr[t][i].scales, xr[t + 1][i].scales);
                 for (int v = 0; v < 2; ++v) {
                     const block_q4_K* b = xr[t + v] + i;
-                    Q4KUnpacked& o = unpacked[(t + v) * nb + i];
-                    const __m256i sc = v ? sc2.sc1 : sc2.sc0;
-                    o.mins = v ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins);
-                    for (int j = 0; j < 4; ++j) {
-                        const __m256i q = loadu256(b->qs + 32 * j);
-                        o.lo[j] = _mm256_and_si256(q, m4);
-                        o.hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                        o.s_lo[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
-                        o.s_hi[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
-                    }
+                    unpack_q4_k_row(b, v ? sc2.sc1 : sc2.sc0, v ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins),
+                                    unpacked[(t + v) * nb + i]);
                     std::memcpy(h + 2 * (t + v), &b->d, 4);
                 }
             }
