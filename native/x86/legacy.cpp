@@ -640,9 +640,74 @@ void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
     }
 }
 
-// Several tokens at once (KernelSet::dot_tile_packed): groups of up to four
-// tokens through q4_0_packed_rows8, which unpacks each block once for all of
-// them; every output is dot_q4_0_packed's.
+#if LL_Q4_0_ZMM
+// The avx512 build's batch pass: sixteen rows, NT tokens.  Per block the
+// rows' nibbles are transposed once into eight registers, register m holding
+// weight bytes 4m..4m+3 (m < 4: low nibbles; else the high, 16 + 4(m - 4)..)
+// of row l in int32 lane l.  A token then needs only eight VPDPBUSD against
+// its activation bytes broadcast four at a time, which leave each row's exact
+// sum in its own lane, where the one-token pass spends a horizontal
+// reduction per token.  The chains and floats are dot_q4_0_packed's.
+// The fp16 at p + r * stride for rows r = 0..15, as 16 floats.
+inline __m512 halves16(const uint8_t* p, size_t stride) {
+    uint64_t h[4] = {0, 0, 0, 0};
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++) h[r / 4] |= (uint64_t)load_u16(p + r * stride) << (16 * (r % 4));
+    return _mm512_cvtph_ps(_mm256_setr_epi64x((long long)h[0], (long long)h[1], (long long)h[2], (long long)h[3]));
+}
+
+template <int NT>
+inline void q4_0_tile_rows16(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
+                             float* out, size_t out_stride) {
+    __m512 acc[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
+        __m512i lo[4], hi[4];  // register q, lane j: row 4j + q
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            const uint8_t* c = w + q * stride + offsetof(block_q4_0, qs);
+            __m512i qs = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+            qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 4 * stride)), 1);
+            qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 8 * stride)), 2);
+            qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 12 * stride)), 3);
+            lo[q] = _mm512_and_si512(qs, mask);
+            hi[q] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
+        }
+        __m512i wt[8];  // in-lane 4x4 transposes of int32: lane j, int32 q of wt[m] = int32 m of register q, lane j
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m512i* v = h ? hi : lo;
+            const __m512i a0 = _mm512_unpacklo_epi32(v[0], v[1]), a1 = _mm512_unpackhi_epi32(v[0], v[1]);
+            const __m512i a2 = _mm512_unpacklo_epi32(v[2], v[3]), a3 = _mm512_unpackhi_epi32(v[2], v[3]);
+            wt[4 * h + 0] = _mm512_unpacklo_epi64(a0, a2);
+            wt[4 * h + 1] = _mm512_unpackhi_epi64(a0, a2);
+            wt[4 * h + 2] = _mm512_unpacklo_epi64(a1, a3);
+            wt[4 * h + 3] = _mm512_unpackhi_epi64(a1, a3);
+        }
+        const __m512 dw = halves16(w, stride);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            const uint8_t* yq = reinterpret_cast<const uint8_t*>(yb[t][i].qs);
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();  // two chains: lower latency
+#pragma GCC unroll 4
+            for (int m = 0; m < 4; m++) {
+                s0 = _mm512_dpbusd_epi32(s0, wt[m], _mm512_set1_epi32((int)load_u32(yq + 4 * m)));
+                s1 = _mm512_dpbusd_epi32(s1, wt[4 + m], _mm512_set1_epi32((int)load_u32(yq + 16 + 4 * m)));
+            }
+            const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(prep[t].off[i]));  // sum((u - 8) * y)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(prep[t].d[i])), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * out_stride, acc[t]);
+}
+#endif
+
+// Several tokens at once (KernelSet::dot_tile_packed): groups of tokens
+// through q4_0_tile_rows16 (avx512) or q4_0_packed_rows8, which unpack each
+// block once for all of them; every output is dot_q4_0_packed's.
 void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
                           float* y, size_t y_stride) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
@@ -652,25 +717,44 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
         for (int64_t t = 0; t < n_tok; t++) dot_q4_0_packed(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
         return;
     }
-    PackedPrep prep[4];
-    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
-        const int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
-        const block_q8_0* yb[4];
+    // tokens per group: the avx512 pass keeps eight chains in registers
+    constexpr int GROUP = LL_Q4_0_ZMM ? 8 : 4;
+    PackedPrep prep[GROUP];
+    for (int64_t t0 = 0; t0 < n_tok; t0 += GROUP) {
+        const int nt = n_tok - t0 < GROUP ? (int)(n_tok - t0) : GROUP;
+        const block_q8_0* yb[GROUP];
         for (int t = 0; t < nt; t++) {
             yb[t] = reinterpret_cast<const block_q8_0*>(xb + (t0 + t) * x_stride);
             prep_q4_0_packed(yb[t], nb, &prep[t]);
         }
         float* yt = y + t0 * y_stride;
         int64_t r = 0;
-        for (; r + 8 <= nrows; r += 8) {
+#if LL_Q4_0_ZMM
+        for (; r + 16 <= nrows; r += 16) {
             const uint8_t* wr = p + r * stride;
             switch (nt) {
-                case 4: q4_0_packed_rows8<4, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
-                case 3: q4_0_packed_rows8<3, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
-                case 2: q4_0_packed_rows8<2, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
-                default: q4_0_packed_rows8<1, false>(nb, wr, stride, yb, prep, yt + r, y_stride, false); break;
+                case 8: q4_0_tile_rows16<8>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                case 7: q4_0_tile_rows16<7>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                case 6: q4_0_tile_rows16<6>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                case 5: q4_0_tile_rows16<5>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                case 4: q4_0_tile_rows16<4>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                case 3: q4_0_tile_rows16<3>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                case 2: q4_0_tile_rows16<2>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
+                default: q4_0_tile_rows16<1>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
             }
         }
+#endif
+        for (; r + 8 <= nrows; r += 8)
+            for (int t = 0; t < nt; t += 4) {
+                const uint8_t* wr = p + r * stride;
+                float* o = yt + t * y_stride + r;
+                switch (nt - t < 4 ? nt - t : 4) {
+                    case 4: q4_0_packed_rows8<4, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
+                    case 3: q4_0_packed_rows8<3, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
+                    case 2: q4_0_packed_rows8<2, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
+                    default: q4_0_packed_rows8<1, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
+                }
+            }
         for (; r < nrows; r++)  // rows short of a group of 8
             for (int t = 0; t < nt; t++) q4_0_packed_row(nb, p + r * stride, yb[t], &prep[t], yt + t * y_stride + r, false);
     }
