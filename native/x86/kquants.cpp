@@ -32,8 +32,8 @@
 
 #define LL_INLINE inline __attribute__((always_inline))
 
-// The avx512 build's Q4_K gemv uses 512-bit registers (SIMDe's emulated
-// VNNI build keeps the 256-bit code).
+// The avx512 build's repacked-Q4_K gemv and batch tile use 512-bit registers
+// (SIMDe's emulated VNNI build keeps the 256-bit code).
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(LL_VNNI_EMULATED)
 #define LL_Q4_K_ZMM 1
 #else
@@ -259,6 +259,13 @@ LL_INLINE Q8KZmm arrange_q8_k_zmm(const int8_t* q8) {
     return a;
 }
 
+// From scz (int16 scales s0..s7 in every 128-bit lane): s_j broadcast to the
+// low 256-bit half, s_(j+2) to the high.
+LL_INLINE __m512i scale_pair_zmm(__m512i scz, int j) {
+    return _mm512_shuffle_epi8(scz, _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * j)),
+                                                       _mm256_set1_epi16((short)(0x0100 + 0x0202 * (j + 2))), 1));
+}
+
 // sumi_q4_k with 512-bit registers: four lanes summing to sum_j scale_j * dot_j
 // (exact integers, so any lanes with that total give the same floats).
 LL_INLINE __m128i sumi_q4_k_zmm(const block_q4_K* x, const Q8KZmm& a, __m256i sc) {
@@ -271,11 +278,7 @@ LL_INLINE __m128i sumi_q4_k_zmm(const block_q4_K* x, const Q8KZmm& a, __m256i sc
         _Pragma("GCC unroll 2")
         for (int n = 0; n < 2; ++n) {
             const __m512i u = n ? _mm512_and_si512(_mm512_srli_epi16(q, 4), m4) : _mm512_and_si512(q, m4);
-            // int16 scale of sub-block 4h + n in the low half, 4h + n + 2 in the high
-            const int lo = 4 * h + n, hi = lo + 2;
-            const __m512i s = _mm512_shuffle_epi8(scz, _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * lo)),
-                                                                           _mm256_set1_epi16((short)(0x0100 + 0x0202 * hi)), 1));
-            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, a.y[2 * h + n]), s);
+            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, a.y[2 * h + n]), scale_pair_zmm(scz, 4 * h + n));
         }
     }
     const __m256i r = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
@@ -642,12 +645,8 @@ LL_INLINE void unpack_q4_k_row(const block_q4_K* b, __m256i sc, __m128i mins, Q4
         const __m512i q = _mm512_loadu_si512(b->qs + 64 * h);
         o.lo[h] = _mm512_and_si512(q, m4);
         o.hi[h] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-        _Pragma("GCC unroll 2")
-        for (int n = 0; n < 2; ++n) {  // sub-blocks 4h + n and 4h + n + 2
-            const int lo = 4 * h + n, hi = lo + 2;
-            (n ? o.s_hi : o.s_lo)[h] = _mm512_shuffle_epi8(scz, _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * lo)),
-                                                                                    _mm256_set1_epi16((short)(0x0100 + 0x0202 * hi)), 1));
-        }
+        o.s_lo[h] = scale_pair_zmm(scz, 4 * h);
+        o.s_hi[h] = scale_pair_zmm(scz, 4 * h + 1);
     }
 #else
     const __m256i m4 = _mm256_set1_epi8(0xF);

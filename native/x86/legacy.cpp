@@ -27,8 +27,8 @@
 #include "ggml_vec_dot.h"
 #include "int_macc.h"
 
-// The avx512 build's Q4_0 gemv uses 512-bit registers (SIMDe's emulated
-// VNNI build keeps the 256-bit code).
+// The avx512 build's repacked-Q4_0 kernels use 512-bit registers (SIMDe's
+// emulated VNNI build keeps the 256-bit code).
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(LL_VNNI_EMULATED)
 #define LL_Q4_0_ZMM 1
 #else
@@ -641,13 +641,6 @@ void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
 }
 
 #if LL_Q4_0_ZMM
-// The avx512 build's batch pass: sixteen rows, NT tokens.  Per block the
-// rows' nibbles are transposed once into eight registers, register m holding
-// weight bytes 4m..4m+3 (m < 4: low nibbles; else the high, 16 + 4(m - 4)..)
-// of row l in int32 lane l.  A token then needs only eight VPDPBUSD against
-// its activation bytes broadcast four at a time, which leave each row's exact
-// sum in its own lane, where the one-token pass spends a horizontal
-// reduction per token.  The chains and floats are dot_q4_0_packed's.
 // The fp16 at p + r * stride for rows r = 0..15, as 16 floats.
 inline __m512 halves16(const uint8_t* p, size_t stride) {
     uint64_t h[4] = {0, 0, 0, 0};
@@ -656,6 +649,13 @@ inline __m512 halves16(const uint8_t* p, size_t stride) {
     return _mm512_cvtph_ps(_mm256_setr_epi64x((long long)h[0], (long long)h[1], (long long)h[2], (long long)h[3]));
 }
 
+// The avx512 build's batch pass: sixteen rows, NT tokens.  Per block the
+// rows' nibbles are transposed once into eight registers, register m holding
+// weight bytes 4m..4m+3 (m < 4: low nibbles; else the high, 16 + 4(m - 4)..)
+// of row l in int32 lane l.  A token then needs only eight VPDPBUSD against
+// its activation bytes broadcast four at a time, which leave each row's exact
+// sum in its own lane, where the one-token pass spends a horizontal
+// reduction per token.  The chains and floats are dot_q4_0_packed's.
 template <int NT>
 inline void q4_0_tile_rows16(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
                              float* out, size_t out_stride) {
