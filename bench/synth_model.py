@@ -18,7 +18,8 @@ import argparse
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType
-from gguf.constants import GGML_QUANT_SIZES
+
+from llamalocal.formats import FORMATS, SCALE_FIELDS, GGMLType
 
 EMBED, FF, HEADS = 4096, 11008, 32
 SCALE = 0.004  # fp16 block scale: random 4-bit weights times this keep the activations finite
@@ -31,13 +32,14 @@ def byte_vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def random_blocks(qtype: GGMLQuantizationType, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """rows x cols weights as random blocks whose leading fp16 scale(s) are SCALE."""
-    block, size = GGML_QUANT_SIZES[qtype]
-    b = rng.integers(0, 256, size=(rows * cols // block, size), dtype=np.uint8)
-    scale = np.frombuffer(np.float16(SCALE).tobytes(), np.uint8)
-    b[:, 0:2] = scale
-    if qtype in (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K):  # d, then dmin
-        b[:, 2:4] = scale
+    """rows x cols weights as random blocks whose fp16 scales (d, and dmin or m
+    where the format has one) are SCALE: random bytes there could be NaN."""
+    fmt = FORMATS[GGMLType(int(qtype))]
+    b = rng.integers(0, 256, size=(rows * cols // fmt.block_size, fmt.type_size), dtype=np.uint8)
+    for off in SCALE_FIELDS[fmt.type]:
+        b[:, off:off + 2] = np.frombuffer(np.float16(SCALE).tobytes(), np.uint8)
+    if fmt.type == GGMLType.Q4_1:  # w = d * q + m, q in 0..15: m = -8d centres the weights as Q4_0's offset does
+        b[:, 2:4] = np.frombuffer(np.float16(-8 * SCALE).tobytes(), np.uint8)
     return b.reshape(rows, -1)
 
 
