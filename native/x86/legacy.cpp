@@ -521,11 +521,25 @@ struct Q4Rows8 {
 #endif
 };
 
+#if LL_Q4_0_ZMM
+// The Q4_0 blocks of four rows, `step` bytes apart from `block`, one row to a
+// 128-bit lane: lo = weights 0-15, hi = 16-31 as unsigned nibbles.
+inline __attribute__((always_inline)) void nibbles_rows4(const uint8_t* block, size_t step, __m512i& lo, __m512i& hi) {
+    const uint8_t* c = block + offsetof(block_q4_0, qs);
+    __m512i qs = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + step)), 1);
+    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 2 * step)), 2);
+    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 3 * step)), 3);
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    lo = _mm512_and_si512(qs, mask);
+    hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
+}
+#endif
+
 template <bool PREFETCH>
 inline __attribute__((always_inline)) Q4Rows8 unpack_q4_0_rows8(const uint8_t* w, size_t stride) {
     Q4Rows8 u;
 #if LL_Q4_0_ZMM
-    const __m512i mask = _mm512_set1_epi8(0x0F);
 #pragma GCC unroll 2
     for (int q = 0; q < 2; q++) {
         const uint8_t* b = w + q * stride;
@@ -533,13 +547,7 @@ inline __attribute__((always_inline)) Q4Rows8 unpack_q4_0_rows8(const uint8_t* w
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) _mm_prefetch(reinterpret_cast<const char*>(b) + (8 + 2 * j) * stride, _MM_HINT_T0);
         }
-        const uint8_t* c = b + offsetof(block_q4_0, qs);
-        __m512i qs = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-        qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 2 * stride)), 1);
-        qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 4 * stride)), 2);
-        qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 6 * stride)), 3);
-        u.lo[q] = _mm512_and_si512(qs, mask);
-        u.hi[q] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
+        nibbles_rows4(b, 2 * stride, u.lo[q], u.hi[q]);
     }
 #else
     const __m256i mask = _mm256_set1_epi8(0x0F);
@@ -662,19 +670,10 @@ inline void q4_0_tile_rows16(int64_t nb, const uint8_t* w, size_t stride, const 
     __m512 acc[NT];
 #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
-    const __m512i mask = _mm512_set1_epi8(0x0F);
     for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
         __m512i lo[4], hi[4];  // register q, lane j: row 4j + q
 #pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-            const uint8_t* c = w + q * stride + offsetof(block_q4_0, qs);
-            __m512i qs = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-            qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 4 * stride)), 1);
-            qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 8 * stride)), 2);
-            qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 12 * stride)), 3);
-            lo[q] = _mm512_and_si512(qs, mask);
-            hi[q] = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
-        }
+        for (int q = 0; q < 4; q++) nibbles_rows4(w + q * stride, 4 * stride, lo[q], hi[q]);
         __m512i wt[8];  // in-lane 4x4 transposes of int32: lane j, int32 q of wt[m] = int32 m of register q, lane j
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
