@@ -493,102 +493,8 @@ LL_INLINE void gemm_chains(const __m128i sums[4], const __m128i mins[4], __m128 
     }
 }
 
-// Four rows at a time, one float lane each (lane-wise FMAs round as fmaf):
-// per block the gemv's single (scale, min) sum pair, or the gemm's four, one
-// per pair of sub-blocks (madd pairs the mins exactly so).
-template <int GROUP>
-void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
-    const uint8_t* p = static_cast<const uint8_t*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vx);
-    const int64_t nb = n / QK_K;
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    for (int64_t r = 0; r < nrows; r += 4) {
-        const block_q4_K* x[4];
-        for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
-        // The same bytes of the next group's four rows are fetched into L1
-        // while this group streams, as the legacy matvec does: measured at 2
-        // threads, 30-33.5 GB/s against 28-30 for a fixed distance ahead in
-        // each row (the LL_DOT_ROWS cursor).
-        const bool prefetch = r + 8 <= nrows;
-        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
-        for (int64_t i = 0; i < nb; ++i) {
-            if (prefetch) {
-                _Pragma("GCC unroll 4")
-                for (int t = 0; t < 4; ++t) {
-                    const char* a = reinterpret_cast<const char*>(x[t] + i) + 4 * stride;
-                    _Pragma("GCC unroll 3")
-                    for (int o = 0; o < (int)sizeof(block_q4_K); o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
-                }
-            }
-            const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
-#if LL_Q4_K_ZMM
-            const Q8KZmm yz = GROUP == 4 ? arrange_q8_k_zmm(y[i].qs) : Q8KZmm{};
-#endif
-            alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
-            __m128i sums[4], mins[4];  // per row
-            // loops over rows fully unrolled: sums and mins then live in
-            // registers (as arrays indexed at run time they went through the
-            // stack, with an accumulator spilled: a quarter of the kernel's time)
-            _Pragma("GCC unroll 2")
-            for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
-                const ScalesK4x2 sc2 = scales_k4x2(x[t][i].scales, x[t + 1][i].scales);
-                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc2.mins), bs32);  // min * bsum, paired: 4 lanes
-                mins[t + 1] = _mm_madd_epi16(_mm256_extracti128_si256(sc2.mins, 1), bs32);
-                _Pragma("GCC unroll 2")
-                for (int u = 0; u < 2; ++u) {
-                    const block_q4_K* b = x[t + u] + i;
-                    const __m256i sc = u ? sc2.sc1 : sc2.sc0;
-                    std::memcpy(dm + 2 * (t + u), &b->d, 4);
-                    if (GROUP == 4) {
-#if LL_Q4_K_ZMM
-                        sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
-#else
-                        sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
-#endif
-                    } else {
-                        // sub-blocks 2j (low nibbles) and 2j + 1 (high) of qs[32j..]: one vector per pair
-                        __m256i pair[4];
-                        _Pragma("GCC unroll 4")
-                        for (int j = 0; j < 4; ++j) {
-                            const __m256i q = loadu256(b->qs + 32 * j);
-                            const __m256i s_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
-                            const __m256i s_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
-                            const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), loadu256(y[i].qs + 64 * j));
-                            const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), loadu256(y[i].qs + 64 * j + 32));
-                            pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, s_lo), hi, s_hi);
-                        }
-                        // the four horizontal sums at once: per 128-bit half [p0 p1 p2 p3], halves added
-                        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3]));
-                        sums[t + u] = halves(h);
-                    }
-                }
-            }
-            const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
-            const __m128 lo = _mm256_castps256_ps128(dd), hi = _mm256_extractf128_ps(dd, 1);
-            const __m128 d = _mm_shuffle_ps(lo, hi, 0x88), dmin = _mm_shuffle_ps(lo, hi, 0xDD);  // per row
-            if (GROUP == 4) {  // one sum per row: horizontal sums of the four rows at once
-                const __m128i s = _mm_hadd_epi32(_mm_hadd_epi32(sums[0], sums[1]), _mm_hadd_epi32(sums[2], sums[3]));
-                const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0], mins[1]), _mm_hadd_epi32(mins[2], mins[3]));
-                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc);
-                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
-            } else {  // four per row, in order
-                gemm_chains(sums, mins, d, dmin, acc, acc_min);
-            }
-        }
-        alignas(16) float res[4];
-        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
-        for (int t = 0; t < 4 && r + t < nrows; ++t) out[r + t] = res[t];
-    }
-}
-
-// Batches (KernelSet::dot_tile_packed): the tokens in full groups of four
-// take the gemm's arithmetic, the others the gemv's, as matmul() assigns
-// them.  For the gemm tokens a group of four rows is unpacked once, per block
-// and sub-block pair, into nibble bytes and broadcast scale vectors, and
-// every token then costs two VPMADDUBSW, two VPMADDWD and an add per pair and
-// row (the avx512 build: per two pairs) instead of also the unpacking.  The
-// integer sums are exact and the transposes and FMA chains are
-// dot_q4_k_packed<1>'s, so the floats are the same.
+// A row's block unpacked for the gemm (dot_q4_k_packed<1>, and once for
+// all of a batch's tokens in dot_tile_q4_k_packed).
 #if LL_Q4_K_ZMM
 // The avx512 build keeps two pairs to a 512-bit register: lo[h] holds the low
 // nibbles of qs[64h..64h+63] (pair 2h's sub-block 4h in the low half, pair
@@ -660,6 +566,93 @@ LL_INLINE void unpack_q4_k_row(const block_q4_K* b, __m256i sc, __m128i mins, Q4
     }
 #endif
 }
+
+// Four rows at a time, one float lane each (lane-wise FMAs round as fmaf):
+// per block the gemv's single (scale, min) sum pair, or the gemm's four, one
+// per pair of sub-blocks (madd pairs the mins exactly so).
+template <int GROUP>
+void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const block_q8_K* y = static_cast<const block_q8_K*>(vx);
+    const int64_t nb = n / QK_K;
+    for (int64_t r = 0; r < nrows; r += 4) {
+        const block_q4_K* x[4];
+        for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
+        // The same bytes of the next group's four rows are fetched into L1
+        // while this group streams, as the legacy matvec does: measured at 2
+        // threads, 30-33.5 GB/s against 28-30 for a fixed distance ahead in
+        // each row (the LL_DOT_ROWS cursor).
+        const bool prefetch = r + 8 <= nrows;
+        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+        for (int64_t i = 0; i < nb; ++i) {
+            if (prefetch) {
+                _Pragma("GCC unroll 4")
+                for (int t = 0; t < 4; ++t) {
+                    const char* a = reinterpret_cast<const char*>(x[t] + i) + 4 * stride;
+                    _Pragma("GCC unroll 3")
+                    for (int o = 0; o < (int)sizeof(block_q4_K); o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
+                }
+            }
+            const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
+#if LL_Q4_K_ZMM
+            const Q8KZmm yz = arrange_q8_k_zmm(y[i].qs);
+#else
+            const int8_t* yz = y[i].qs;
+#endif
+            alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
+            __m128i sums[4], mins[4];  // per row
+            // loops over rows fully unrolled: sums and mins then live in
+            // registers (as arrays indexed at run time they went through the
+            // stack, with an accumulator spilled: a quarter of the kernel's time)
+            _Pragma("GCC unroll 2")
+            for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
+                const ScalesK4x2 sc2 = scales_k4x2(x[t][i].scales, x[t + 1][i].scales);
+                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc2.mins), bs32);  // min * bsum, paired: 4 lanes
+                mins[t + 1] = _mm_madd_epi16(_mm256_extracti128_si256(sc2.mins, 1), bs32);
+                _Pragma("GCC unroll 2")
+                for (int u = 0; u < 2; ++u) {
+                    const block_q4_K* b = x[t + u] + i;
+                    const __m256i sc = u ? sc2.sc1 : sc2.sc0;
+                    std::memcpy(dm + 2 * (t + u), &b->d, 4);
+                    if (GROUP == 4) {
+#if LL_Q4_K_ZMM
+                        sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
+#else
+                        sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
+#endif
+                    } else {
+                        Q4KUnpacked o;
+                        unpack_q4_k_row(b, sc, u ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins), o);
+                        sums[t + u] = q4_k_pair_sums(o, yz);
+                    }
+                }
+            }
+            const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
+            const __m128 lo = _mm256_castps256_ps128(dd), hi = _mm256_extractf128_ps(dd, 1);
+            const __m128 d = _mm_shuffle_ps(lo, hi, 0x88), dmin = _mm_shuffle_ps(lo, hi, 0xDD);  // per row
+            if (GROUP == 4) {  // one sum per row: horizontal sums of the four rows at once
+                const __m128i s = _mm_hadd_epi32(_mm_hadd_epi32(sums[0], sums[1]), _mm_hadd_epi32(sums[2], sums[3]));
+                const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0], mins[1]), _mm_hadd_epi32(mins[2], mins[3]));
+                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc);
+                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
+            } else {  // four per row, in order
+                gemm_chains(sums, mins, d, dmin, acc, acc_min);
+            }
+        }
+        alignas(16) float res[4];
+        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
+        for (int t = 0; t < 4 && r + t < nrows; ++t) out[r + t] = res[t];
+    }
+}
+
+// Batches (KernelSet::dot_tile_packed): the tokens in full groups of four
+// take the gemm's arithmetic, the others the gemv's, as matmul() assigns
+// them.  For the gemm tokens a group of four rows is unpacked once, per block
+// and sub-block pair, into nibble bytes and broadcast scale vectors, and
+// every token then costs q4_k_pair_sums per row instead of also the
+// unpacking.  The
+// integer sums are exact and the transposes and FMA chains are
+// dot_q4_k_packed<1>'s, so the floats are the same.
 
 // n_tok tokens through the gemm's arithmetic over four rows whose blocks are in u
 // (u[t * nb + i]), the four rows' d and dmin of block i as floats at d4 + 4i / dmin4 + 4i.
