@@ -117,8 +117,8 @@ def test_repacked_q4_0_one_chain_per_output(isa):
     """llama.cpp repacks Q4_0 tensors of a multiple of 8 rows on x86
     (q4_0_8x8): every output is one float chain, acc = fma(block sum, d_w *
     d_x, acc), with no horizontal add.  The x86 paths give the scalar
-    reference's floats bit for bit: one token, token groups of four with a
-    remainder (the batch tile), and rows past 16384 columns (the chain carried
+    reference's floats bit for bit: one token, token groups (four, eight on
+    avx512) with a remainder (the batch tile), and rows past 16384 columns (the chain carried
     across segments); the harness covers row counts short of a group of 8.
     NEON keeps vec_dot (llama.cpp's ARM repack rounds
     differently again), within rounding.  37 rows are not repacked: vec_dot,
