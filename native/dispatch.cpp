@@ -63,7 +63,7 @@ struct IsaEntry {
     const char* name;
     bool (*supported)(const Features&);
     int lanes;  // KernelSet::lanes before registration (the x86 ones set their own)
-    register_fn families[3];
+    register_fn families[4];  // the ISA's families (kernels.h), null after the last
 };
 
 const IsaEntry ISAS[] = {
@@ -73,8 +73,9 @@ const IsaEntry ISAS[] = {
 #else
     {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; }, 16,
 #endif
-     {register_legacy_avx512, register_kquants_avx512, register_attn_avx512}},
-    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, 16, {register_legacy_avx2, register_kquants_avx2, register_attn_avx2}},
+     {register_legacy_avx512, register_kquants_avx512, register_repack_avx512, register_attn_avx512}},
+    {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, 16,
+     {register_legacy_avx2, register_kquants_avx2, register_repack_avx2, register_attn_avx2}},
 #endif
 #if defined(__aarch64__)
     {"dotprod", [](const Features& f) { return f.dotprod; }, 8, {register_legacy_dotprod, register_kquants_dotprod, register_attn_dotprod}},
@@ -107,7 +108,8 @@ void build_all() {
         if (!ISAS[i].supported(features())) continue;
         KernelSet ks{};
         ks.lanes = ISAS[i].lanes;
-        for (register_fn reg : ISAS[i].families) reg(&ks);
+        for (register_fn reg : ISAS[i].families)
+            if (reg) reg(&ks);
         // Anything an ISA does not implement is served by the scalar reference
         // of the same lane width.
         const KernelSet& scalar = ks.lanes == 16 ? g_scalar16 : g_scalar8;

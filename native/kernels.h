@@ -97,7 +97,10 @@ struct KernelSet {
 // Registration functions, one per (type family, ISA).  Each sets only the
 // entries it implements.  Families: "legacy" = F32, F16, BF16, Q4_0, Q4_1, Q5_0,
 // Q5_1, Q8_0 and the Q8_0/Q8_1 activation quantizers; "kquants" = Q2_K..Q6_K and
-// the Q8_K activation quantizer; "attn" = attention over the KV cache.
+// the Q8_K activation quantizer; "attn" = attention over the KV cache.  The x86
+// ISAs have a fourth, "repack" = dot_gemv, dot_gemm and dot_tile_packed for the
+// weights llama.cpp's x86 build repacks (Q4_0, Q4_K); the scalar set registers
+// its references for those with legacy and kquants.
 #define LL_DECLARE_FAMILIES(isa)             \
     void register_legacy_##isa(KernelSet* ks);  \
     void register_kquants_##isa(KernelSet* ks); \
@@ -106,6 +109,8 @@ LL_DECLARE_FAMILIES(scalar)
 #if defined(__x86_64__) || defined(_M_X64)
 LL_DECLARE_FAMILIES(avx2)
 LL_DECLARE_FAMILIES(avx512)
+void register_repack_avx2(KernelSet* ks);
+void register_repack_avx512(KernelSet* ks);
 #endif
 #if defined(__aarch64__)
 LL_DECLARE_FAMILIES(neon)

@@ -1,7 +1,8 @@
 // AVX2 kernels for the k-quants (Q2_K..Q6_K x Q8_K) and the Q8_K activation
 // quantizer.  The same source is built a second time for AVX-512 VNNI: the only
-// difference is the pair of multiply-accumulate macros below, so the AVX2 build
-// (tested on every x86 machine) checks the logic of both.
+// difference is the pair of multiply-accumulate macros of int_macc.h, so the
+// AVX2 build (tested on every x86 machine) checks the logic of both.  The
+// kernels for Q4_K weights as llama.cpp repacks them are in repack.cpp.
 //
 // Scheme shared by every dot kernel (facts from ggml's AVX2 kernels, code our
 // own): weights are unpacked to unsigned bytes (2..6 bits) and multiplied with
@@ -23,60 +24,16 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
-#include <vector>
 
 #include "../kernels.h"
 
+#include "common.h"
 #include "ggml_vec_dot.h"
 #include "int_macc.h"
-
-#define LL_INLINE inline __attribute__((always_inline))
-
-// The avx512 build's repacked-Q4_K gemv and batch tile use 512-bit registers
-// (SIMDe's emulated VNNI build keeps the 256-bit code).
-#if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(LL_VNNI_EMULATED)
-#define LL_Q4_K_ZMM 1
-#else
-#define LL_Q4_K_ZMM 0
-#endif
+#include "q4_k.h"
 
 namespace ll {
 namespace {
-
-// ---- small helpers ----
-
-LL_INLINE __m256i loadu256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-LL_INLINE __m128i loadu128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
-
-LL_INLINE float h2f(half_t h) { return _cvtsh_ss(h); }
-
-LL_INLINE uint32_t load_u32(const uint8_t* p) {
-    uint32_t v;
-    std::memcpy(&v, p, 4);
-    return v;
-}
-
-// Q4_K/Q5_K: the 12 packed scale bytes b0..b11 of two blocks (one per
-// 128-bit lane) -> per lane [scale0..7, min0..7] as bytes (6 bits each), the
-// values of ggml's get_scale_min_k4:
-//   scale j<4 = b[j] & 63          scale j>=4 = (b[j+4] & 15) | (b[j-4] >> 6) << 4
-//   min   j<4 = b[j+4] & 63        min   j>=4 = (b[j+4] >> 4) | (b[j]   >> 6) << 4
-// Reads 16 bytes at s0 and s1; in both block types 4 more bytes of the block follow.
-LL_INLINE __m256i unpack_scales_k4x2(const uint8_t* s0, const uint8_t* s1) {
-    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(loadu128(s0)), loadu128(s1), 1);
-    // [b0..3, b8..11, b4..7, b8..11]
-    const __m256i t = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                              0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-    const __m256i low = _mm256_or_si256(
-        _mm256_and_si256(t, _mm256_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0,
-                                             63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0)),
-        _mm256_and_si256(_mm256_srli_epi16(t, 4), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15,
-                                                                   0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15)));
-    // bits 6..7 of b0..3 (for scales 4..7) and b4..7 (mins 4..7), moved to bits 4..5
-    const __m256i u = _mm256_shuffle_epi8(v, _mm256_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7,
-                                                              -1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-    return _mm256_or_si256(low, _mm256_and_si256(_mm256_srli_epi16(u, 2), _mm256_set1_epi8(0x30)));
-}
 
 LL_INLINE __m128i unpack_scales_k4(const uint8_t* s) { return _mm256_castsi256_si128(unpack_scales_k4x2(s, s)); }
 
@@ -117,43 +74,13 @@ LL_INLINE __m256i scaled_dot16(const __m256i u[8], const int8_t* q8, __m128i sca
     return _mm256_add_epi32(acc0, acc1);
 }
 
-// 8 sub-blocks of 32 weights (u[j] is sub-block j) with int16 scales s0..s7
-// in both 128-bit lanes of sc: returns lanes summing to sum_j scale_j * dot_j.
-// Lane i holds bytes 4i..4i+3 of every 32-weight vector, as in ggml's
-// ggml_vec_dot_q4_K_q8_K: the same int32 lanes, so the float FMA that
-// follows rounds exactly as llama.cpp's does.
-LL_INLINE __m256i scaled_dot8(const __m256i u[8], const int8_t* q8, __m256i sc) {
-    // two independent accumulators (integer sums: the order does not matter)
-    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-    _Pragma("GCC unroll 4")
-    for (int j = 0; j < 4; ++j) {
-        // s_2j and s_2j+1 broadcast to every int16 position
-        const __m256i s_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
-        const __m256i s_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
-        acc0 = MADD16_ACC(acc0, _mm256_maddubs_epi16(u[2 * j], loadu256(q8 + 64 * j)), s_lo);
-        acc1 = MADD16_ACC(acc1, _mm256_maddubs_epi16(u[2 * j + 1], loadu256(q8 + 64 * j + 32)), s_hi);
-    }
-    return _mm256_add_epi32(acc0, acc1);
-}
-
 // ---- Q4_K/Q5_K: the scale, min and float work of a pair of rows ----
 //
 // Rows are processed in pairs (see the row drivers), and these two formats
 // carry enough per-block bookkeeping (12 packed scale bytes, the min term) that
 // doing it for both rows in one 256-bit register pays.  accm collects the min
-// terms: lanes 0..3 for the first row, 4..7 for the second.
-
-struct ScalesK4x2 {
-    __m256i sc0, sc1;  // int16 scales s0..s7 of row 0 / row 1, in both lanes
-    __m256i mins;      // int16 mins: lane 0 row 0, lane 1 row 1
-};
-
-LL_INLINE ScalesK4x2 scales_k4x2(const uint8_t* s0, const uint8_t* s1) {
-    const __m256i sm = unpack_scales_k4x2(s0, s1);  // per lane [scales, mins] bytes
-    const __m256i zero = _mm256_setzero_si256();
-    const __m256i sc = _mm256_unpacklo_epi8(sm, zero);
-    return ScalesK4x2{_mm256_permute4x64_epi64(sc, 0x44), _mm256_permute4x64_epi64(sc, 0xEE), _mm256_unpackhi_epi8(sm, zero)};
-}
+// terms: lanes 0..3 for the first row, 4..7 for the second (the scales come
+// from scales_k4x2, q4_k.h).
 
 // acc_r += d_r * sumi_r and accm -= dmin_r * sum_j min_j * (bsums[2j] + bsums[2j+1]),
 // with (d_r, dmin_r) row r's fp16 pair at dm_r times the activation scale.
@@ -228,64 +155,7 @@ LL_INLINE __m256 block_q3_k(const block_q3_K* x, const block_q8_K* y, __m256 acc
     return _mm256_fmadd_ps(_mm256_set1_ps(y->d * h2f(x->d)), _mm256_cvtepi32_ps(lanes_q3_k(x, y)), acc);
 }
 
-// Q4_K: nibbles of qs[32j..32j+31] are sub-blocks 2j (low) and 2j+1 (high).
-LL_INLINE __m256i sumi_q4_k(const block_q4_K* x, const int8_t* q8, __m256i sc) {
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    __m256i u[8];
-    _Pragma("GCC unroll 4")
-    for (int j = 0; j < 4; ++j) {
-        const __m256i q = loadu256(x->qs + 32 * j);
-        u[2 * j + 0] = _mm256_and_si256(q, m4);
-        u[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-    }
-    return scaled_dot8(u, q8, sc);
-}
-
-#if LL_Q4_K_ZMM
-// A super-block's activations arranged for sumi_q4_k_zmm: vector 2h + n holds
-// sub-blocks 4h + n and 4h + n + 2 (n = 0: low nibbles, 1: high), a 256-bit
-// half each, matching the nibbles of qs[64h..64h+63] in one 512-bit load.
-struct Q8KZmm {
-    __m512i y[4];
-};
-
-LL_INLINE Q8KZmm arrange_q8_k_zmm(const int8_t* q8) {
-    Q8KZmm a;
-    _Pragma("GCC unroll 4")
-    for (int v = 0; v < 4; ++v) {
-        const int8_t* p = q8 + 128 * (v / 2) + 32 * (v % 2);
-        a.y[v] = _mm512_inserti64x4(_mm512_castsi256_si512(loadu256(p)), loadu256(p + 64), 1);
-    }
-    return a;
-}
-
-// From scz (int16 scales s0..s7 in every 128-bit lane): s_j broadcast to the
-// low 256-bit half, s_(j+2) to the high.
-LL_INLINE __m512i scale_pair_zmm(__m512i scz, int j) {
-    return _mm512_shuffle_epi8(scz, _mm512_inserti64x4(_mm512_set1_epi16((short)(0x0100 + 0x0202 * j)),
-                                                       _mm256_set1_epi16((short)(0x0100 + 0x0202 * (j + 2))), 1));
-}
-
-// sumi_q4_k with 512-bit registers: four lanes summing to sum_j scale_j * dot_j
-// (exact integers, so any lanes with that total give the same floats).
-LL_INLINE __m128i sumi_q4_k_zmm(const block_q4_K* x, const Q8KZmm& a, __m256i sc) {
-    const __m512i m4 = _mm512_set1_epi8(0xF);
-    const __m512i scz = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc));  // int16 s0..s7 in every lane
-    __m512i acc = _mm512_setzero_si512();
-    _Pragma("GCC unroll 2")
-    for (int h = 0; h < 2; ++h) {
-        const __m512i q = _mm512_loadu_si512(x->qs + 64 * h);
-        _Pragma("GCC unroll 2")
-        for (int n = 0; n < 2; ++n) {
-            const __m512i u = n ? _mm512_and_si512(_mm512_srli_epi16(q, 4), m4) : _mm512_and_si512(q, m4);
-            acc = _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, a.y[2 * h + n]), scale_pair_zmm(scz, 4 * h + n));
-        }
-    }
-    const __m256i r = _mm256_add_epi32(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-}
-#endif
-
+// Q4_K: sumi_q4_k (q4_k.h) for each row of the pair.
 LL_INLINE void block2_q4_k(const block_q4_K* x0, const block_q4_K* x1, const block_q8_K* y, __m256& acc0, __m256& acc1, __m256& accm) {
     const ScalesK4x2 s = scales_k4x2(x0->scales, x1->scales);
     const __m256i sumi0 = sumi_q4_k(x0, y->qs, s.sc0);
@@ -458,267 +328,6 @@ LL_DOT_ROWS(dot_q5_k, block_q5_K, block2_q5_k)
 LL_DOT_ROWS(dot_q6_k, block_q6_K, block2_q6_k)
 
 #undef LL_DOT_ROWS
-
-// ---- Q4_K as llama.cpp multiplies the weights it repacks (q4_K_8x8) ----
-//
-// ggml_gemv_q4_K_8x8_q8_K / ggml_gemm_q4_K_8x8_q8_K (AVX2): per output, exact
-// integer sums over a group of sub-block pairs (the whole block in the gemv,
-// one pair in the gemm), each taken into two float FMA chains, d * sum(scale *
-// dot) and dmin * sum(min * bsum), subtracted at the end.  Same arithmetic as
-// the scalar reference's dot_q4_k_packed.
-
-// The two 128-bit halves of 8 int32 lanes added: 4 lanes with the same total.
-LL_INLINE __m128i halves(__m256i v) { return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)); }
-
-// 4x4 transpose of int32 lanes: out[g] = [in0[g], in1[g], in2[g], in3[g]]
-LL_INLINE void transpose4(const __m128i in[4], __m128i out[4]) {
-    const __m128i t0 = _mm_unpacklo_epi32(in[0], in[1]), t1 = _mm_unpackhi_epi32(in[0], in[1]);
-    const __m128i t2 = _mm_unpacklo_epi32(in[2], in[3]), t3 = _mm_unpackhi_epi32(in[2], in[3]);
-    out[0] = _mm_unpacklo_epi64(t0, t2);
-    out[1] = _mm_unpackhi_epi64(t0, t2);
-    out[2] = _mm_unpacklo_epi64(t1, t3);
-    out[3] = _mm_unpackhi_epi64(t1, t3);
-}
-
-// The gemm's float steps for one block of four rows: sums[t] / mins[t] hold
-// row t's four per-pair integer sums; each pair in order into the row's two
-// chains (lane t).
-LL_INLINE void gemm_chains(const __m128i sums[4], const __m128i mins[4], __m128 d, __m128 dmin, __m128& acc, __m128& acc_min) {
-    __m128i s[4], m[4];
-    transpose4(sums, s);
-    transpose4(mins, m);
-    for (int g = 0; g < 4; ++g) {
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s[g]), d, acc);
-        acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m[g]), dmin, acc_min);
-    }
-}
-
-// A row's block unpacked for the gemm (dot_q4_k_packed<1>, and once for
-// all of a batch's tokens in dot_tile_q4_k_packed).
-#if LL_Q4_K_ZMM
-// The avx512 build keeps two pairs to a 512-bit register: lo[h] holds the low
-// nibbles of qs[64h..64h+63] (pair 2h's sub-block 4h in the low half, pair
-// 2h+1's 4h+2 in the high), hi[h] the high nibbles (4h+1 | 4h+3), each with
-// its broadcast scales; the activations come arranged to match (Q8KZmm).
-struct alignas(64) Q4KUnpacked {
-    __m512i lo[2], hi[2];
-    __m512i s_lo[2], s_hi[2];
-    __m128i mins;  // int16 mins m0..m7
-};
-#else
-struct alignas(32) Q4KUnpacked {
-    __m256i lo[4], hi[4];      // pair j: sub-block 2j's weights (low nibbles), 2j+1's (high)
-    __m256i s_lo[4], s_hi[4];  // their scales, broadcast int16
-    __m128i mins;              // int16 mins m0..m7
-};
-#endif
-
-// Row b's four pair sums (lane j: pair j, exact) against one super-block of activations.
-#if LL_Q4_K_ZMM
-LL_INLINE __m128i q4_k_pair_sums(const Q4KUnpacked& b, const Q8KZmm& y) {
-    __m512i p[2];  // p[h]: pair 2h in the low half's 8 lanes, 2h + 1 in the high half's
-    _Pragma("GCC unroll 2")
-    for (int h = 0; h < 2; ++h)
-        p[h] = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(b.lo[h], y.y[2 * h]), b.s_lo[h]),
-                                   _mm512_maddubs_epi16(b.hi[h], y.y[2 * h + 1]), b.s_hi[h]);
-    // 128-bit lanes 0, 1 (pairs 0 | 2) and 2, 3 (pairs 1 | 3): [p0 p1 p0 p1] sums, then the two lanes of each pair added
-    __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
-    a = _mm512_add_epi32(a, _mm512_shuffle_epi32(a, _MM_PERM_BADC));
-    a = _mm512_add_epi32(a, _mm512_shuffle_i32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm512_castsi512_si128(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), a));
-}
-#else
-LL_INLINE __m128i q4_k_pair_sums(const Q4KUnpacked& b, const int8_t* q8) {
-    __m256i pair[4];
-    _Pragma("GCC unroll 4")
-    for (int j = 0; j < 4; ++j) {
-        const __m256i lo = _mm256_maddubs_epi16(b.lo[j], loadu256(q8 + 64 * j));
-        const __m256i hi = _mm256_maddubs_epi16(b.hi[j], loadu256(q8 + 64 * j + 32));
-        pair[j] = MADD16_ACC(_mm256_madd_epi16(lo, b.s_lo[j]), hi, b.s_hi[j]);
-    }
-    return halves(_mm256_hadd_epi32(_mm256_hadd_epi32(pair[0], pair[1]), _mm256_hadd_epi32(pair[2], pair[3])));
-}
-#endif
-
-// Row b's block unpacked (sc: its int16 scales s0..s7 in both lanes, mins: m0..m7).
-LL_INLINE void unpack_q4_k_row(const block_q4_K* b, __m256i sc, __m128i mins, Q4KUnpacked& o) {
-    o.mins = mins;
-#if LL_Q4_K_ZMM
-    const __m512i m4 = _mm512_set1_epi8(0xF);
-    const __m512i scz = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc));
-    _Pragma("GCC unroll 2")
-    for (int h = 0; h < 2; ++h) {
-        const __m512i q = _mm512_loadu_si512(b->qs + 64 * h);
-        o.lo[h] = _mm512_and_si512(q, m4);
-        o.hi[h] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-        o.s_lo[h] = scale_pair_zmm(scz, 4 * h);
-        o.s_hi[h] = scale_pair_zmm(scz, 4 * h + 1);
-    }
-#else
-    const __m256i m4 = _mm256_set1_epi8(0xF);
-    _Pragma("GCC unroll 4")
-    for (int j = 0; j < 4; ++j) {
-        const __m256i q = loadu256(b->qs + 32 * j);
-        o.lo[j] = _mm256_and_si256(q, m4);
-        o.hi[j] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        o.s_lo[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
-        o.s_hi[j] = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
-    }
-#endif
-}
-
-// Four rows at a time, one float lane each (lane-wise FMAs round as fmaf):
-// per block the gemv's single (scale, min) sum pair, or the gemm's four, one
-// per pair of sub-blocks (madd pairs the mins exactly so).
-template <int GROUP>
-void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
-    const uint8_t* p = static_cast<const uint8_t*>(w);
-    const block_q8_K* y = static_cast<const block_q8_K*>(vx);
-    const int64_t nb = n / QK_K;
-    for (int64_t r = 0; r < nrows; r += 4) {
-        const block_q4_K* x[4];
-        for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
-        // The same bytes of the next group's four rows are fetched into L1
-        // while this group streams, as the legacy matvec does: measured at 2
-        // threads, 30-33.5 GB/s against 28-30 for a fixed distance ahead in
-        // each row (the LL_DOT_ROWS cursor).
-        const bool prefetch = r + 8 <= nrows;
-        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
-        for (int64_t i = 0; i < nb; ++i) {
-            if (prefetch) {
-                _Pragma("GCC unroll 4")
-                for (int t = 0; t < 4; ++t) {
-                    const char* a = reinterpret_cast<const char*>(x[t] + i) + 4 * stride;
-                    _Pragma("GCC unroll 3")
-                    for (int o = 0; o < (int)sizeof(block_q4_K); o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
-                }
-            }
-            const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
-#if LL_Q4_K_ZMM
-            const Q8KZmm yz = arrange_q8_k_zmm(y[i].qs);
-#else
-            const int8_t* yz = y[i].qs;
-#endif
-            alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
-            __m128i sums[4], mins[4];  // per row
-            // loops over rows fully unrolled: sums and mins then live in
-            // registers (as arrays indexed at run time they went through the
-            // stack, with an accumulator spilled: a quarter of the kernel's time)
-            _Pragma("GCC unroll 2")
-            for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
-                const ScalesK4x2 sc2 = scales_k4x2(x[t][i].scales, x[t + 1][i].scales);
-                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc2.mins), bs32);  // min * bsum, paired: 4 lanes
-                mins[t + 1] = _mm_madd_epi16(_mm256_extracti128_si256(sc2.mins, 1), bs32);
-                _Pragma("GCC unroll 2")
-                for (int u = 0; u < 2; ++u) {
-                    const block_q4_K* b = x[t + u] + i;
-                    const __m256i sc = u ? sc2.sc1 : sc2.sc0;
-                    std::memcpy(dm + 2 * (t + u), &b->d, 4);
-                    if (GROUP == 4) {
-#if LL_Q4_K_ZMM
-                        sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
-#else
-                        sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
-#endif
-                    } else {
-                        Q4KUnpacked o;
-                        unpack_q4_k_row(b, sc, u ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins), o);
-                        sums[t + u] = q4_k_pair_sums(o, yz);
-                    }
-                }
-            }
-            const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
-            const __m128 lo = _mm256_castps256_ps128(dd), hi = _mm256_extractf128_ps(dd, 1);
-            const __m128 d = _mm_shuffle_ps(lo, hi, 0x88), dmin = _mm_shuffle_ps(lo, hi, 0xDD);  // per row
-            if (GROUP == 4) {  // one sum per row: horizontal sums of the four rows at once
-                const __m128i s = _mm_hadd_epi32(_mm_hadd_epi32(sums[0], sums[1]), _mm_hadd_epi32(sums[2], sums[3]));
-                const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0], mins[1]), _mm_hadd_epi32(mins[2], mins[3]));
-                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc);
-                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
-            } else {  // four per row, in order
-                gemm_chains(sums, mins, d, dmin, acc, acc_min);
-            }
-        }
-        alignas(16) float res[4];
-        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
-        for (int t = 0; t < 4 && r + t < nrows; ++t) out[r + t] = res[t];
-    }
-}
-
-// Batches (KernelSet::dot_tile_packed): the tokens in full groups of four
-// take the gemm's arithmetic, the others the gemv's, as matmul() assigns
-// them.  For the gemm tokens a group of four rows is unpacked once, per block
-// and sub-block pair, into nibble bytes and broadcast scale vectors, and
-// every token then costs q4_k_pair_sums per row instead of also the
-// unpacking.  The
-// integer sums are exact and the transposes and FMA chains are
-// dot_q4_k_packed<1>'s, so the floats are the same.
-
-// n_tok tokens through the gemm's arithmetic over four rows whose blocks are in u
-// (u[t * nb + i]), the four rows' d and dmin of block i as floats at d4 + 4i / dmin4 + 4i.
-inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const float* d4, const float* dmin4, const uint8_t* x,
-                            size_t x_stride, int64_t n_tok, float* out, size_t out_stride, int nrows) {
-    for (int64_t tok = 0; tok < n_tok; tok++) {
-        const block_q8_K* y = reinterpret_cast<const block_q8_K*>(x + tok * x_stride);
-        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
-        for (int64_t i = 0; i < nb; ++i) {
-            const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));
-#if LL_Q4_K_ZMM
-            const Q8KZmm yq = arrange_q8_k_zmm(y[i].qs);
-#else
-            const int8_t* yq = y[i].qs;
-#endif
-            __m128i sums[4], mins[4];
-            _Pragma("GCC unroll 4")
-            for (int t = 0; t < 4; ++t) {
-                const Q4KUnpacked& b = u[t * nb + i];
-                sums[t] = q4_k_pair_sums(b, yq);
-                mins[t] = _mm_madd_epi16(b.mins, bs32);
-            }
-            const __m128 yd = _mm_set1_ps(y[i].d);
-            gemm_chains(sums, mins, _mm_mul_ps(_mm_loadu_ps(d4 + 4 * i), yd), _mm_mul_ps(_mm_loadu_ps(dmin4 + 4 * i), yd), acc, acc_min);
-        }
-        alignas(16) float res[4];
-        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
-        for (int t = 0; t < nrows; ++t) out[tok * out_stride + t] = res[t];
-    }
-}
-
-void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
-                          float* y, size_t y_stride) {
-    const uint8_t* p = static_cast<const uint8_t*>(w);
-    const uint8_t* xb = static_cast<const uint8_t*>(x);
-    const int64_t n_gemm = n_tok > 3 ? n_tok - n_tok % 4 : 0;
-    for (int64_t t = n_gemm; t < n_tok; t++) dot_q4_k_packed<4>(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
-    if (n_gemm == 0) return;
-    const int64_t nb = n / QK_K;
-    thread_local std::vector<Q4KUnpacked> unpacked;
-    thread_local std::vector<float> dm;  // per block the four rows' d, then per block their dmin
-    unpacked.resize((size_t)(4 * nb));
-    dm.resize((size_t)(8 * nb));
-    for (int64_t r = 0; r < nrows; r += 4) {
-        const block_q4_K* xr[4];
-        for (int t = 0; t < 4; ++t) xr[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
-        for (int64_t i = 0; i < nb; ++i) {
-            alignas(16) half_t h[8];  // d0, dmin0, d1, dmin1, ...
-            for (int t = 0; t < 4; t += 2) {
-                const ScalesK4x2 sc2 = scales_k4x2(xr[t][i].scales, xr[t + 1][i].scales);
-                for (int v = 0; v < 2; ++v) {
-                    const block_q4_K* b = xr[t + v] + i;
-                    unpack_q4_k_row(b, v ? sc2.sc1 : sc2.sc0, v ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins),
-                                    unpacked[(t + v) * nb + i]);
-                    std::memcpy(h + 2 * (t + v), &b->d, 4);
-                }
-            }
-            const __m256 f = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
-            const __m128 lo = _mm256_castps256_ps128(f), hi = _mm256_extractf128_ps(f, 1);
-            _mm_storeu_ps(&dm[4 * i], _mm_shuffle_ps(lo, hi, 0x88));
-            _mm_storeu_ps(&dm[4 * (nb + i)], _mm_shuffle_ps(lo, hi, 0xDD));
-        }
-        const int rows_here = (int)std::min<int64_t>(4, nrows - r);
-        q4_k_gemm_rows4(nb, unpacked.data(), dm.data(), dm.data() + 4 * nb, xb, x_stride, n_gemm, y + r, y_stride, rows_here);
-    }
-}
 
 // ---- llama.cpp's tiled k-quant matmul (see KernelSet::dot_tiled) ----
 //
@@ -932,9 +541,6 @@ void LL_REGISTER(kquants)(KernelSet* ks) {
     ks->dot_tiled[TYPE_Q4_K] = dot_tiled<block_q4_K>;
     ks->dot_tiled[TYPE_Q5_K] = dot_tiled<block_q5_K>;
     ks->dot_tiled[TYPE_Q6_K] = dot_tiled<block_q6_K>;
-    ks->dot_gemv[TYPE_Q4_K] = dot_q4_k_packed<4>;
-    ks->dot_gemm[TYPE_Q4_K] = dot_q4_k_packed<1>;
-    ks->dot_tile_packed[TYPE_Q4_K] = dot_tile_q4_k_packed;
     ks->quant_act[TYPE_Q8_K] = quant_q8_k;
     ks->dequant[TYPE_Q4_K] = dequant_q4_k;
     ks->dequant[TYPE_Q6_K] = dequant_q6_k;

@@ -11,36 +11,28 @@
 // applied per block in float through the activation block sum (see
 // "quantized dot products" below, which also explains how the matvec kernels
 // keep up with DRAM).  Dequantization and the activation quantizers give
-// bit-identical results to the scalar reference.
+// bit-identical results to the scalar reference.  The kernels for Q4_0
+// weights as llama.cpp repacks them are in repack.cpp.
 //
 // Everything here has internal linkage (anonymous namespace): the two ISA
 // builds of this file must not share any externally visible inline symbol.
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "../kernels.h"
 
+#include "common.h"
 #include "ggml_vec_dot.h"
 #include "int_macc.h"
-
-// The avx512 build's repacked-Q4_0 kernels use 512-bit registers (SIMDe's
-// emulated VNNI build keeps the 256-bit code).
-#if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(LL_VNNI_EMULATED)
-#define LL_Q4_0_ZMM 1
-#else
-#define LL_Q4_0_ZMM 0
-#endif
 
 namespace ll {
 namespace {
 
 // ---- helpers ----
-
-inline float h2f(half_t h) { return _cvtsh_ss(h); }  // exact, same as fp16_to_fp32
 
 // Stops the compiler from fusing a rounded product into a later add (GCC
 // contracts vector intrinsics into FMA under -ffp-contract=fast); used where
@@ -50,32 +42,11 @@ inline __m256 opaque(__m256 v) {
     return v;
 }
 
-inline int hsum8i(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
-}
-
 inline float hmax8(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
-}
-
-// 16 packed bytes -> 32 bytes in 0..15: low nibbles (weights 0..15) in bytes
-// 0..15, high nibbles (weights 16..31) in bytes 16..31.  The broadcast load
-// needs no shuffle uop; the upper lane is shifted right by 4 per dword.
-inline __m256i nibbles32(const uint8_t* qs) {
-    const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
-    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
-}
-
-inline uint32_t load_u32(const uint8_t* p) {
-    uint32_t v;
-    std::memcpy(&v, p, 4);  // little-endian, as the format stores it
-    return v;
 }
 
 // Bit j of `bits` -> byte j = 0x10 if set, else 0 (the fifth bit of Q5 weights).
@@ -310,7 +281,6 @@ LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
 //    product with d_y by an in-register lane broadcast (row_scales, lane_of);
 //    the R constant terms are one 4-lane FMA.
 
-constexpr int64_t SEG = 512;  // activation blocks per segment: k <= 16384 is one segment
 constexpr int ROWS_PER_PASS = 4;
 
 struct Prep {
@@ -341,12 +311,6 @@ inline void prep_q8_1(const block_q8_1* y, int64_t nb, Prep* p) {
         p->d[i] = h2f(y[i].d);
         p->c[i] = h2f(y[i].s);
     }
-}
-
-inline uint16_t load_u16(const uint8_t* p) {
-    uint16_t v;
-    std::memcpy(&v, p, 2);
-    return v;
 }
 
 // The fp16 at p + r * stride for r < R, as floats in lanes 0..R-1 (others 0).
@@ -464,300 +428,6 @@ LL_QUANT_DOT(dot_q4_1, dot_q45_pass, TYPE_Q4_1, block_q4_1, block_q8_1, prep_q8_
 LL_QUANT_DOT(dot_q5_1, dot_q45_pass, TYPE_Q5_1, block_q5_1, block_q8_1, prep_q8_1)
 LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8_0<0>)
 #undef LL_QUANT_DOT
-
-// ---- Q4_0 as llama.cpp multiplies the weights it repacks (q4_0_8x8) ----
-//
-// ggml_gemv / ggml_gemm_q4_0_8x8_q8_0 (AVX2; the scalar reference's
-// dot_q4_0_packed): per row and block the exact sum of all 32 products, one
-// float chain acc = fma(sum, d_w * d_y, acc), one lane per row.  Eight rows go
-// at a time.  Rows 2q and 2q+1 share a register (one AND, one shift and AND
-// unpack both); the products of the low and the high nibbles are added in
-// int16 (at most 4 * 15 * 127) and paired to int32 by one MADD, leaving four
-// lanes per row, which a three-step horizontal-add tree turns into one sum
-// per row, in lane order 0, 2, 4, 6, 1, 3, 5, 7.  The offset 8 * sum(y), the
-// same for every row, comes off once for all eight.  Per row and block that
-// is about 7 vector operations against dot's 10; measured on one core in L2,
-// 3.05 cycles against 3.40, the rest mostly the eight fp16 scales, gathered
-// through general registers as in dot (a VPGATHERDD or a prepass through a
-// table measured slower).  Rows are streamed and prefetched as in dot; the
-// chain is carried across segments through out[] (exact).
-
-struct PackedPrep {
-    float d[SEG];        // d_y
-    int32_t off[SEG];    // 8 * sum(y)
-};
-
-inline void prep_q4_0_packed(const block_q8_0* y, int64_t nb, PackedPrep* p) {
-    for (int64_t i = 0; i < nb; i++) {
-        p->d[i] = h2f(y[i].d);
-        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-        p->off[i] = 8 * hsum8i(MAC_U8S8(_mm256_setzero_si256(), _mm256_set1_epi8(1), qy));
-    }
-}
-
-// The fp16 at p + r * stride for rows r = 0, 2, 4, 6, 1, 3, 5, 7, as 8 floats.
-inline __m256 halves8(const uint8_t* p, size_t stride) {
-    uint64_t h[2] = {0, 0};
-#pragma GCC unroll 8
-    for (int l = 0; l < 8; l++) {  // lane l: row 2l (l < 4) or 2(l - 4) + 1
-        const int r = l < 4 ? 2 * l : 2 * (l - 4) + 1;
-        h[l / 4] |= (uint64_t)load_u16(p + r * stride) << (16 * (l % 4));
-    }
-    return _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
-}
-
-// Eight rows' blocks unpacked to unsigned nibbles (weights 0-15 in lo, 16-31
-// in hi).  The avx2 build keeps rows 2q | 2q+1 in 256-bit register q; the
-// avx512 build rows q, q+2, q+4, q+6 in the 128-bit lanes of 512-bit register
-// q, which halves the unpacking and lets two VPDPBUSD per register take the
-// exact products (measured on one Zen 5 core in cache: 26-27 -> 37 GB/s).
-// Sixteen rows to a pass unpack faster still, but from DRAM they streamed
-// 3-7 points less of the read bandwidth than eight.
-struct Q4Rows8 {
-#if LL_Q4_0_ZMM
-    __m512i lo[2], hi[2];
-#else
-    __m256i lo[4], hi[4];
-#endif
-};
-
-#if LL_Q4_0_ZMM
-// The Q4_0 blocks of four rows, `step` bytes apart from `block`, one row to a
-// 128-bit lane: lo = weights 0-15, hi = 16-31 as unsigned nibbles.
-inline __attribute__((always_inline)) void nibbles_rows4(const uint8_t* block, size_t step, __m512i& lo, __m512i& hi) {
-    const uint8_t* c = block + offsetof(block_q4_0, qs);
-    __m512i qs = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + step)), 1);
-    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 2 * step)), 2);
-    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 3 * step)), 3);
-    const __m512i mask = _mm512_set1_epi8(0x0F);
-    lo = _mm512_and_si512(qs, mask);
-    hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
-}
-#endif
-
-template <bool PREFETCH>
-inline __attribute__((always_inline)) Q4Rows8 unpack_q4_0_rows8(const uint8_t* w, size_t stride) {
-    Q4Rows8 u;
-#if LL_Q4_0_ZMM
-#pragma GCC unroll 2
-    for (int q = 0; q < 2; q++) {
-        const uint8_t* b = w + q * stride;
-        if (PREFETCH) {  // next pass
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) _mm_prefetch(reinterpret_cast<const char*>(b) + (8 + 2 * j) * stride, _MM_HINT_T0);
-        }
-        nibbles_rows4(b, 2 * stride, u.lo[q], u.hi[q]);
-    }
-#else
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; q++) {
-        const uint8_t* b = w + 2 * q * stride;
-        if (PREFETCH) {  // next pass
-            _mm_prefetch(reinterpret_cast<const char*>(b) + 8 * stride, _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(b) + 9 * stride, _MM_HINT_T0);
-        }
-        const __m256i qs = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(b + stride + offsetof(block_q4_0, qs)),
-                                               reinterpret_cast<const __m128i*>(b + offsetof(block_q4_0, qs)));
-        u.lo[q] = _mm256_and_si256(qs, mask);
-        u.hi[q] = _mm256_and_si256(_mm256_srli_epi16(qs, 4), mask);
-    }
-#endif
-    return u;
-}
-
-// sum(u * y) over one block of each of the eight rows, exact, in lane order
-// 0, 2, 4, 6, 1, 3, 5, 7.
-inline __attribute__((always_inline)) __m256i sums_q4_0_rows8(const Q4Rows8& u, const int8_t* yqs) {
-    const __m128i* yq = reinterpret_cast<const __m128i*>(yqs);
-#if LL_Q4_0_ZMM
-    const __m512i y_lo = _mm512_broadcast_i32x4(_mm_loadu_si128(yq));      // y0..15 in every lane
-    const __m512i y_hi = _mm512_broadcast_i32x4(_mm_loadu_si128(yq + 1));  // y16..31
-    __m512i v[2];  // register q, lane j: row 2j + q's sum in 4 int32
-#pragma GCC unroll 2
-    for (int q = 0; q < 2; q++) v[q] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u.lo[q], y_lo), u.hi[q], y_hi);
-    // lane j: [v0 v1 v0 v1] partial pairs, then totals
-    __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
-    a = _mm512_add_epi32(a, _mm512_shuffle_epi32(a, _MM_PERM_BADC));
-    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), a));
-#else
-    const __m256i y_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq));      // y0..15 in both halves
-    const __m256i y_hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(yq + 1));  // y16..31
-    __m256i v[4];  // rows 2q | 2q+1: sum(u * y) in 4 lanes each
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; q++)
-        v[q] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u.lo[q], y_lo), _mm256_maddubs_epi16(u.hi[q], y_hi)),
-                                 _mm256_set1_epi16(1));
-    return _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-#endif
-}
-
-// NT tokens (activation rows yb[t], prepared in prep[t]) over eight rows from
-// w; output t to out + t * out_stride, which holds the chains so far if add.
-// Per block the eight rows are unpacked once for all NT tokens.
-template <int NT, bool PREFETCH>
-inline void q4_0_packed_rows8(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
-                              float* out, size_t out_stride, bool add) {
-    // lane order of the sums and the chains: rows 0, 2, 4, 6, 1, 3, 5, 7
-    __m256 acc[NT];
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        acc[t] = add ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(out + t * out_stride), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
-                     : _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
-        const Q4Rows8 u = unpack_q4_0_rows8<PREFETCH>(w, stride);
-        const __m256 dw = halves8(w, stride);
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; t++) {
-            __m256i sum = sums_q4_0_rows8(u, yb[t][i].qs);
-            sum = _mm256_sub_epi32(sum, _mm256_set1_epi32(prep[t].off[i]));  // sum((u - 8) * y)
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_broadcast_ss(prep[t].d + i)), acc[t]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        _mm256_storeu_ps(out + t * out_stride, _mm256_permutevar8x32_ps(acc[t], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-}
-
-inline void q4_0_packed_row(int64_t nb, const uint8_t* w, const block_q8_0* y, const PackedPrep* p, float* out, bool add) {
-    float acc = add ? *out : 0.0f;
-    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
-        const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y[i].qs));
-        const int sum = hsum8i(MAC_U8S8(_mm256_setzero_si256(), nibbles32(w + offsetof(block_q4_0, qs)), qy)) - p->off[i];
-        acc = std::fmaf((float)sum, h2f(load_u16(w)) * p->d[i], acc);
-    }
-    *out = acc;
-}
-
-void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {
-    const uint8_t* p = static_cast<const uint8_t*>(w);
-    const block_q8_0* xb = static_cast<const block_q8_0*>(x);
-    const int64_t nb = n / QK;
-    PackedPrep prep;
-    for (int64_t s0 = 0; s0 < nb; s0 += SEG) {
-        const int64_t ns = nb - s0 < SEG ? nb - s0 : SEG;
-        prep_q4_0_packed(xb + s0, ns, &prep);
-        const uint8_t* ps = p + s0 * sizeof(block_q4_0);
-        const bool add = s0 > 0;
-        int64_t r = 0;
-        const block_q8_0* ys = xb + s0;
-        for (; r + 16 <= nrows; r += 8) q4_0_packed_rows8<1, true>(ns, ps + r * stride, stride, &ys, &prep, y + r, 0, add);
-        for (; r + 8 <= nrows; r += 8) q4_0_packed_rows8<1, false>(ns, ps + r * stride, stride, &ys, &prep, y + r, 0, add);
-        for (; r < nrows; r++) q4_0_packed_row(ns, ps + r * stride, xb + s0, &prep, y + r, add);
-    }
-}
-
-#if LL_Q4_0_ZMM
-// The fp16 at p + r * stride for rows r = 0..15, as 16 floats.
-inline __m512 halves16(const uint8_t* p, size_t stride) {
-    uint64_t h[4] = {0, 0, 0, 0};
-#pragma GCC unroll 16
-    for (int r = 0; r < 16; r++) h[r / 4] |= (uint64_t)load_u16(p + r * stride) << (16 * (r % 4));
-    return _mm512_cvtph_ps(_mm256_setr_epi64x((long long)h[0], (long long)h[1], (long long)h[2], (long long)h[3]));
-}
-
-// The avx512 build's batch pass: sixteen rows, NT tokens.  Per block the
-// rows' nibbles are transposed once into eight registers, register m holding
-// weight bytes 4m..4m+3 (m < 4: low nibbles; else the high, 16 + 4(m - 4)..)
-// of row l in int32 lane l.  A token then needs only eight VPDPBUSD against
-// its activation bytes broadcast four at a time, which leave each row's exact
-// sum in its own lane, where the one-token pass spends a horizontal
-// reduction per token.  The chains and floats are dot_q4_0_packed's.
-template <int NT>
-inline void q4_0_tile_rows16(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
-                             float* out, size_t out_stride) {
-    __m512 acc[NT];
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
-        __m512i lo[4], hi[4];  // register q, lane j: row 4j + q
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) nibbles_rows4(w + q * stride, 4 * stride, lo[q], hi[q]);
-        __m512i wt[8];  // in-lane 4x4 transposes of int32: lane j, int32 q of wt[m] = int32 m of register q, lane j
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            const __m512i* v = h ? hi : lo;
-            const __m512i a0 = _mm512_unpacklo_epi32(v[0], v[1]), a1 = _mm512_unpackhi_epi32(v[0], v[1]);
-            const __m512i a2 = _mm512_unpacklo_epi32(v[2], v[3]), a3 = _mm512_unpackhi_epi32(v[2], v[3]);
-            wt[4 * h + 0] = _mm512_unpacklo_epi64(a0, a2);
-            wt[4 * h + 1] = _mm512_unpackhi_epi64(a0, a2);
-            wt[4 * h + 2] = _mm512_unpacklo_epi64(a1, a3);
-            wt[4 * h + 3] = _mm512_unpackhi_epi64(a1, a3);
-        }
-        const __m512 dw = halves16(w, stride);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++) {
-            const uint8_t* yq = reinterpret_cast<const uint8_t*>(yb[t][i].qs);
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();  // two chains: lower latency
-#pragma GCC unroll 4
-            for (int m = 0; m < 4; m++) {
-                s0 = _mm512_dpbusd_epi32(s0, wt[m], _mm512_set1_epi32((int)load_u32(yq + 4 * m)));
-                s1 = _mm512_dpbusd_epi32(s1, wt[4 + m], _mm512_set1_epi32((int)load_u32(yq + 16 + 4 * m)));
-            }
-            const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(prep[t].off[i]));  // sum((u - 8) * y)
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(prep[t].d[i])), acc[t]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * out_stride, acc[t]);
-}
-#endif
-
-// Several tokens at once (KernelSet::dot_tile_packed): groups of tokens
-// through q4_0_tile_rows16 (avx512) or q4_0_packed_rows8, which unpack each
-// block once for all of them; every output is dot_q4_0_packed's.
-void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
-                          float* y, size_t y_stride) {
-    const uint8_t* p = static_cast<const uint8_t*>(w);
-    const uint8_t* xb = static_cast<const uint8_t*>(x);
-    const int64_t nb = n / QK;
-    if (nb > SEG || nrows < 8) {  // long rows: dot_q4_0_packed carries the chain across segments
-        for (int64_t t = 0; t < n_tok; t++) dot_q4_0_packed(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
-        return;
-    }
-    // tokens per group: the avx512 pass keeps eight chains in registers
-    constexpr int GROUP = LL_Q4_0_ZMM ? 8 : 4;
-    PackedPrep prep[GROUP];
-    for (int64_t t0 = 0; t0 < n_tok; t0 += GROUP) {
-        const int nt = n_tok - t0 < GROUP ? (int)(n_tok - t0) : GROUP;
-        const block_q8_0* yb[GROUP];
-        for (int t = 0; t < nt; t++) {
-            yb[t] = reinterpret_cast<const block_q8_0*>(xb + (t0 + t) * x_stride);
-            prep_q4_0_packed(yb[t], nb, &prep[t]);
-        }
-        float* yt = y + t0 * y_stride;
-        int64_t r = 0;
-#if LL_Q4_0_ZMM
-        for (; r + 16 <= nrows; r += 16) {
-            const uint8_t* wr = p + r * stride;
-            switch (nt) {
-                case 8: q4_0_tile_rows16<8>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 7: q4_0_tile_rows16<7>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 6: q4_0_tile_rows16<6>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 5: q4_0_tile_rows16<5>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 4: q4_0_tile_rows16<4>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 3: q4_0_tile_rows16<3>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 2: q4_0_tile_rows16<2>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                default: q4_0_tile_rows16<1>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-            }
-        }
-#endif
-        for (; r + 8 <= nrows; r += 8)
-            for (int t = 0; t < nt; t += 4) {
-                const uint8_t* wr = p + r * stride;
-                float* o = yt + t * y_stride + r;
-                switch (nt - t < 4 ? nt - t : 4) {
-                    case 4: q4_0_packed_rows8<4, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
-                    case 3: q4_0_packed_rows8<3, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
-                    case 2: q4_0_packed_rows8<2, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
-                    default: q4_0_packed_rows8<1, false>(nb, wr, stride, yb + t, prep + t, o, y_stride, false); break;
-                }
-            }
-        for (; r < nrows; r++)  // rows short of a group of 8
-            for (int t = 0; t < nt; t++) q4_0_packed_row(nb, p + r * stride, yb[t], &prep[t], yt + t * y_stride + r, false);
-    }
-}
 
 // ---- batch tiles (KernelSet::dot_tile) ----
 //
@@ -931,8 +601,6 @@ void LL_REGISTER(legacy)(KernelSet* ks) {
     ks->dot[TYPE_Q5_0] = dot_q5_0;
     ks->dot[TYPE_Q5_1] = dot_q5_1;
     ks->dot[TYPE_Q8_0] = dot_q8_0;
-    ks->dot_gemv[TYPE_Q4_0] = ks->dot_gemm[TYPE_Q4_0] = dot_q4_0_packed;
-    ks->dot_tile_packed[TYPE_Q4_0] = dot_tile_q4_0_packed;
     ks->dot_tile[TYPE_Q4_0] = dot_tile<TYPE_Q4_0, block_q8_0, dot_q4_0>;
     ks->dot_tile[TYPE_Q4_1] = dot_tile<TYPE_Q4_1, block_q8_1, dot_q4_1>;
     ks->dot_tile[TYPE_Q5_0] = dot_tile<TYPE_Q5_0, block_q8_0, dot_q5_0>;

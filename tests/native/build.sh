@@ -1,39 +1,30 @@
 #!/usr/bin/env bash
 # Builds the native kernel test program: build.sh OUT [CXX] [ARCH] [--emulate-avx512].
-# ARCH is x86 or arm; per-ISA sources are compiled once per ISA as CMake does.
+# ARCH is x86 or arm (cross-compiled for AArch64).  The program is the
+# kernel_test target of CMakeLists.txt, so its kernels are compiled with the
+# extension's flags, which live only there.
 # --emulate-avx512 builds the avx512 objects with SIMDe's VPDPBUSD/VPDPWSSD
 # (native/x86/int_macc.h) instead of -mavx512*, so that path runs on any AVX2 CPU.
 set -euo pipefail
 out=$1; cxx=${2:-g++}; arch=${3:-x86}; emulate=${4:-}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-flags=(-O2 -std=c++17 -I"$root/native")
-objs=()
-compile() {  # name src isa extra-flags...
-    local name=$1 src=$2 isa=$3; shift 3
-    "$cxx" "${flags[@]}" -DLL_ISA="$isa" "$@" -c "$src" -o "$tmp/$name.o"
-    objs+=("$tmp/$name.o")
+config=(-DCMAKE_CXX_COMPILER="$cxx" -DLLAMALOCAL_PYTHON_MODULE=OFF -DLLAMALOCAL_KERNEL_TEST=ON)
+case $arch in
+    x86) ;;
+    # linked statically: it runs under qemu-aarch64-static, without an AArch64 libc to load
+    arm) config+=(-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 -DCMAKE_EXE_LINKER_FLAGS=-static) ;;
+    *) echo "build.sh: ARCH is x86 or arm, not $arch" >&2; exit 2 ;;
+esac
+case $emulate in
+    --emulate-avx512) config+=(-DLLAMALOCAL_EMULATE_AVX512=ON) ;;
+    '') ;;
+    *) echo "build.sh: unknown option $emulate" >&2; exit 2 ;;
+esac
+# quiet unless a step fails, then its whole log
+run() {
+    "$@" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; exit 1; }
 }
-for fam in legacy kquants attention; do
-    if [ "$arch" = x86 ]; then
-        compile "${fam}_avx2" "$root/native/x86/$fam.cpp" avx2 -mavx2 -mfma -mf16c
-        if [ "$emulate" = --emulate-avx512 ]; then
-            compile "${fam}_avx512" "$root/native/x86/$fam.cpp" avx512 -mavx2 -mfma -mf16c -DLL_VNNI_EMULATED
-        else
-            compile "${fam}_avx512" "$root/native/x86/$fam.cpp" avx512 -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
-        fi
-    else
-        compile "${fam}_neon" "$root/native/arm/$fam.cpp" neon
-        compile "${fam}_dotprod" "$root/native/arm/$fam.cpp" dotprod -march=armv8.2-a+dotprod
-    fi
-done
-# scalar references: no contraction into FMA, as in CMakeLists.txt
-"$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/legacy.cpp" -o "$tmp/scalar_legacy.o"
-"$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/kquants.cpp" -o "$tmp/scalar_kquants.o"
-"$cxx" "${flags[@]}" -ffp-contract=off -c "$root/native/scalar/attention.cpp" -o "$tmp/scalar_attention.o"
-static=()
-[ "$arch" = arm ] && static=(-static)
-dispatch_flags=()
-[ "$emulate" = --emulate-avx512 ] && dispatch_flags=(-DLL_VNNI_EMULATED)
-"$cxx" "${flags[@]}" "${static[@]}" "${dispatch_flags[@]}" "$root/tests/native/kernel_test.cpp" "$root/native/blocks.cpp" "$root/native/dispatch.cpp" \
-    "${objs[@]}" "$tmp/scalar_legacy.o" "$tmp/scalar_kquants.o" "$tmp/scalar_attention.o" -o "$out" -lpthread
+run cmake -S "$root" -B "$tmp/build" "${config[@]}"
+run cmake --build "$tmp/build" --target kernel_test -j2
+cp "$tmp/build/kernel_test" "$out"
