@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from llamalocal import backend
-from llamalocal.loader import load_model
+from llamalocal.model.loader import load_model
 
 
 def bytes_per_token(lm) -> int:

@@ -31,7 +31,7 @@ from models import GEMMA3, SMOLLM2, model_path  # noqa: E402
 
 from llamalocal import backend  # noqa: E402
 from llamalocal.generation import generate_tokens  # noqa: E402
-from llamalocal.loader import load_model  # noqa: E402
+from llamalocal.model.loader import load_model  # noqa: E402
 from llamalocal.perplexity import log_softmax_at, perplexity  # noqa: E402
 from llamalocal.quantize import quantize_model  # noqa: E402
 from llamalocal.sampling import SamplerConfig, make_sampler  # noqa: E402

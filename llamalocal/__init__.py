@@ -1,26 +1,43 @@
 """llamalocal: local, quantized LLM inference for CPUs and laptops.
 
     import llamalocal
-    lm = llamalocal.load_model("model.gguf")
-    cache = lm.model.new_cache()
-    sample = llamalocal.make_sampler(llamalocal.SamplerConfig(temperature=0.7, seed=1))
-    for token in llamalocal.generate_tokens(lm.model, lm.tokenizer.encode("Hello"), sample, 32, cache):
-        ...
+    model = llamalocal.load("model.gguf")             # or load(): the default chat model
+    for piece in model.generate("Once upon a time", max_tokens=64, temperature=0.7, seed=1): ...
+    chat = model.chat(system="You are terse.")
+    for piece in chat.send("Hello!"): ...
 """
+from .errors import (
+    BackendError,
+    ChatTemplateError,
+    CheckpointError,
+    ContextFullError,
+    Error,
+    InvalidArgumentError,
+    MissingFileError,
+    ModelFormatError,
+    ModelStoreError,
+    OutputExistsError,
+    TokenizerError,
+    UnsupportedModelError,
+)
+
 __version__ = "0.1.0"
 
 # Resolved on first use, so that importing the package (the CLI does) never
 # loads the kernels or fails on a bad LLAMALOCAL_ISA before it can report it.
 _LAZY = {
-    "load_model": ("loader", "load_model"),
+    "load": ("api", "load"),
+    "Model": ("api", "Model"),
+    "Session": ("session", "Session"),
+    "load_model": ("model.loader", "load_model"),
     "generate_tokens": ("generation", "generate_tokens"),
     "SamplerConfig": ("sampling", "SamplerConfig"),
     "make_sampler": ("sampling", "make_sampler"),
-    "KVCache": ("kv_cache", "KVCache"),
-    "ContextFullError": ("kv_cache", "ContextFullError"),
-    "ModelFormatError": ("gguf_io", "ModelFormatError"),
+    "KVCache": ("model.kv_cache", "KVCache"),
 }
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "Error", "BackendError", "ChatTemplateError", "CheckpointError", "ContextFullError",
+           "InvalidArgumentError", "MissingFileError", "ModelFormatError", "ModelStoreError", "OutputExistsError",
+           "TokenizerError", "UnsupportedModelError", *_LAZY]
 
 
 def __getattr__(name: str):

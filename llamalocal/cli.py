@@ -1,4 +1,4 @@
-"""The `llamalocal` command."""
+"""The `llamalocal` command: click wiring over the library."""
 from __future__ import annotations
 
 import platform
@@ -8,36 +8,66 @@ from typing import Optional
 import click
 
 from . import __version__
+from .errors import Error
+from .model.kv_cache import DEFAULT_CONTEXT_CAP
+from .sampling import SamplerConfig
+
+_SAMPLING = SamplerConfig()  # the defaults the options show
 
 
-def _fail(message: str) -> "click.ClickException":
-    return click.ClickException(message)
+class _Commands(click.Group):
+    """The one place where llamalocal's errors become a one-line message and
+    exit status 1: each names the file or argument and what is wrong."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (Error, OSError) as e:  # OSError: the system's message names the file
+            raise click.ClickException(str(e)) from None
 
 
 def _backend():
-    try:
-        from . import backend
-    except RuntimeError as e:  # BackendError: a forced backend or ISA cannot be used here
-        raise _fail(str(e)) from None
+    from . import backend
+
     return backend
 
 
 def _load_with_tokenizer(model: str, tokenizer_path: Optional[str]):
-    """The model for generate/perplexity, or a one-line error; it must have a tokenizer."""
-    from .arch.config import UnsupportedModelError
-    from .gguf_io import ModelFormatError
-    from .loader import load_model
+    """The model for generate/perplexity; it must have a tokenizer."""
+    from .model.loader import load_model
 
-    try:
-        lm = load_model(model, tokenizer_path)
-    except (ModelFormatError, UnsupportedModelError, OSError) as e:
-        raise _fail(str(e)) from None
+    lm = load_model(model, tokenizer_path)
+    for w in lm.warnings:
+        click.echo(f"warning: {w}", err=True)
     if lm.tokenizer is None:
-        raise _fail(f"{model}: the file has no tokenizer; pass one with -z")
+        raise click.ClickException(f"{model}: the file has no tokenizer; pass one with -z")
     return lm
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def sampling_options(f):
+    """The sampler's flags, shared by generate and chat (defaults: SamplerConfig's, llama.cpp's)."""
+    for option in reversed([
+        click.option("--temp", "temperature", default=_SAMPLING.temperature, show_default=True, help="Temperature; 0 = greedy."),
+        click.option("--top-k", default=_SAMPLING.top_k, show_default=True),
+        click.option("--top-p", default=_SAMPLING.top_p, show_default=True),
+        click.option("--min-p", default=_SAMPLING.min_p, show_default=True),
+        click.option("--repeat-penalty", default=_SAMPLING.repeat_penalty, show_default=True),
+        click.option("--repeat-last-n", default=_SAMPLING.repeat_last_n, show_default=True),
+        click.option("--frequency-penalty", default=_SAMPLING.frequency_penalty, show_default=True),
+        click.option("--presence-penalty", default=_SAMPLING.presence_penalty, show_default=True),
+        click.option("-s", "--seed", type=int, default=None, help="RNG seed (default: random)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def runtime_options(f):
+    f = click.option("-c", "--ctx", "n_ctx", type=int, default=0,
+                     help=f"Context size (default: the model's, at most {DEFAULT_CONTEXT_CAP}).")(f)
+    return click.option("-t", "--threads", type=int, default=0, help="Threads (default: physical cores).")(f)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llamalocal")
 def main() -> None:
     """Local, quantized LLM inference for CPUs and laptops."""
@@ -64,12 +94,9 @@ def sysinfo() -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 def info(model: str) -> None:
     """Describe a GGUF model: architecture, hyperparameters, tensor types, tokenizer, memory."""
-    from .gguf_io import ModelFormatError, describe
+    from .reports import describe
 
-    try:
-        click.echo(describe(model))
-    except (ModelFormatError, OSError) as e:
-        raise _fail(str(e)) from None
+    click.echo(describe(model))
 
 
 @main.command()
@@ -77,17 +104,8 @@ def info(model: str) -> None:
 @click.option("-p", "--prompt", default="", help="Prompt text (default: empty, generation starts from BOS).")
 @click.option("-f", "--file", "prompt_file", type=click.Path(exists=True, dir_okay=False), help="Read the prompt from a file.")
 @click.option("-n", "--n-predict", default=128, show_default=True, help="Tokens to generate.")
-@click.option("--temp", "temperature", default=0.8, show_default=True, help="Temperature; 0 = greedy.")
-@click.option("--top-k", default=40, show_default=True)
-@click.option("--top-p", default=0.95, show_default=True)
-@click.option("--min-p", default=0.05, show_default=True)
-@click.option("--repeat-penalty", default=1.0, show_default=True)
-@click.option("--repeat-last-n", default=64, show_default=True)
-@click.option("--frequency-penalty", default=0.0, show_default=True)
-@click.option("--presence-penalty", default=0.0, show_default=True)
-@click.option("-s", "--seed", type=int, default=None, help="RNG seed (default: random).")
-@click.option("-t", "--threads", type=int, default=0, help="Threads (default: physical cores).")
-@click.option("-c", "--ctx", "n_ctx", type=int, default=0, help="Context size (default: the model's, at most 4096).")
+@sampling_options
+@runtime_options
 @click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False),
               help="Tokenizer for llama2.c checkpoints (tokenizer.bin or a SentencePiece .model).")
 @click.option("--cache-type", type=click.Choice(["auto", "f16", "f32"]), default="auto", show_default=True,
@@ -101,39 +119,35 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
     """Generate text after a prompt.  Only the generated text goes to stdout
     (the prompt too with --echo); timings and notices go to stderr."""
     from .generation import GenerationStats, generate_tokens
-    from .kv_cache import ContextFullError
-    from .sampling import Llama2cSampler, SamplerConfig, make_sampler
+    from .sampling import Llama2cSampler, make_sampler
 
     backend = _backend()
     if n_predict < 0 or n_ctx < 0 or threads < 0:
-        raise _fail("-n, --ctx and --threads must not be negative")
+        raise click.UsageError("-n, --ctx and --threads must not be negative")
     if prompt_file:
         with open(prompt_file, encoding="utf-8") as fh:
             prompt = fh.read()
     backend.set_num_threads(threads)
     lm = _load_with_tokenizer(model, tokenizer_path)
     tok = lm.tokenizer
-    try:
-        if lm.format == "llama2c":
-            # llama2.c's run: its own sampler (xorshift RNG, top-p), so seeds reproduce run.c's output
-            sample = Llama2cSampler(temperature, top_p, seed)
-        else:
-            sample = make_sampler(SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                                                presence_penalty=presence_penalty, repeat_last_n=repeat_last_n, seed=seed))
-    except ValueError as e:
-        raise _fail(str(e)) from None
+    if lm.format == "llama2c":
+        # llama2.c's run: its own sampler (xorshift RNG, top-p), so seeds reproduce run.c's output
+        sample = Llama2cSampler(temperature, top_p, seed)
+    else:
+        sample = make_sampler(SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                            presence_penalty=presence_penalty, repeat_last_n=repeat_last_n, seed=seed))
 
     ids = tok.encode(prompt)
     if not ids:
         if tok.bos_id is None:
-            raise _fail("the prompt is empty and the model has no BOS token to start from")
+            raise click.ClickException("the prompt is empty and the model has no BOS token to start from")
         ids = [tok.bos_id]
     if cache_type == "auto":
         cache_type = "f32" if lm.format == "llama2c" else "f16"
     cache = lm.model.new_cache(n_ctx or None, cache_type)
     if len(ids) >= cache.n_ctx:
-        raise _fail(f"the prompt is {len(ids)} tokens, the context only {cache.n_ctx}")
+        raise click.ClickException(f"the prompt is {len(ids)} tokens, the context only {cache.n_ctx}")
     n_predict = min(n_predict, cache.n_ctx - len(ids))
     stop = frozenset() if ignore_eos else frozenset(tok.eot_ids)
 
@@ -153,8 +167,6 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
                 out.flush()
         out.write(decoder.flush())
         out.flush()
-    except ContextFullError as e:
-        raise _fail(str(e)) from None
     except KeyboardInterrupt:
         out.flush()
         click.echo("\ninterrupted", err=True)
@@ -163,6 +175,93 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
         f"{stats.gen_tps:.1f} t/s | stop: {stats.stop_reason or 'interrupted'} | {backend.active_isa()}, {backend.num_threads()} threads",
         err=True,
     )
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--system", default=None, help="System prompt.")
+@click.option("-n", "--n-predict", default=-1, show_default=True, help="Most tokens per answer; -1: until the end of the turn.")
+@sampling_options
+@runtime_options
+@click.option("--template", default=None,
+              help="Chat template: the file's named template, or a built-in (chatml, llama-2, llama-3, mistral, gemma, "
+                   "alpaca, vicuna); default: the file's own, else one detected from the vocabulary.")
+@click.option("--context-policy", type=click.Choice(["drop-oldest", "error"]), default="drop-oldest", show_default=True,
+              help="When the conversation outgrows the context: drop the oldest turns (announced), or stop with an error.")
+@click.option("--stats", "show_stats", is_flag=True, help="A footer after each answer: tokens evaluated and reused, t/s.")
+@click.option("-f", "--file", "input_file", type=click.Path(exists=True, dir_okay=False),
+              help="Read one message from a file (non-interactive).")
+@click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False),
+              help="Tokenizer for llama2.c checkpoints.")
+def chat(model: Optional[str], system: Optional[str], n_predict: int, temperature: float, top_k: int, top_p: float,
+         min_p: float, repeat_penalty: float, repeat_last_n: int, frequency_penalty: float, presence_penalty: float,
+         seed: Optional[int], n_ctx: int, threads: int, template: Optional[str], context_policy: str, show_stats: bool,
+         input_file: Optional[str], tokenizer_path: Optional[str]) -> None:
+    """Chat with a model.  MODEL is a file, a known name (`llamalocal list --known`) or a URL;
+    without it, the default chat model (downloaded once).  When stdin is not a terminal,
+    each line is one message and only the answers are written to stdout."""
+    from .api import Model
+    from .chat.repl import ChatLoop
+    from .model_store import resolve
+
+    backend = _backend()
+    if n_ctx < 0 or threads < 0:
+        raise click.UsageError("--ctx and --threads must not be negative")
+    backend.set_num_threads(threads)
+    lm = _load_with_tokenizer(str(resolve(model)), tokenizer_path)
+    m = Model(lm, n_ctx=n_ctx or None, template=template)
+
+    def notice(message: str) -> None:
+        click.echo(f"notice: {message}", err=True)
+
+    session = m.chat(system, context_policy=context_policy, on_notice=notice, temperature=temperature, top_k=top_k,
+                     top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                     frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed)
+    loop = ChatLoop(session, load_session=lambda path: m.load_chat(path, on_notice=notice), max_tokens=n_predict,
+                    show_stats=show_stats)
+    if input_file:
+        with open(input_file, encoding="utf-8") as fh:
+            loop.run_piped(fh, whole_input=True)
+    elif not sys.stdin.isatty():
+        loop.run_piped(sys.stdin)
+    else:
+        loop.run_interactive()
+
+
+@main.command()
+@click.argument("name")
+def pull(name: str) -> None:
+    """Download a model by name (see `list --known`) or HTTPS URL into the model cache."""
+    from .model_store import pull as pull_model
+
+    click.echo(str(pull_model(name)))
+
+
+@main.command(name="list")
+@click.option("--known", is_flag=True, help="List the models that can be pulled by name instead.")
+def list_(known: bool) -> None:
+    """The models in the cache (name, size, type, architecture)."""
+    from .model_store import DEFAULT_MODEL, KNOWN_MODELS, list_models, models_dir
+
+    if known:
+        for k in KNOWN_MODELS.values():
+            mark = " (default)" if k.name == DEFAULT_MODEL else ""
+            click.echo(f"{k.name:<26} {'chat' if k.chat else 'base':<5} {k.description}{mark}")
+        return
+    entries = list_models()
+    if not entries:
+        click.echo(f"no models in {models_dir()} (llamalocal pull NAME)", err=True)
+    for e in entries:
+        click.echo(f"{e.name:<40} {e.size / 2**20:>9.1f} MiB  {e.file_type or '?':<8} {e.architecture or '?'}")
+
+
+@main.command()
+@click.argument("name")
+def rm(name: str) -> None:
+    """Remove a model from the cache."""
+    from .model_store import remove
+
+    click.echo(f"removed {remove(name)}")
 
 
 @main.command()
@@ -180,18 +279,14 @@ def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], 
     backend = _backend()
     backend.set_num_threads(threads)
     if n_ctx < 4 or (n_chunks is not None and n_chunks < 1):
-        raise _fail("--ctx must be at least 4 and --chunks at least 1")
+        raise click.UsageError("--ctx must be at least 4 and --chunks at least 1")
     lm = _load_with_tokenizer(model, tokenizer_path)
     with open(text_file, encoding="utf-8") as fh:
         text = fh.read()
     tokens = lm.tokenizer.encode(text)
     bos = lm.tokenizer.bos_id if lm.tokenizer.add_bos else None
     click.echo(f"{len(tokens)} tokens, chunks of {n_ctx}", err=True)
-    try:
-        r = run(lm.model, tokens, n_ctx, n_chunks, bos,
-                progress=lambda i, n, p: click.echo(f"[{i}/{n}] {p:.4f}", err=True))
-    except ValueError as e:
-        raise _fail(str(e)) from None
+    r = run(lm.model, tokens, n_ctx, n_chunks, bos, progress=lambda i, n, p: click.echo(f"[{i}/{n}] {p:.4f}", err=True))
     click.echo(f"PPL = {r.ppl:.4f} +/- {r.stderr:.5f} ({r.n_chunks} chunks of {n_ctx}, {r.n_scored} predictions)")
 
 
@@ -224,14 +319,12 @@ def quantize(input_path: str, output_path: str, type_name: str, method: str, cal
 
     from tqdm import tqdm
 
-    from .checkpoint import CheckpointError
-    from .gguf_io import ModelFormatError
     from .quantize import format_report, quantize_model
 
     if method == "gptq" and not calib_file:
-        raise _fail("--method gptq needs calibration text: --calib FILE")
+        raise click.UsageError("--method gptq needs calibration text: --calib FILE")
     if method == "rtn" and calib_file:
-        raise _fail("--calib is only used by --method gptq")
+        raise click.UsageError("--calib is only used by --method gptq")
     # A terminated run unwinds like Ctrl-C, so the partial output is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bar = tqdm(total=0, unit="tensor", desc="quantize", file=sys.stderr, disable=None, leave=False)
@@ -246,8 +339,6 @@ def quantize(input_path: str, output_path: str, type_name: str, method: str, cal
     try:
         res = quantize_model(input_path, output_path, type_name, method=method, tokenizer=tokenizer_path, force=force,
                              threads=threads, gptq_options=gptq_options if method == "gptq" else None, progress=progress)
-    except (CheckpointError, ModelFormatError, ValueError, OSError) as e:
-        raise _fail(str(e)) from None
     finally:
         bar.close()
     for w in res.warnings:

@@ -3,13 +3,14 @@ a time, streaming UTF-8-safe text as it is produced."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, ContextManager, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .kv_cache import KVCache
-from .model import Transformer
+from .model.kv_cache import KVCache
+from .model.transformer import Transformer
 
 
 @dataclass
@@ -39,15 +40,19 @@ def generate_tokens(
     cache: KVCache,
     stop_ids: frozenset = frozenset(),
     stats: Optional[GenerationStats] = None,
+    lock: Optional[ContextManager] = None,
 ) -> Iterator[int]:
     """Yields up to max_tokens sampled ids after prompt_ids (evaluated at the
-    cache's next positions).  A stop id ends generation and is not yielded."""
+    cache's next positions).  A stop id ends generation and is not yielded.
+    `lock`, when given, is held around each forward pass (a model shared by threads)."""
     stats = stats if stats is not None else GenerationStats()
+    lock = lock if lock is not None else nullcontext()
     history = list(prompt_ids)
     if max_tokens <= 0:
         return
     t0 = time.perf_counter()
-    logits = model.forward(history, cache)
+    with lock:
+        logits = model.forward(history, cache)
     stats.n_prompt = len(history)
     stats.prompt_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -63,7 +68,8 @@ def generate_tokens(
             if cache.n_free == 0:
                 stats.stop_reason = "context full"
                 break
-            logits = model.forward([token], cache)
+            with lock:
+                logits = model.forward([token], cache)
         stats.gen_seconds = time.perf_counter() - t0
     else:
         stats.stop_reason = "token limit"

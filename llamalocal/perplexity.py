@@ -14,7 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .model import Transformer
+from .errors import InvalidArgumentError
+from .model.transformer import Transformer
 
 
 @dataclass
@@ -37,7 +38,7 @@ def perplexity(model: Transformer, tokens: Sequence[int], n_ctx: int = 512, n_ch
     tokens = np.asarray(tokens, dtype=np.int64)
     available = len(tokens) // n_ctx
     if available == 0:
-        raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
+        raise InvalidArgumentError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
     n_chunks = min(n_chunks or available, available)
     first = n_ctx // 2
     nll = nll2 = 0.0

@@ -15,33 +15,42 @@ using namespace ll;
 
 namespace {
 
+// model.config.LayerParams, field for field: every field is a required
+// keyword of the constructor, so a field missing, added or misspelled on
+// either side is a TypeError when the model is built, never a silent 0.
+struct LayerParams {
+    int64_t n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, sliding_window;
+    float rope_base, rope_pos_scale, norm_eps, attn_scale;
+    bool rope_neox, attn_scale_q;
+    std::string activation;
+    py::object rope_freq_factors;  // None or a float32 vector of rope_dim / 2
+};
+
 class Layer {
 public:
-    Layer(const py::dict& tensors, const py::dict& hp) {
-        auto geti = [&](const char* k) { return hp.contains(k) ? py::cast<int64_t>(hp[k]) : 0; };
-        auto getf = [&](const char* k, float dflt) { return hp.contains(k) && !hp[k].is_none() ? py::cast<float>(hp[k]) : dflt; };
-        L.n_embd = geti("n_embd");
-        L.n_head = geti("n_head");
-        L.n_head_kv = geti("n_head_kv");
-        L.head_dim = geti("head_dim");
-        L.n_ff = geti("n_ff");
-        L.rope_dim = geti("rope_dim");
-        L.sliding_window = geti("sliding_window");
-        L.rope_base = getf("rope_base", 10000.0f);
-        L.rope_pos_scale = getf("rope_pos_scale", 1.0f);
-        L.norm_eps = getf("norm_eps", 1e-5f);
-        L.attn_scale = getf("attn_scale", 0.0f);
-        L.rope_neox = hp.contains("rope_neox") && py::cast<bool>(hp["rope_neox"]);
-        L.attn_scale_q = hp.contains("attn_scale_q") && py::cast<bool>(hp["attn_scale_q"]);
-        const std::string act = hp.contains("activation") ? py::cast<std::string>(hp["activation"]) : "silu";
-        if (act != "silu" && act != "gelu_tanh") throw py::value_error("activation must be 'silu' or 'gelu_tanh', got '" + act + "'");
-        L.activation = act == "silu" ? ACT_SILU : ACT_GELU_TANH;
+    Layer(const py::dict& tensors, const LayerParams& p) {
+        L.n_embd = p.n_embd;
+        L.n_head = p.n_head;
+        L.n_head_kv = p.n_head_kv;
+        L.head_dim = p.head_dim;
+        L.n_ff = p.n_ff;
+        L.rope_dim = p.rope_dim;
+        L.sliding_window = p.sliding_window;
+        L.rope_base = p.rope_base;
+        L.rope_pos_scale = p.rope_pos_scale;
+        L.norm_eps = p.norm_eps;
+        L.attn_scale = p.attn_scale;
+        L.rope_neox = p.rope_neox;
+        L.attn_scale_q = p.attn_scale_q;
+        if (p.activation != "silu" && p.activation != "gelu_tanh")
+            throw py::value_error("activation must be 'silu' or 'gelu_tanh', got '" + p.activation + "'");
+        L.activation = p.activation == "silu" ? ACT_SILU : ACT_GELU_TANH;
         if (L.n_embd <= 0 || L.n_head <= 0 || L.n_head_kv <= 0 || L.head_dim <= 0 || L.n_ff <= 0)
             throw py::value_error("n_embd, n_head, n_head_kv, head_dim and n_ff must be positive");
         if (L.n_head % L.n_head_kv) throw py::value_error("n_head must be a multiple of n_head_kv");
         if (L.head_dim > 1024) throw py::value_error("head_dim above 1024 is not supported");
-        if (L.rope_dim <= 0) L.rope_dim = L.head_dim;
-        if (L.rope_dim > L.head_dim || L.rope_dim % 2) throw py::value_error("rope_dim must be even and at most head_dim");
+        if (L.rope_dim <= 0 || L.rope_dim > L.head_dim || L.rope_dim % 2)
+            throw py::value_error("rope_dim must be positive, even and at most head_dim");
         if (L.sliding_window < 0) throw py::value_error("sliding_window must be >= 0");
 
         const int64_t d = L.n_embd, nq = L.n_head * L.head_dim, nkv = L.n_head_kv * L.head_dim;
@@ -61,8 +70,8 @@ public:
         L.w_up = mat(tensors, "w_up", L.n_ff, d);
         L.w_down = mat(tensors, "w_down", d, L.n_ff);
         L.ffn_post_norm = vec(tensors, "ffn_post_norm", d, false);
-        if (hp.contains("rope_freq_factors") && !hp["rope_freq_factors"].is_none()) {
-            py::array a = py::cast<py::array>(hp["rope_freq_factors"]);
+        if (!p.rope_freq_factors.is_none()) {
+            py::array a = py::cast<py::array>(p.rope_freq_factors);
             check_f32(a, "rope_freq_factors", L.rope_dim / 2);
             keep_.push_back(a);
             L.rope_freq_factors = static_cast<const float*>(a.data());
@@ -152,8 +161,35 @@ private:
 }  // namespace
 
 void bind_layer(py::module_& m) {
+    py::class_<LayerParams>(m, "LayerParams", "The hyperparameters of one block (model.config.LayerParams).")
+        .def(py::init([](int64_t n_embd, int64_t n_head, int64_t n_head_kv, int64_t head_dim, int64_t n_ff, int64_t rope_dim,
+                         float rope_base, bool rope_neox, float rope_pos_scale, py::object rope_freq_factors, float norm_eps,
+                         std::string activation, int64_t sliding_window, float attn_scale, bool attn_scale_q) {
+                 return LayerParams{n_embd, n_head, n_head_kv, head_dim, n_ff, rope_dim, sliding_window, rope_base,
+                                    rope_pos_scale, norm_eps, attn_scale, rope_neox, attn_scale_q, std::move(activation),
+                                    std::move(rope_freq_factors)};
+             }),
+             py::kw_only(), py::arg("n_embd"), py::arg("n_head"), py::arg("n_head_kv"), py::arg("head_dim"), py::arg("n_ff"),
+             py::arg("rope_dim"), py::arg("rope_base"), py::arg("rope_neox"), py::arg("rope_pos_scale"),
+             py::arg("rope_freq_factors").none(true), py::arg("norm_eps"), py::arg("activation"), py::arg("sliding_window"),
+             py::arg("attn_scale"), py::arg("attn_scale_q"))
+        .def_readonly("n_embd", &LayerParams::n_embd)
+        .def_readonly("n_head", &LayerParams::n_head)
+        .def_readonly("n_head_kv", &LayerParams::n_head_kv)
+        .def_readonly("head_dim", &LayerParams::head_dim)
+        .def_readonly("n_ff", &LayerParams::n_ff)
+        .def_readonly("rope_dim", &LayerParams::rope_dim)
+        .def_readonly("rope_base", &LayerParams::rope_base)
+        .def_readonly("rope_neox", &LayerParams::rope_neox)
+        .def_readonly("rope_pos_scale", &LayerParams::rope_pos_scale)
+        .def_readonly("rope_freq_factors", &LayerParams::rope_freq_factors)
+        .def_readonly("norm_eps", &LayerParams::norm_eps)
+        .def_readonly("activation", &LayerParams::activation)
+        .def_readonly("sliding_window", &LayerParams::sliding_window)
+        .def_readonly("attn_scale", &LayerParams::attn_scale)
+        .def_readonly("attn_scale_q", &LayerParams::attn_scale_q);
     py::class_<Layer>(m, "Layer", "One fused LLaMA-family transformer block (attention + FFN).")
-        .def(py::init<const py::dict&, const py::dict&>(), py::arg("tensors"), py::arg("hparams"))
+        .def(py::init<const py::dict&, const LayerParams&>(), py::arg("tensors"), py::arg("params"))
         .def("forward", &Layer::forward, py::arg("x"), py::arg("pos0"), py::arg("k_cache"), py::arg("v_cache"), py::arg("n_out") = -1,
              "x (n_tokens, n_embd) float32 at positions pos0..: updated in place; K/V written to the caches.  "
              "With n_out (1..n_tokens), only the last n_out rows get the feed-forward half and hold the output.");

@@ -1,5 +1,5 @@
 // Block formats, defined once for the C++ side: byte-exact with ggml's
-// ggml-common.h, mirrored by llamalocal/formats.py (a test checks the two agree).
+// ggml-common.h, mirrored by llamalocal/formats/blocks.py (a test checks the two agree).
 #pragma once
 
 #include <cstddef>

@@ -26,7 +26,7 @@ struct LayerSpec {
     TensorRef ffn_norm, w_gate, w_up, w_down, ffn_post_norm;
     int64_t n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
     int64_t rope_dim = 0;           // rotated dimensions per head (<= head_dim)
-    float rope_base = 10000.0f;
+    float rope_base = 0.0f;         // every field is set from LayerParams (bindings_layer.cpp)
     float rope_pos_scale = 1.0f;    // linear rope scaling: positions multiplied by this
     const float* rope_freq_factors = nullptr;  // llama3-style per-frequency divisors (rope_dim/2), or null
     bool rope_neox = false;         // rotate (x[i], x[i+d/2]) instead of (x[2i], x[2i+1])

@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from llamalocal.gguf_io import GGUFFile
-from llamalocal.tokenizer_bpe import BYTE_TO_UNICODE
+from llamalocal.io.gguf_reader import GGUFFile
+from llamalocal.tokenizer.bpe import BYTE_TO_UNICODE
 
 # -- numeric helpers ------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints -> GGUF tensors and metadata (llamalocal.checkpoint_hf, safetensors_io, vocab_gguf).
+"""Hugging Face checkpoints -> GGUF tensors and metadata (llamalocal.convert.hf, io.safetensors, tokenizer.to_gguf).
 
 The HF directories are made from the GGUF test models by tests/hf_fixture.py,
 so every converted tensor must equal the source GGUF's (dequantized) tensor
@@ -18,12 +18,14 @@ import pytest
 
 from hf_fixture import (QWEN2_PRE, SMOLLM_PRE_TOKENIZER, bpe_tokenizer_files, encode, hf_permute, make_hf_llama_dir,
                         round_bf16, tiny_bpe_meta, write_safetensors_arrays, write_torch_zip)
-from llamalocal.checkpoint import CheckpointError, open_checkpoint
-from llamalocal.checkpoint_hf import hf_permute_to_gguf, llama3_rope_factors, open_hf
-from llamalocal.gguf_io import GGUFFile
-from llamalocal.safetensors_io import SafetensorsFile
+from llamalocal.convert import open_checkpoint
+from llamalocal.errors import CheckpointError
+from llamalocal.convert.hf import open_hf
+from llamalocal.convert.rope import hf_permute_to_gguf, llama3_rope_factors
+from llamalocal.io.gguf_reader import GGUFFile
+from llamalocal.io.safetensors import SafetensorsFile
 from llamalocal.tokenizer import Tokenizer
-from llamalocal.vocab_gguf import detect_pre
+from llamalocal.tokenizer.to_gguf import detect_pre
 from models import SMOLLM2, model_path
 
 TEXTS = ["Hello world", "The year 2024 had 366 days; 1234567 + 89 = ?", "emoji \U0001F999\U0001F680 ok \u00e9t\u00e9",

@@ -1,4 +1,4 @@
-"""Meta's consolidated.NN.pth checkpoints -> GGUF (llamalocal.checkpoint_meta), read without torch.
+"""Meta's consolidated.NN.pth checkpoints -> GGUF (llamalocal.convert.meta, io.torch_zip), read without torch.
 
 The checkpoints are written by tests/hf_fixture.py in torch.save's zip format
 (zipfile + hand-written pickle opcodes) from stories260K's weights; Meta's
@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from hf_fixture import make_meta_dir, round_bf16, torch_pickle, write_torch_zip
-from llamalocal.checkpoint import CheckpointError, open_checkpoint
-from llamalocal.checkpoint_meta import TorchZipFile, open_meta
-from llamalocal.gguf_io import GGUFFile
+from llamalocal.convert import open_checkpoint
+from llamalocal.errors import CheckpointError
+from llamalocal.convert.meta import open_meta
+from llamalocal.io.torch_zip import TorchZipFile
+from llamalocal.io.gguf_reader import GGUFFile
 from llamalocal.tokenizer import Tokenizer
 from models import model_path
 

@@ -14,8 +14,8 @@ from hf_fixture import make_hf_llama_dir, make_meta_dir
 from models import SMOLLM2, TESTS_DIR, model_path
 from test_model import expected_llama2c
 
-from llamalocal.gguf_io import GGUFFile
-from llamalocal.loader import load_model
+from llamalocal.io.gguf_reader import GGUFFile
+from llamalocal.model.loader import load_model
 
 
 def cli(*args) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
-"""The numba backend's kernels: llamalocal.fallback.matmul and the ggml
-arithmetic of llamalocal.ggml_numba, bit for bit against the native scalar
+"""The numba backend's kernels: llamalocal.backend.numba.matmul and the ggml
+arithmetic of llamalocal.backend.numba.ggml_math, bit for bit against the native scalar
 path (LLAMALOCAL_ISA=scalar) and, independently of it, close to a float64
 reference built from gguf.quants.dequantize(W) and the dequantized vec_dot
 activations."""
@@ -14,8 +14,9 @@ import pytest
 from gguf import GGMLQuantizationType as G
 from numba import njit
 
-from llamalocal import fallback, quants
-from llamalocal import ggml_numba as gn
+from llamalocal.backend.numba import ggml_math as gn
+from llamalocal.backend.numba import matmul as fallback
+from llamalocal.formats import fp16, quants
 from llamalocal.formats import FORMATS, QK_K, SCALE_FIELDS, WEIGHT_TYPES, GGMLType
 
 try:
@@ -99,8 +100,8 @@ def test_activation_quantizers_byte_identical_to_native():
     x[1, :256] = 0  # a zero block of every format
     x[2, 300] = 1e4  # one large value in a block
     for wt in (T.Q4_0, T.Q4_1, T.Q6_K):
-        assert np.array_equal(fallback.quantize_activation(wt, x), native.quantize_activations(int(wt), x, isa="scalar")), wt.name
-    assert np.array_equal(fallback.quantize_activation(T.Q2_K, x), quants.quantize(x, T.Q8_K))
+        assert np.array_equal(fallback.quantize_activations(wt, x), native.quantize_activations(int(wt), x, isa="scalar")), wt.name
+    assert np.array_equal(fallback.quantize_activations(T.Q2_K, x), quants.quantize(x, T.Q8_K))
 
 
 @needs_native
@@ -125,14 +126,14 @@ def test_rms_norm_bit_identical_to_native():
 def test_fp16_conversions_are_exact():
     halves = np.arange(1 << 16, dtype=np.uint16)
     finite = ~np.isnan(halves.view(np.float16))
-    got = np.array([gn.f16_to_f32(h) for h in halves], np.float32)
+    got = np.array([fp16.f16_to_f32(h) for h in halves], np.float32)
     assert np.array_equal(bits(got)[finite], bits(halves.view(np.float16).astype(np.float32))[finite])
     rng = np.random.default_rng(9)
     f = np.concatenate([rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 6, 4000),
                         [0.0, -0.0, 65504.0, 65520.0, 1e6, -np.inf, 2.0 ** -25, 2.0 ** -24 * 1.5]]).astype(np.float32)
     with np.errstate(over="ignore"):
         want = f.astype(np.float16).view(np.uint16)
-    assert np.array_equal(np.array([gn.f32_to_f16(v) for v in f], np.uint16), want)
+    assert np.array_equal(np.array([fp16.f32_to_f16(v) for v in f], np.uint16), want)
 
 
 @njit(cache=True)
@@ -173,7 +174,7 @@ def reference(qtype: GGMLType, w: np.ndarray, x: np.ndarray):
     Q4_1/Q5_1 take the weight min times Q8_1's stored fp16 s = d*sum(q), as
     ggml and the native kernels do, so the reference swaps d*sum(q) for s."""
     wd = gguf.quants.dequantize(w, G(int(qtype))).astype(np.float64)
-    xq = fallback.quantize_activation(qtype, x)
+    xq = fallback.quantize_activations(qtype, x)
     xd = quants.dequantize(xq, FORMATS[qtype].vec_dot_type).astype(np.float64)
     ref = xd @ wd.T
     if qtype in (T.Q4_1, T.Q5_1):
@@ -238,7 +239,7 @@ def test_matmul_activation_is_quantized_once_per_row():
     wf[:, 32] = 127
     w = quants.quantize(wf, T.Q8_0)
     x = rng.standard_normal(64).astype(np.float32)
-    xq = quants.dequantize(fallback.quantize_activation(T.Q8_0, x), T.Q8_0)
+    xq = quants.dequantize(fallback.quantize_activations(T.Q8_0, x), T.Q8_0)
     assert not np.array_equal(xq, x)
     y = fallback.matmul(T.Q8_0, w, x)
     np.testing.assert_allclose(y, wf.astype(np.float64) @ xq.astype(np.float64), rtol=1e-6)
@@ -246,18 +247,18 @@ def test_matmul_activation_is_quantized_once_per_row():
 
 def test_quantize_activation_formats():
     x = np.random.default_rng(6).standard_normal((3, 512)).astype(np.float32)
-    assert fallback.quantize_activation(T.Q4_0, x).shape == (3, 16 * 34)
-    assert fallback.quantize_activation(T.Q4_1, x).shape == (3, 16 * 36)
-    assert fallback.quantize_activation(T.Q6_K, x).shape == (3, 2 * 292)
-    assert fallback.quantize_activation(T.Q4_0, x[0]).shape == (16 * 34,)
+    assert fallback.quantize_activations(T.Q4_0, x).shape == (3, 16 * 34)
+    assert fallback.quantize_activations(T.Q4_1, x).shape == (3, 16 * 36)
+    assert fallback.quantize_activations(T.Q6_K, x).shape == (3, 2 * 292)
+    assert fallback.quantize_activations(T.Q4_0, x[0]).shape == (16 * 34,)
     # Q8_0/Q8_1 activations round like llama.cpp's runtime quantizers (id = 127/amax,
     # half to even); ggml's *_ref rounding, which quants.quantize mirrors, differs
     # from it by at most one step.
     for wt, at in ((T.Q8_0, T.Q8_0), (T.Q5_1, T.Q8_1)):
-        got = fallback.quantize_activation(wt, x)
+        got = fallback.quantize_activations(wt, x)
         step = np.repeat(np.abs(x).reshape(3, -1, 32).max(-1) / 127, 32, axis=1)
         assert np.all(np.abs(quants.dequantize(got, at) - quants.dequantize(quants.quantize(x, at), at)) <= 1.01 * step)
-    assert np.array_equal(fallback.quantize_activation(T.BF16, x).view(np.float32), x)
+    assert np.array_equal(fallback.quantize_activations(T.BF16, x).view(np.float32), x)
 
 
 def test_dequantize_delegates():
@@ -297,7 +298,7 @@ def test_matmul_errors():
     with pytest.raises(ValueError, match="unsupported"):
         fallback.matmul("Q7_0", w, x)
     with pytest.raises(TypeError, match="dtype"):
-        fallback.quantize_activation(T.Q4_0, x.astype(np.float16))
+        fallback.quantize_activations(T.Q4_0, x.astype(np.float16))
 
 
 def test_matmul_empty_shapes():

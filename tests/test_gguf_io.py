@@ -18,7 +18,9 @@ import gguf  # noqa: E402
 from models import model_path  # noqa: E402
 
 from llamalocal.formats import GGMLType  # noqa: E402
-from llamalocal.gguf_io import GGUFFile, ModelFormatError, TensorInfo, describe  # noqa: E402
+from llamalocal.errors import ModelFormatError
+from llamalocal.io.gguf_reader import GGUFFile, TensorInfo
+from llamalocal.reports import describe  # noqa: E402
 
 
 STORIES = "stories260K.gguf"

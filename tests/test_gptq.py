@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as G
 
-from llamalocal import quants
+from llamalocal.formats import quants
 from llamalocal.formats import FORMATS, GGMLType
-from llamalocal.gptq import GPTQ_TYPES, HessianAccumulator, gptq_quantize, proxy_loss
+from llamalocal.quantize.gptq import GPTQ_TYPES, HessianAccumulator, gptq_quantize, proxy_loss
 
 T = GGMLType
 TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]

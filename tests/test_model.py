@@ -3,6 +3,7 @@ every kernel path, the KV cache and bad model files."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -17,9 +18,8 @@ import pytest
 
 from models import GEMMA3, SMOLLM2, TESTS_DIR, golden_path, model_path
 
-from llamalocal.gguf_io import ModelFormatError
-from llamalocal.kv_cache import ContextFullError
-from llamalocal.loader import load_model
+from llamalocal.errors import ContextFullError, ModelFormatError
+from llamalocal.model.loader import load_model
 
 
 def expected_llama2c() -> dict[str, bytes]:
@@ -173,8 +173,9 @@ def test_every_kernel_path_matches_llama_cpp(env, model_name):
 def on_path(path: str, fn):
     """fn() with models loaded and run on one kernel path in this process:
     "scalar" (native layers and kernels, LLAMALOCAL_ISA=scalar) or "numba"
-    (layer_py.PyLayer on the numba kernels), whichever backend the suite runs on."""
-    from llamalocal import _native, backend, fallback
+    (backend.numba.layer.PyLayer on the numba kernels), whichever backend the suite runs on."""
+    from llamalocal import _native, backend
+    from llamalocal.backend.numba import matmul as fallback
 
     isa = _native.active_isa()
     with pytest.MonkeyPatch.context() as mp:
@@ -218,16 +219,16 @@ def test_numba_path_bit_identical_to_native_scalar(model_name):
 def test_numba_layer_bit_identical_on_a_sliding_window():
     """One Gemma 3 layer with a 5-position window: the attention span starts
     past cell 0 (ggml's padded KV range then leads with empty cells)."""
-    from llamalocal import _native
+    from llamalocal import backend
 
     m = on_path("numba", lambda: load_model(model_path(GEMMA3)).model)
     py = m.layers[0]
-    hp = {**py.hp, "sliding_window": 5}
-    py.hp = hp
-    nat = _native.Layer(py.t, hp)
+    p = dataclasses.replace(py.params, sliding_window=5)
+    py.params = p
+    nat = on_path("scalar", lambda: backend.make_layer(p, py.t))
     x = m.embed(np.arange(100, 112))
-    caches = {name: (np.zeros((32, hp["n_head_kv"], hp["head_dim"]), np.float16),
-                     np.zeros((32, hp["n_head_kv"], hp["head_dim"]), np.float16)) for name in ("scalar", "numba")}
+    caches = {name: (np.zeros((32, p.n_head_kv, p.head_dim), np.float16),
+                     np.zeros((32, p.n_head_kv, p.head_dim), np.float16)) for name in ("scalar", "numba")}
     layers = {"scalar": nat, "numba": py}
     pos = 0
     for rows in (x, x[:1] * 0.5, x[1:2] * 2.0, x[5:8]):
@@ -338,7 +339,7 @@ def test_truncated_model_is_refused(tmp_path):
 
 
 def test_tensor_offset_past_eof_is_refused(tmp_path):
-    from llamalocal.gguf_io import GGUFFile
+    from llamalocal.io.gguf_reader import GGUFFile
 
     src = model_path("stories260K.gguf")
     with GGUFFile(src) as g:
@@ -390,3 +391,29 @@ def test_library_api():
     assert len(ids) == 20 and text == expected_llama2c()["greedy200"][: len(text)]
     with pytest.raises(AttributeError):
         llamalocal.no_such_thing
+
+
+def test_layer_params_are_bound_field_by_field():
+    """model.config.LayerParams crosses into C++ field by field: a field missing
+    or misspelled on either side is a TypeError, not a silent 0 or default."""
+    from llamalocal import _native
+    from llamalocal.model.config import LayerParams
+
+    lm = load_model(model_path("stories260K.gguf"))
+    p = lm.model.config.layer_params(0)
+    kw = p.as_kwargs()
+    bound = _native.LayerParams(**kw)
+    for name, value in kw.items():
+        if value is None:
+            assert getattr(bound, name) is None
+        else:
+            assert getattr(bound, name) == pytest.approx(value), name
+    assert set(kw) == {f.name for f in dataclasses.fields(LayerParams)}
+    missing = dict(kw)
+    del missing["rope_base"]
+    with pytest.raises(TypeError):
+        _native.LayerParams(**missing)
+    with pytest.raises(TypeError):
+        _native.LayerParams(**kw, rope_freq_base=10000.0)
+    with pytest.raises(ValueError, match="activation"):
+        _native.Layer({}, _native.LayerParams(**{**kw, "activation": "relu"}))

@@ -45,7 +45,7 @@ def test_log_softmax_at():
 
 
 def test_perplexity_needs_one_chunk():
-    from llamalocal.loader import load_model
+    from llamalocal.model.loader import load_model
 
     lm = load_model(model_path("stories260K.gguf"))
     with pytest.raises(ValueError, match="fewer than one chunk"):

@@ -18,11 +18,11 @@ import pytest
 from models import GEMMA3, SMOLLM2, TESTS_DIR, model_path
 from test_model import expected_llama2c
 
-from llamalocal import quants
-from llamalocal.checkpoint import open_checkpoint
+from llamalocal.formats import quants
+from llamalocal.convert import open_checkpoint
 from llamalocal.formats import GGMLType
-from llamalocal.gguf_io import GGUFFile
-from llamalocal.loader import load_model
+from llamalocal.io.gguf_reader import GGUFFile
+from llamalocal.model.loader import load_model
 from llamalocal.quantize import file_type, plan_types, quantize_model
 
 

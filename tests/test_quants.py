@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as G
 
-from llamalocal import quants
+from llamalocal.formats import quants
 from llamalocal.formats import FORMATS, QK_K, GGMLType, block_format
 
 T = GGMLType

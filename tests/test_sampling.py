@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from llamalocal import sampling as S
+from llamalocal.sampling import samplers as S
 from llamalocal.sampling import (
     Llama2cSampler,
     SamplerConfig,

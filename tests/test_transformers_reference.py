@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 from hf_fixture import QWEN2_PRE, bpe_tokenizer_files, tiny_bpe_meta  # noqa: E402
 
-from llamalocal.loader import load_model  # noqa: E402
+from llamalocal.model.loader import load_model  # noqa: E402
 
 COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=512, rms_norm_eps=1e-5, vocab_size=300)

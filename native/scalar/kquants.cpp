@@ -173,7 +173,7 @@ void dequant_q8_k(const void* src, float* y, int64_t n) {
 //
 // The scale numerator is -127, as in current ggml (it was -128 before ggml's
 // IQ2 kernels), so k-quant activations round as llama.cpp's do.
-// llamalocal/quants_k.py uses the same value.
+// llamalocal/formats/kquants.py uses the same value.
 
 void quant_q8_k(const float* x, void* dst, int64_t n) {
     block_q8_K* y = static_cast<block_q8_K*>(dst);

@@ -1,0 +1,125 @@
+"""Kernel backend: the C++ extension when it is installed, numba otherwise.
+
+`LLAMALOCAL_BACKEND=native|numba` forces a backend; `LLAMALOCAL_ISA=...`
+forces one of the native ISA paths (avx512, avx2, neon, dotprod, scalar).
+Everything above this module calls `matmul`/`dequantize`/`make_layer` here
+and never imports `_native` or the numba modules directly.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import BackendError
+from ..formats import GGMLType, block_format
+
+
+def _load_native() -> tuple[Any, Optional[str]]:
+    try:
+        from .. import _native  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, str(e)
+    return _native, None
+
+
+def _select() -> tuple[str, Any, Optional[str]]:
+    forced = os.environ.get("LLAMALOCAL_BACKEND", "").strip().lower()
+    if forced not in ("", "auto", "native", "numba"):
+        raise BackendError(f"LLAMALOCAL_BACKEND={forced!r}: expected 'native', 'numba' or 'auto'")
+    if forced == "numba":
+        return "numba", None, "forced by LLAMALOCAL_BACKEND=numba"
+    native, err = _load_native()
+    if native is None:
+        if forced == "native":
+            raise BackendError(f"LLAMALOCAL_BACKEND=native but the C++ extension cannot be imported: {err}")
+        print(f"llamalocal: C++ extension unavailable ({err}); using the slower numba kernels", file=sys.stderr)
+        return "numba", None, err
+    isa = os.environ.get("LLAMALOCAL_ISA", "").strip().lower()
+    if isa:
+        available = native.available_isas()
+        if isa not in available:
+            raise BackendError(f"LLAMALOCAL_ISA={isa!r} is not available on this CPU (available: {', '.join(available)})")
+        native.set_isa(isa)
+    return "native", native, None
+
+
+BACKEND, _native, FALLBACK_REASON = _select()
+if BACKEND == "numba":
+    from .numba import matmul as _fallback
+
+
+def _type_id(qtype: GGMLType | int | str) -> int:
+    return int(block_format(qtype).type)
+
+
+def matmul(qtype, w: np.ndarray, x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Y = X · Wᵀ for quantized W: w is uint8 (N, row_bytes), x float32 (K,) or (B, K)."""
+    if _native is not None:
+        return _native.matmul(_type_id(qtype), w, x, out)
+    return _fallback.matmul(qtype, w, x, out)
+
+
+def dequantize(qtype, w: np.ndarray) -> np.ndarray:
+    """Dequantize uint8 rows of `qtype` to float32."""
+    if _native is not None:
+        return _native.dequantize(_type_id(qtype), w)
+    return _fallback.dequantize(qtype, w)
+
+
+def make_layer(params, tensors: dict):
+    """One transformer block on this backend.  `params` is a model.config.LayerParams;
+    `tensors` maps the layer's names (wq, ..., attn_norm, bq, ...) to (type id,
+    uint8 rows) for matrices and float32 vectors for the rest.  Raises ValueError
+    when a tensor or a parameter does not fit."""
+    if BACKEND == "native":
+        return _native.Layer(tensors, _native.LayerParams(**params.as_kwargs()))
+    from .numba.layer import PyLayer
+
+    return PyLayer(tensors, params)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x / rms(x) * w over the last axis (float32)."""
+    if _native is not None:
+        return _native.rms_norm(x, w, eps)
+    from .numba.layer import rms_norm as py_rms_norm
+
+    return py_rms_norm(x, w, eps)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the kernels; 0 means one per physical core."""
+    if _native is not None:
+        _native.set_num_threads(n)
+    else:
+        import numba
+
+        numba.set_num_threads(n if n > 0 else numba.config.NUMBA_DEFAULT_NUM_THREADS)
+
+
+def num_threads() -> int:
+    if _native is not None:
+        return _native.num_threads()
+    import numba
+
+    return numba.get_num_threads()
+
+
+def active_isa() -> str:
+    return _native.active_isa() if _native is not None else "numba"
+
+
+def info() -> dict:
+    """What `llamalocal sysinfo` prints: backend, ISA paths, CPU features, threads."""
+    d: dict[str, Any] = {"backend": BACKEND, "active_isa": active_isa(), "threads": num_threads()}
+    if _native is not None:
+        d["arch"] = _native.arch
+        d["available_isas"] = _native.available_isas()
+        d["cpu_features"] = _native.cpu_features()
+        d["default_threads"] = _native.default_num_threads()
+    else:
+        d["fallback_reason"] = FALLBACK_REASON
+    return d

@@ -1,0 +1,139 @@
+"""The LLaMA-family transformer, shared by every architecture in arch/.
+
+    x = embed(tokens) * embed_scale                     # [T, d]
+    for each layer:                                     # fused in C++ (native/layer.cpp)
+        h = x + attn(norm(x))                           #   or backend/numba/layer.py
+        x = h + ffn(norm(h))
+    logits = norm(x) · W_outᵀ                           # [T, vocab]
+
+Weights stay where the loader put them (views into the memory-mapped file);
+the KV cache belongs to the caller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, TypeVar
+
+import numpy as np
+
+from .. import backend
+from ..errors import ContextFullError, UnsupportedModelError
+from ..formats import GGMLType
+from .config import ModelConfig
+from .kv_cache import DEFAULT_CONTEXT_CAP, KVCache
+
+
+@dataclass
+class QTensor:
+    """A weight tensor: rows of `cols` weights of `type`, as raw bytes (rows, row_bytes)."""
+
+    name: str
+    type: GGMLType
+    rows: int
+    cols: int
+    data: np.ndarray  # uint8, C-contiguous (rows, row_bytes)
+
+    def f32(self) -> np.ndarray:
+        """The tensor as float32 (rows, cols); zero-copy for F32 tensors."""
+        if self.type == GGMLType.F32:
+            return self.data.view(np.float32).reshape(self.rows, self.cols)
+        return backend.dequantize(self.type, self.data)
+
+    def vector(self) -> np.ndarray:
+        return np.ascontiguousarray(self.f32().reshape(-1), dtype=np.float32)
+
+
+T = TypeVar("T")
+
+# GGUF tensor names of one layer -> the names the layer implementations use.
+LAYER_TENSORS = {
+    "attn_norm": "attn_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
+    "attn_q_norm": "q_norm", "attn_k_norm": "k_norm", "post_attention_norm": "attn_post_norm",
+    "ffn_norm": "ffn_norm", "ffn_gate": "w_gate", "ffn_up": "w_up", "ffn_down": "w_down", "post_ffw_norm": "ffn_post_norm",
+}
+MATRICES = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"}
+BIASES = {"attn_q": "bq", "attn_k": "bk", "attn_v": "bv"}
+
+
+def gather_layer(i: int, find: Callable[[str], Optional[T]]) -> tuple[dict[str, T], dict[str, T]]:
+    """Layer i's tensors, looked up by GGUF name with `find` (None: absent),
+    as (matrices, vectors) under the layer's names (wq ..., attn_norm ..., bq ...)."""
+    matrices: dict[str, T] = {}
+    vectors: dict[str, T] = {}
+    for gguf_name, ours in LAYER_TENSORS.items():
+        t = find(f"blk.{i}.{gguf_name}.weight")
+        if t is not None:
+            (matrices if ours in MATRICES else vectors)[ours] = t
+    for gguf_name, ours in BIASES.items():
+        t = find(f"blk.{i}.{gguf_name}.bias")
+        if t is not None:
+            vectors[ours] = t
+    return matrices, vectors
+
+
+class Transformer:
+    def __init__(self, config: ModelConfig, tensors: dict[str, QTensor], source: str = "model"):
+        self.config = config
+        self.source = source
+
+        def need(name: str) -> QTensor:
+            if name not in tensors:
+                raise UnsupportedModelError(f"{source}: tensor '{name}' is missing")
+            return tensors[name]
+
+        self.token_embd = need("token_embd.weight")
+        if (self.token_embd.rows, self.token_embd.cols) != (config.n_vocab, config.n_embd):
+            raise UnsupportedModelError(
+                f"{source}: token_embd.weight is {self.token_embd.rows}x{self.token_embd.cols}, expected {config.n_vocab}x{config.n_embd}")
+        self.output_norm = need("output_norm.weight").vector()
+        # Tied embeddings: without output.weight the embedding matrix is the classifier.
+        self.output = tensors.get("output.weight", self.token_embd)
+        if "rope_freqs.weight" in tensors:
+            config.rope_freq_factors = tensors["rope_freqs.weight"].vector()
+
+        self.layers = []
+        for i in range(config.n_layer):
+            matrices, vectors = gather_layer(i, tensors.get)
+            layer_tensors = {**{k: (int(t.type), t.data) for k, t in matrices.items()},
+                             **{k: t.vector() for k, t in vectors.items()}}
+            try:
+                self.layers.append(backend.make_layer(config.layer_params(i), layer_tensors))
+            except ValueError as e:
+                raise UnsupportedModelError(f"{source}: layer {i}: {e}") from None
+
+    def new_cache(self, n_ctx: Optional[int] = None, dtype: str = "f16") -> KVCache:
+        """A KV cache for n_ctx tokens (default: the training context, at most DEFAULT_CONTEXT_CAP)."""
+        c = self.config
+        return KVCache(c.n_layer, n_ctx or min(c.n_ctx_train, DEFAULT_CONTEXT_CAP), c.n_head_kv, c.head_dim, dtype)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        rows = self.token_embd.data[tokens]  # [T, row_bytes]: only the rows used are read
+        x = backend.dequantize(self.token_embd.type, np.ascontiguousarray(rows)).reshape(len(tokens), self.config.n_embd)
+        if self.config.embed_scale != 1.0:
+            x *= np.float32(self.config.embed_scale)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False, n_logits: Optional[int] = None) -> np.ndarray:
+        """Evaluates tokens at the cache's next positions; returns logits of the
+        last token (vocab,), of every token (T, vocab), or of the last n_logits
+        tokens (n_logits, vocab)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward() needs at least one token")
+        if tokens.min() < 0 or tokens.max() >= self.config.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.config.n_vocab}), got {tokens.min()}..{tokens.max()}")
+        if n > cache.n_free:
+            raise ContextFullError(f"{n} more tokens do not fit: {cache.n_tokens} of {cache.n_ctx} context positions are used")
+        pos0 = cache.n_tokens
+        keep = n if all_logits else min(n_logits or 1, n)
+        x = self.embed(tokens)  # [T, d]
+        last = len(self.layers) - 1
+        for i, (layer, k, v) in enumerate(zip(self.layers, cache.k, cache.v)):
+            # x = h + ffn(norm(h)), h = x + attn(norm(x)); as in llama.cpp, the last
+            # layer's FFN runs on the rows whose logits are wanted only
+            layer.forward(x, pos0, k, v, n_out=keep if i == last else n)
+        cache.n_tokens = pos0 + n
+        x = backend.rms_norm(np.ascontiguousarray(x[n - keep :]), self.output_norm, self.config.norm_eps)
+        logits = backend.matmul(self.output.type, self.output.data, x)  # [keep, vocab]
+        return logits if (all_logits or n_logits) else logits[0]
