@@ -29,6 +29,7 @@ _LAZY = {
     "load": ("api", "load"),
     "Model": ("api", "Model"),
     "Session": ("session", "Session"),
+    "Llama": ("llama_cpp_compat", "Llama"),
     "load_model": ("model.loader", "load_model"),
     "generate_tokens": ("generation", "generate_tokens"),
     "SamplerConfig": ("sampling", "SamplerConfig"),

@@ -229,6 +229,47 @@ def chat(model: Optional[str], system: Optional[str], n_predict: int, temperatur
 
 
 @main.command()
+@click.argument("model", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", default=8080, show_default=True)
+@click.option("--parallel", "n_slots", default=1, show_default=True, help="Requests served at once, each with its own KV cache.")
+@click.option("-c", "--ctx", "n_ctx", type=int, default=0, help="Context per slot (default: the model's, at most "
+              f"{DEFAULT_CONTEXT_CAP}).")
+@click.option("-t", "--threads", type=int, default=0, help="Threads (default: physical cores).")
+@click.option("--api-key", default=None, help="Require `Authorization: Bearer KEY` on every request.")
+@click.option("--template", default=None, help="Chat template (as for chat).")
+@click.option("--name", "served_name", default=None, help="The model name the API reports (default: the file's stem).")
+def serve(model: Optional[str], host: str, port: int, n_slots: int, n_ctx: int, threads: int, api_key: Optional[str],
+          template: Optional[str], served_name: Optional[str]) -> None:
+    """Serve a model over OpenAI's (/v1/...) and ollama's (/api/...) HTTP APIs."""
+    import ipaddress
+
+    import uvicorn
+
+    from .api import Model
+    from .model_store import resolve
+    from .server.app import create_app
+
+    backend = _backend()
+    if n_ctx < 0 or threads < 0 or n_slots < 1:
+        raise click.UsageError("--ctx and --threads must not be negative, --parallel at least 1")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        click.echo(f"warning: listening on {host}, not only this machine" + ("" if api_key else " and without --api-key"),
+                   err=True)
+    backend.set_num_threads(threads)
+    path = resolve(model)
+    m = Model(_load_with_tokenizer(str(path), None), n_ctx=n_ctx or None, template=template)
+    app = create_app(m, name=served_name or path.stem, n_slots=n_slots, n_ctx=n_ctx or None, api_key=api_key)
+    click.echo(f"serving {path.name} on http://{host}:{port} ({n_slots} slot{'s' * (n_slots > 1)}, "
+               f"{app.state.engine.n_ctx} tokens of context each)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
 @click.argument("name")
 def pull(name: str) -> None:
     """Download a model by name (see `list --known`) or HTTPS URL into the model cache."""

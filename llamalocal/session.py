@@ -75,9 +75,11 @@ class Session:
         self.tokens: list[int] = []  # exactly what the cache holds, position by position
         self.sample = make_sampler(sampling or SamplerConfig())
         self.stats = TurnStats()
+        self.prefill_chunk = PREFILL_CHUNK
         # How the last answer sits in `tokens`: the prompt before it and its generated ids.
         self._last_prompt: list[int] = []
         self._last_answer: list[int] = []
+        self._last_answer_text = ""
         self._stop_ids = frozenset(lm.tokenizer.eot_ids)
         self._stop_texts = tuple(s for s in template.end_of_turn if s)
 
@@ -99,18 +101,28 @@ class Session:
         """Forgets the turns (the system prompt stays); the cache is reused from its start as far as it matches."""
         self.messages = []
 
+    def clear_cache(self) -> None:
+        """Empties the KV cache: the next turn evaluates its whole prompt, as a new session would."""
+        self.cache.truncate(0)
+        self.tokens = []
+        self._last_answer = []
+
     def conversation(self) -> list[dict[str, str]]:
         """The messages the template renders: the system prompt, then the turns."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.messages
 
-    def send(self, text: str, *, max_tokens: int = -1, cancel: Optional[threading.Event] = None) -> Iterator[str]:
-        """Adds a user turn and streams the answer, piece by piece (UTF-8 safe)."""
+    def send(self, text: str, *, max_tokens: int = -1, cancel: Optional[threading.Event] = None,
+             stop: Sequence[str] = (), stepwise: bool = False) -> Iterator[str]:
+        """Adds a user turn and streams the answer, piece by piece (UTF-8 safe).
+        `stop` strings end it besides the template's own; `stepwise` also yields
+        "" after each prompt chunk evaluated, for a scheduler that interleaves sessions."""
         self.messages.append({"role": "user", "content": str(text)})
-        return self._answer(max_tokens, cancel)
+        return self._run(self._answer(self._prompt_ids, max_tokens, cancel, stop, record=True), stepwise)
 
     def reply(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = -1,
-              cancel: Optional[threading.Event] = None) -> Iterator[str]:
+              cancel: Optional[threading.Event] = None, stop: Sequence[str] = (), ignore_eos: bool = False,
+              stepwise: bool = False) -> Iterator[str]:
         """Streams the answer to a whole conversation that the caller keeps (a
         system message first, if any; the last one the user's).  What the cache
         holds of an earlier call is reused as far as the conversation matches."""
@@ -123,7 +135,23 @@ class Session:
         else:
             self.system = None
         self.messages = msgs
-        return self._answer(max_tokens, cancel)
+        return self._run(self._answer(self._prompt_ids, max_tokens, cancel, stop, record=True, ignore_eos=ignore_eos),
+                         stepwise)
+
+    def complete(self, prompt: str, *, max_tokens: int = -1, cancel: Optional[threading.Event] = None,
+                 stop: Sequence[str] = (), ignore_eos: bool = False, stepwise: bool = False) -> Iterator[str]:
+        """Streams the continuation of a raw prompt (no template, nothing recorded as
+        a turn); the cache is reused as far as it matches the prompt's tokens."""
+        tok = self.lm.tokenizer
+        ids = tok.encode(prompt) or ([tok.bos_id] if tok.bos_id is not None else [])
+        if not ids:
+            raise InvalidArgumentError("the prompt is empty and the model has no BOS token to start from")
+        return self._run(self._answer(lambda: list(ids), max_tokens, cancel, stop, record=False, ignore_eos=ignore_eos),
+                         stepwise)
+
+    @staticmethod
+    def _run(steps: Iterator[str], stepwise: bool) -> Iterator[str]:
+        return steps if stepwise else _visible(steps)
 
     # -- saved conversations -------------------------------------------------------------------------------
 
@@ -164,6 +192,7 @@ class Session:
         s.messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in state["messages"]]
         s._last_prompt = [int(t) for t in state["last_prompt"]]
         s._last_answer = [int(t) for t in state["last_answer"]]
+        s._last_answer_text = s.messages[-1]["content"] if s.messages and s.messages[-1]["role"] == "assistant" else ""
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng_state"]
         s.sample = make_sampler(s.sampling, rng=rng)
@@ -171,58 +200,65 @@ class Session:
 
     # -- one answer ---------------------------------------------------------------------------------------
 
-    def _answer(self, max_tokens: int, cancel: Optional[threading.Event]) -> Iterator[str]:
+    def _answer(self, prompt_ids: Callable[[], list[int]], max_tokens: int, cancel: Optional[threading.Event],
+                stop: Sequence[str], record: bool, ignore_eos: bool = False) -> Iterator[str]:
         start = time.perf_counter()
         stats = self.stats = TurnStats()
         tok = self.lm.tokenizer
-        ids = self._prompt_ids(stats)
+        stops = tuple(x for x in (*(self._stop_texts if record else ()), *stop) if x)
+        stop_ids = frozenset() if ignore_eos else self._stop_ids
+        ids = prompt_ids()
         reserve = max_tokens if max_tokens > 0 else min(256, self.cache.n_ctx // 4)
         while len(ids) + reserve > self.cache.n_ctx:
+            if not record:
+                raise ContextFullError(f"the prompt is {len(ids)} tokens; with {reserve} for the answer it does not "
+                                       f"fit the context of {self.cache.n_ctx}")
             ids = self._make_room(ids, reserve, stats)
 
-        with self.lock:
-            logits = self._evaluate(ids, stats, cancel)
+        logits = None
+        for logits in self._evaluate(ids, stats, cancel):
+            yield ""  # a prompt chunk evaluated
         prompt = list(self.tokens)
         generated: list[int] = []
         decoder = tok.stream_decoder()
+        if not record:
+            for t in prompt:  # leading-space rules see the prompt
+                decoder.feed(t)
         held = ""  # text that may be the start of a stop string, not shown yet
         answer_text = ""
         stats.stop_reason = "token limit"
         t0 = time.perf_counter()
         try:
             while max_tokens < 0 or len(generated) < max_tokens:
-                if logits is None:
+                if logits is None or (cancel is not None and cancel.is_set()):
                     stats.stop_reason = "cancelled"
                     break
                 token = self.sample(logits, self.tokens)
-                if token in self._stop_ids:
+                if token in stop_ids:
                     stats.stop_reason = "end of turn"
                     break
                 generated.append(token)
                 stats.n_generated += 1
                 held += decoder.feed(token)
-                stop_at = _find_stop(held, self._stop_texts)
+                stop_at = _find_stop(held, stops)
                 if stop_at is not None:
                     held = held[:stop_at]
-                    stats.stop_reason = "end of turn"
+                    stats.stop_reason = "stop string"
                     break
-                shown, held = _split_held(held, self._stop_texts)
+                shown, held = _split_held(held, stops)
+                if not stats.first_token_seconds:
+                    stats.first_token_seconds = time.perf_counter() - start
                 if shown:
-                    if not answer_text:
-                        stats.first_token_seconds = time.perf_counter() - start
                     answer_text += shown
                     yield shown
                 if self.cache.n_free == 0:
                     stats.stop_reason = "context full"
                     self.on_notice(f"the answer filled the context of {self.cache.n_ctx} tokens and was cut there")
                     break
-                if cancel is not None and cancel.is_set():
-                    stats.stop_reason = "cancelled"
-                    break
                 with self.lock:
                     logits = self.lm.model.forward([token], self.cache)
                 self.tokens.append(token)
-            held += decoder.flush() if stats.stop_reason != "end of turn" else ""
+            held += decoder.flush() if stats.stop_reason != "stop string" else ""
             if held:
                 answer_text += held
                 yield held
@@ -231,14 +267,17 @@ class Session:
             raise
         finally:
             stats.gen_seconds = time.perf_counter() - t0
-            # What was said stays said, also when the caller stopped listening.
-            self.messages.append({"role": "assistant", "content": answer_text})
-            self._last_prompt = prompt
-            # The splice needs the answer's tokens to be its text; a stop string cut from the text breaks that.
-            cut = stats.stop_reason == "end of turn" and tok.decode(generated) != answer_text
-            self._last_answer = [] if cut else generated
+            if record:
+                # What was said stays said, also when the caller stopped listening.
+                self.messages.append({"role": "assistant", "content": answer_text})
+                self._last_prompt = prompt
+                # The splice needs the answer's tokens to be its text; a stop string cut from it breaks that.
+                self._last_answer = [] if stats.stop_reason == "stop string" else generated
+                self._last_answer_text = answer_text
+            else:
+                self._last_answer = []
 
-    def _prompt_ids(self, stats: TurnStats) -> list[int]:
+    def _prompt_ids(self) -> list[int]:
         """The conversation's tokens, the last answer spliced in as generated."""
         tok, conv = self.lm.tokenizer, self.conversation()
         full = encode_chat(tok, self.template, conv, add_generation_prompt=True)
@@ -246,8 +285,8 @@ class Session:
             return full
         # index of the last assistant message in conv: the answer the cache holds
         last = max((i for i, m in enumerate(conv) if m["role"] == "assistant"), default=None)
-        if last is None:
-            return full
+        if last is None or conv[last]["content"] != self._last_answer_text:
+            return full  # not the answer the cache holds (another conversation, or an edited answer)
         through = encode_chat(tok, self.template, conv[: last + 1], add_generation_prompt=False)
         empty = encode_chat(tok, self.template, conv[:last] + [{"role": "assistant", "content": ""}],
                             add_generation_prompt=False)
@@ -277,24 +316,35 @@ class Session:
                        f"{len(self.messages)} remain")
         return encode_chat(self.lm.tokenizer, self.template, self.conversation(), add_generation_prompt=True)
 
-    def _evaluate(self, ids: list[int], stats: TurnStats, cancel: Optional[threading.Event]) -> Optional[np.ndarray]:
-        """Brings the cache to `ids`, evaluating only what it does not hold; the last token's logits."""
+    def _evaluate(self, ids: list[int], stats: TurnStats, cancel: Optional[threading.Event]) -> Iterator[np.ndarray]:
+        """Brings the cache to `ids`, evaluating only what it does not hold, a chunk
+        at a time; yields the logits after each chunk (the last: the last token's)."""
         t0 = time.perf_counter()
         keep = _common_prefix(self.tokens, ids)
         keep = min(keep, len(ids) - 1)  # the last token is evaluated again for its logits
         self.cache.truncate(keep)
         del self.tokens[keep:]
         stats.n_reused = keep
-        logits = None
-        for at in range(keep, len(ids), PREFILL_CHUNK):
+        for at in range(keep, len(ids), self.prefill_chunk):
             if cancel is not None and cancel.is_set():
-                return None
-            chunk = ids[at : at + PREFILL_CHUNK]
-            logits = self.lm.model.forward(chunk, self.cache)
+                return
+            chunk = ids[at : at + self.prefill_chunk]
+            with self.lock:
+                logits = self.lm.model.forward(chunk, self.cache)
             self.tokens.extend(chunk)
-        stats.n_prompt = len(ids) - keep
-        stats.prompt_seconds = time.perf_counter() - t0
-        return logits
+            stats.n_prompt += len(chunk)
+            stats.prompt_seconds = time.perf_counter() - t0
+            yield logits
+
+
+def _visible(steps: Iterator[str]) -> Iterator[str]:
+    """The pieces of text, without the progress markers; closing it closes the turn."""
+    try:
+        for piece in steps:
+            if piece:
+                yield piece
+    finally:
+        steps.close()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -1,0 +1,72 @@
+"""OpenAI's response objects, built from the engine's events: one place for
+the server's /v1 routes and for `llamalocal.Llama` (llama-cpp-python's API)."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Optional
+
+from ..session import TurnStats
+
+
+def finish_reason(stats: TurnStats) -> str:
+    """OpenAI's and ollama's word for why an answer ended."""
+    return "length" if stats.stop_reason in ("token limit", "context full") else "stop"
+
+
+def timings(stats: TurnStats) -> dict[str, Any]:
+    """llama.cpp's server `timings`: cache_n tokens were reused, prompt_n evaluated."""
+    return {"cache_n": stats.n_reused, "prompt_n": stats.n_prompt, "prompt_ms": stats.prompt_seconds * 1e3,
+            "predicted_n": stats.n_generated, "predicted_ms": stats.gen_seconds * 1e3,
+            "predicted_per_second": stats.gen_tps}
+
+
+class Completion:
+    """The objects of one chat or text completion, streamed (chunks) or whole."""
+
+    def __init__(self, chat: bool, model: str, n_prompt_tokens: int = 0):
+        self.chat = chat
+        self.model = model
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.n_prompt_tokens = n_prompt_tokens
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def _choice(self, text: Optional[str], finish: Optional[str], whole: bool = False) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        if whole:
+            return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                    "logprobs": None}
+        return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish,
+                "logprobs": None}
+
+    def usage(self, stats: TurnStats) -> dict[str, int]:
+        return {"prompt_tokens": self.n_prompt_tokens, "completion_tokens": stats.n_generated,
+                "total_tokens": self.n_prompt_tokens + stats.n_generated}
+
+    def first_chunk(self) -> Optional[dict[str, Any]]:
+        """The chat stream opens with the assistant's role, as OpenAI's does."""
+        if not self.chat:
+            return None
+        return {**self._base("chat.completion.chunk"),
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                             "logprobs": None}]}
+
+    def chunk(self, text: str) -> dict[str, Any]:
+        return {**self._base("chat.completion.chunk" if self.chat else "text_completion"),
+                "choices": [self._choice(text, None)]}
+
+    def last_chunks(self, stats: TurnStats, include_usage: bool) -> list[dict[str, Any]]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        out = [{**self._base(kind), "choices": [self._choice(None, finish_reason(stats))], "timings": timings(stats)}]
+        if include_usage:
+            out.append({**self._base(kind), "choices": [], "usage": self.usage(stats)})
+        return out
+
+    def whole(self, text: str, stats: TurnStats) -> dict[str, Any]:
+        return {**self._base("chat.completion" if self.chat else "text_completion"),
+                "choices": [self._choice(text, finish_reason(stats), whole=True)], "usage": self.usage(stats),
+                "timings": timings(stats)}
