@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from models import SMOLLM2, model_path
+from models import SMOLLM2, TESTS_DIR, model_path
 
 from llamalocal import Error, load_model
 from llamalocal.convert import open_checkpoint
@@ -23,7 +23,9 @@ STORIES = "stories260K.gguf"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamalocal.cli", *args], capture_output=True, text=True, timeout=300)
+    # from the tests folder, so that the installed package is run, not the source tree beside it
+    return subprocess.run([sys.executable, "-m", "llamalocal.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=TESTS_DIR)
 
 
 def rewritten(src: Path, dst: Path, change) -> Path:

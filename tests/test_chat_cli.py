@@ -9,7 +9,7 @@ import sys
 import pexpect
 import pytest
 
-from models import SMOLLM2, model_path
+from models import SMOLLM2, TESTS_DIR, model_path
 
 FOOTER = re.compile(r"prompt: (\d+) tokens evaluated, (\d+) reused from the cache, [\d.]+ t/s \| answer: (\d+) tokens")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -21,7 +21,7 @@ def env(tmp_path) -> dict:
 
 def spawn(tmp_path, *args: str) -> pexpect.spawn:
     child = pexpect.spawn(sys.executable, ["-m", "llamalocal.cli", "chat", str(model_path(SMOLLM2)), *args],
-                          env=env(tmp_path), encoding="utf-8", timeout=120, dimensions=(40, 200))
+                          env=env(tmp_path), encoding="utf-8", timeout=120, dimensions=(40, 200), cwd=str(TESTS_DIR))
     child.expect_exact(">>> ")
     return child
 
@@ -107,7 +107,7 @@ def test_load_refuses_another_model(tmp_path):
 
 def run_piped(tmp_path, text: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamalocal.cli", "chat", str(model_path(SMOLLM2)), *args],
-                          input=text, capture_output=True, text=True, timeout=300, env=env(tmp_path))
+                          input=text, capture_output=True, text=True, timeout=300, env=env(tmp_path), cwd=TESTS_DIR)
 
 
 def test_piped_question_prints_one_answer(tmp_path):

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from models import SMOLLM2, model_path
+from models import SMOLLM2, TESTS_DIR, model_path
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency ([test] extra)")
 ollama = pytest.importorskip("ollama", reason="the ollama client is a test dependency ([test] extra)")
@@ -34,7 +34,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "LLAMALOCAL_HOME": str(tmp_path_factory.mktemp("home"))}
     proc = subprocess.Popen([sys.executable, "-m", "llamalocal.cli", "serve", str(model_path(SMOLLM2)), "--port", str(port),
                              "--parallel", "2", "--ctx", "1024", "--api-key", KEY, "--name", "smollm2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS_DIR)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -166,7 +166,7 @@ def start(tmp_path, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llamalocal.cli", "serve", str(model_path(SMOLLM2)), "--port",
                              str(port), *args], env={**os.environ, "LLAMALOCAL_HOME": str(tmp_path)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=TESTS_DIR)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
