@@ -56,13 +56,8 @@ async def _respond(body: dict, stream: Stream, name: str, wrap) -> Any:
                                       **_final(stream, value, start)}) + "\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
-    text, stats = [], None
-    async for kind, value in stream.events():
-        if kind == "piece":
-            text.append(value)
-        else:
-            stats = value
-    return JSONResponse({"model": name, "created_at": _now(), **wrap("".join(text)), **_final(stream, stats, start)})
+    text, stats = await stream.collect()
+    return JSONResponse({"model": name, "created_at": _now(), **wrap(text), **_final(stream, stats, start)})
 
 
 async def chat(request: Request, state: dict) -> Any:

@@ -71,14 +71,9 @@ async def _respond(body: dict[str, Any], stream: Stream, shape: Completion) -> A
             yield "[DONE]"
 
         return EventSourceResponse(events(), ping=15)
-    text, stats = [], None
-    async for kind, value in stream.events():
-        if kind == "piece":
-            text.append(value)
-        else:
-            stats = value
+    text, stats = await stream.collect()
     shape.n_prompt_tokens = stream.job.n_prompt_tokens
-    return JSONResponse(shape.whole("".join(text), stats))
+    return JSONResponse(shape.whole(text, stats))
 
 
 async def chat_completions(request: Request, state: dict) -> Any:

@@ -80,3 +80,13 @@ class Stream:
                     return
         finally:
             self.job.cancel.set()  # the client went away, or the answer is complete: either way, stop
+
+    async def collect(self) -> tuple[str, Any]:
+        """The whole answer and its TurnStats, for a request that does not stream."""
+        text, stats = [], None
+        async for kind, value in self.events():
+            if kind == "piece":
+                text.append(value)
+            else:
+                stats = value
+        return "".join(text), stats
