@@ -4,7 +4,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layer.h"
@@ -79,29 +81,13 @@ public:
     }
 
     void forward(py::array x, int64_t pos0, py::array k_cache, py::array v_cache, int64_t n_out) {
-        if (!x.dtype().is(py::dtype::of<float>()) || x.ndim() != 2 || !(x.flags() & py::array::c_style) || !x.writeable())
-            throw py::value_error("x must be a writable C-contiguous float32 array of shape (n_tokens, n_embd)");
-        if (x.shape(1) != L.n_embd) throw py::value_error("x: expected " + std::to_string(L.n_embd) + " features, got " + std::to_string(x.shape(1)));
+        check_x(x);
         const int64_t T = x.shape(0);
         if (n_out != -1 && (n_out < 1 || n_out > T))
             throw py::value_error("n_out must be between 1 and the " + std::to_string(T) + " tokens, got " + std::to_string(n_out));
-        KVRef kv;
-        const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().char_() == 'e';
-        const bool f32 = k_cache.dtype().is(py::dtype::of<float>());
-        if (!(f16 || f32) || !k_cache.dtype().is(v_cache.dtype())) throw py::value_error("k_cache and v_cache must both be float16 or both float32");
-        kv.type = f16 ? TYPE_F16 : TYPE_F32;
-        for (py::array* c : {&k_cache, &v_cache})
-            if (c->ndim() != 3 || !(c->flags() & py::array::c_style) || !c->writeable())
-                throw py::value_error("KV cache arrays must be writable, C-contiguous and 3-D");
-        kv.n_ctx = k_cache.shape(0);
-        if (k_cache.shape(1) != L.n_head_kv || k_cache.shape(2) != L.head_dim)
-            throw py::value_error("k_cache: expected shape (n_ctx, " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
-        if (v_cache.shape(0) != kv.n_ctx || v_cache.shape(1) != L.n_head_kv || v_cache.shape(2) != L.head_dim)
-            throw py::value_error("v_cache: expected the shape of k_cache (" + std::to_string(kv.n_ctx) + ", " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
+        const KVRef kv = cache_ref(k_cache, v_cache, "");
         if (pos0 < 0 || pos0 + T > kv.n_ctx)
             throw py::value_error("positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + T) + " do not fit a cache of " + std::to_string(kv.n_ctx));
-        kv.k = static_cast<uint8_t*>(k_cache.mutable_data());
-        kv.v = static_cast<uint8_t*>(v_cache.mutable_data());
         float* xp = static_cast<float*>(x.mutable_data());
         if (T == 0) return;
         py::gil_scoped_release release;
@@ -109,7 +95,110 @@ public:
         layer_forward(active_kernels(), *pool, L, xp, T, pos0, kv, n_out < 0 ? T : n_out);
     }
 
+    // Tokens of several sequences in one pass (layer_forward_batch): row t of x
+    // belongs to sequence seq[t] at position pos[t] of that sequence's cache
+    // (k_caches[seq[t]], v_caches[seq[t]]); a sequence's rows are contiguous
+    // and at consecutive positions.
+    void forward_batch(py::array x, py::array seq, py::array pos, py::sequence k_caches, py::sequence v_caches, bool last_only) {
+        check_x(x);
+        const int64_t T = x.shape(0);
+        if (!seq.dtype().is(py::dtype::of<int32_t>()) || seq.ndim() != 1 || !(seq.flags() & py::array::c_style) || seq.shape(0) != T)
+            throw py::value_error("seq must be a C-contiguous int32 vector of the " + std::to_string(T) + " tokens' sequence ids");
+        if (!pos.dtype().is(py::dtype::of<int64_t>()) || pos.ndim() != 1 || !(pos.flags() & py::array::c_style) || pos.shape(0) != T)
+            throw py::value_error("pos must be a C-contiguous int64 vector of the " + std::to_string(T) + " tokens' positions");
+        const int64_t n_seq = (int64_t)py::len(k_caches);
+        if (n_seq < 1 || (int64_t)py::len(v_caches) != n_seq)
+            throw py::value_error("k_caches and v_caches must be lists of the same length, one cache per sequence (got " +
+                                  std::to_string(n_seq) + " and " + std::to_string(py::len(v_caches)) + ")");
+        std::vector<py::array> arrays;  // kept alive while the GIL is released
+        std::vector<SeqSpan> spans(n_seq);
+        for (int64_t s = 0; s < n_seq; s++) {
+            py::object k = k_caches[(size_t)s], v = v_caches[(size_t)s];
+            if (!py::isinstance<py::array>(k) || !py::isinstance<py::array>(v))
+                throw py::value_error("sequence " + std::to_string(s) + ": KV caches must be numpy arrays");
+            py::array ka = py::reinterpret_borrow<py::array>(k), va = py::reinterpret_borrow<py::array>(v);
+            spans[s].kv = cache_ref(ka, va, "sequence " + std::to_string(s) + ": ");
+            spans[s].row0 = -1;
+            if (s > 0 && spans[s].kv.type != spans[0].kv.type)
+                throw py::value_error("sequence " + std::to_string(s) + ": every sequence's cache must have the same type");
+            arrays.push_back(ka);
+            arrays.push_back(va);
+        }
+        // One sequence's cache shared with another (or its K with its V)
+        // would have one write the other's rows: refused, not raced.  Sorted
+        // by address, an overlap is a buffer starting before an earlier one ends.
+        std::vector<std::pair<const uint8_t*, size_t>> by_address;  // (start, index into arrays)
+        for (size_t i = 0; i < arrays.size(); i++)
+            if (arrays[i].nbytes() > 0) by_address.emplace_back(static_cast<const uint8_t*>(arrays[i].data()), i);
+        std::sort(by_address.begin(), by_address.end());
+        for (size_t j = 1, last = 0; j < by_address.size(); j++) {  // last: the buffer reaching furthest so far
+            const size_t a = by_address[last].second, b = by_address[j].second;
+            if (by_address[j].first < by_address[last].first + arrays[a].nbytes()) {
+                const size_t sa = std::min(a, b) / 2, sb = std::max(a, b) / 2;
+                throw py::value_error(sa == sb ? "sequence " + std::to_string(sa) + ": k_cache and v_cache overlap in memory"
+                                               : "sequences " + std::to_string(sa) + " and " + std::to_string(sb) +
+                                                     " share KV cache memory: each sequence needs its own cache");
+            }
+            last = j;  // no overlap: j starts at or after every earlier buffer's end
+        }
+        const int32_t* sq = static_cast<const int32_t*>(seq.data());
+        const int64_t* ps = static_cast<const int64_t*>(pos.data());
+        for (int64_t t = 0; t < T; t++) {
+            const int32_t s = sq[t];
+            if (s < 0 || s >= n_seq)
+                throw py::value_error("seq[" + std::to_string(t) + "] = " + std::to_string(s) + " is not a sequence id in [0, " + std::to_string(n_seq) + ")");
+            SeqSpan& S = spans[s];
+            if (ps[t] < 0 || ps[t] >= S.kv.n_ctx)
+                throw py::value_error("sequence " + std::to_string(s) + ": position " + std::to_string(ps[t]) + " (row " + std::to_string(t) +
+                                      ") is outside its cache of " + std::to_string(S.kv.n_ctx));
+            if (S.row0 < 0) {
+                S.row0 = t;
+                S.pos0 = ps[t];
+            } else if (S.row0 + S.n_tokens != t) {
+                throw py::value_error("sequence " + std::to_string(s) + ": its tokens must be contiguous in x (row " + std::to_string(t) + ")");
+            } else if (ps[t] != S.pos0 + S.n_tokens) {
+                throw py::value_error("sequence " + std::to_string(s) + ": positions must be consecutive, got " + std::to_string(ps[t - 1]) +
+                                      " then " + std::to_string(ps[t]) + " (row " + std::to_string(t) + ")");
+            }
+            S.n_tokens++;
+        }
+        for (SeqSpan& S : spans)
+            if (S.row0 < 0) S.row0 = 0;  // a sequence without tokens in this batch
+        float* xp = static_cast<float*>(x.mutable_data());
+        if (T == 0) return;
+        py::gil_scoped_release release;
+        auto pool = global_pool();
+        layer_forward_batch(active_kernels(), *pool, L, xp, T, spans.data(), n_seq, last_only);
+    }
+
 private:
+    void check_x(const py::array& x) const {
+        if (!x.dtype().is(py::dtype::of<float>()) || x.ndim() != 2 || !(x.flags() & py::array::c_style) || !x.writeable())
+            throw py::value_error("x must be a writable C-contiguous float32 array of shape (n_tokens, n_embd)");
+        if (x.shape(1) != L.n_embd) throw py::value_error("x: expected " + std::to_string(L.n_embd) + " features, got " + std::to_string(x.shape(1)));
+    }
+
+    // One layer's cache: K and V of the same type (F16 or F32) and the same
+    // shape (n_ctx, n_head_kv, head_dim), writable and C-contiguous.
+    KVRef cache_ref(py::array& k_cache, py::array& v_cache, const std::string& who) const {
+        KVRef kv;
+        const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().char_() == 'e';
+        const bool f32 = k_cache.dtype().is(py::dtype::of<float>());
+        if (!(f16 || f32) || !k_cache.dtype().is(v_cache.dtype())) throw py::value_error(who + "k_cache and v_cache must both be float16 or both float32");
+        kv.type = f16 ? TYPE_F16 : TYPE_F32;
+        for (py::array* c : {&k_cache, &v_cache})
+            if (c->ndim() != 3 || !(c->flags() & py::array::c_style) || !c->writeable())
+                throw py::value_error(who + "KV cache arrays must be writable, C-contiguous and 3-D");
+        kv.n_ctx = k_cache.shape(0);
+        if (k_cache.shape(1) != L.n_head_kv || k_cache.shape(2) != L.head_dim)
+            throw py::value_error(who + "k_cache: expected shape (n_ctx, " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
+        if (v_cache.shape(0) != kv.n_ctx || v_cache.shape(1) != L.n_head_kv || v_cache.shape(2) != L.head_dim)
+            throw py::value_error(who + "v_cache: expected the shape of k_cache (" + std::to_string(kv.n_ctx) + ", " + std::to_string(L.n_head_kv) + ", " + std::to_string(L.head_dim) + ")");
+        kv.k = static_cast<uint8_t*>(k_cache.mutable_data());
+        kv.v = static_cast<uint8_t*>(v_cache.mutable_data());
+        return kv;
+    }
+
     static void check_f32(const py::array& a, const char* name, int64_t n) {
         if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) || a.size() != n)
             throw py::value_error(std::string(name) + ": expected a C-contiguous float32 vector of " + std::to_string(n) + " values");
@@ -192,7 +281,13 @@ void bind_layer(py::module_& m) {
         .def(py::init<const py::dict&, const LayerParams&>(), py::arg("tensors"), py::arg("params"))
         .def("forward", &Layer::forward, py::arg("x"), py::arg("pos0"), py::arg("k_cache"), py::arg("v_cache"), py::arg("n_out") = -1,
              "x (n_tokens, n_embd) float32 at positions pos0..: updated in place; K/V written to the caches.  "
-             "With n_out (1..n_tokens), only the last n_out rows get the feed-forward half and hold the output.");
+             "With n_out (1..n_tokens), only the last n_out rows get the feed-forward half and hold the output.")
+        .def("forward_batch", &Layer::forward_batch, py::arg("x"), py::arg("seq"), py::arg("pos"), py::arg("k_caches"), py::arg("v_caches"),
+             py::arg("last_only") = false,
+             "Tokens of several sequences in one pass: row t of x (n_tokens, n_embd) float32 belongs to sequence seq[t] (int32, "
+             "0..len(k_caches)-1) at position pos[t] (int64) of that sequence's caches k_caches[seq[t]], v_caches[seq[t]]; a "
+             "sequence's rows are contiguous and at consecutive positions.  x is updated in place; with last_only, only the last "
+             "row of each sequence gets the feed-forward half and holds the output.");
     m.def("rms_norm", [](const py::array& x, const py::array& w, float eps) {
         if (!x.dtype().is(py::dtype::of<float>()) || !w.dtype().is(py::dtype::of<float>()) || !(x.flags() & py::array::c_style) ||
             !(w.flags() & py::array::c_style) || x.ndim() < 1 || w.ndim() != 1 || x.shape(x.ndim() - 1) != w.shape(0))

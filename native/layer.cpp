@@ -81,29 +81,39 @@ void store_kv(const LayerSpec& L, const KVRef& kv, const float* k, const float* 
 // The attention scale: the model's, else 1/sqrt(head_dim).
 inline float score_scale(const LayerSpec& L) { return L.attn_scale > 0 ? L.attn_scale : 1.0f / std::sqrt((float)L.head_dim); }
 
-// out[t][h] = softmax(q[t][h] · K[j0..p]ᵀ * scale) · V[j0..p] for each token t at
-// position p (causal; j0 > p - window on sliding-window layers).
-void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const KVRef& kv, const float* q, float* out,
-               int64_t n_tokens, int64_t pos0) {
+// out[t][h] = softmax(q[t][h] · K[j0..p]ᵀ * scale) · V[j0..p] for each row t at
+// position p of its sequence's cache (causal; j0 > p - window on sliding-window layers).
+void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const SeqSpan* seqs, int64_t n_seq, const float* q,
+               float* out, int64_t n_tokens) {
     const int64_t hd = L.head_dim, row = L.n_head_kv * hd, group = L.n_head / L.n_head_kv;
-    const size_t esz = kv.type == TYPE_F16 ? 2 : 4;
-    // With attn_scale_q the caller has already scaled q (see layer_forward).
+    // With attn_scale_q the caller has already scaled q (see attention_half).
     const float scale = L.attn_scale_q ? 1.0f : score_scale(L);
-    const attn_fn attn = ks.attn[kv.type];
+    std::vector<int32_t> owner(n_tokens);
+    int64_t span_max = 0;
+    size_t bytes = 0;  // K and V bytes read
+    for (int64_t s = 0; s < n_seq; s++) {
+        const SeqSpan& S = seqs[s];
+        for (int64_t t = 0; t < S.n_tokens; t++) owner[S.row0 + t] = (int32_t)s;
+        span_max = std::max(span_max, S.pos0 + S.n_tokens);
+        const size_t esz = S.kv.type == TYPE_F16 ? 2 : 4;
+        bytes += (size_t)(S.n_tokens * L.n_head) * (S.pos0 + S.n_tokens) * hd * esz * 2 / group;
+    }
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
     auto work = [&](int, int) {
-        std::vector<float> scratch(2 * (pos0 + n_tokens) + 128 + 64 * hd);  // see attn_fn
+        std::vector<float> scratch(2 * span_max + 128 + 64 * hd);  // see attn_fn
         for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
-            const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group, p = pos0 + t;
+            const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group;
+            const SeqSpan& S = seqs[owner[t]];
+            const int64_t p = S.pos0 + (t - S.row0);
             const int64_t j0 = L.sliding_window > 0 ? std::max<int64_t>(0, p - L.sliding_window + 1) : 0;
-            const size_t first = (size_t)(j0 * row + g * hd) * esz;
-            attn(p - j0 + 1, hd, q + (t * L.n_head + h) * hd, kv.k + first, row, kv.v + first, row, scale, j0, n_tokens > 1, scratch.data(),
-                 out + (t * L.n_head + h) * hd);
+            const size_t first = (size_t)(j0 * row + g * hd) * (S.kv.type == TYPE_F16 ? 2 : 4);
+            // the batch flag is the sequence's own: a decode token attends as it would alone
+            ks.attn[S.kv.type](p - j0 + 1, hd, q + (t * L.n_head + h) * hd, S.kv.k + first, row, S.kv.v + first, row, scale, j0,
+                               S.n_tokens > 1, scratch.data(), out + (t * L.n_head + h) * hd);
         }
     };
-    // K and V bytes read: small attention spans are not worth waking the pool for.
-    const size_t bytes = (size_t)n_tasks * (pos0 + n_tokens) * hd * esz * 2 / group;
+    // small attention spans are not worth waking the pool for
     if (bytes < 64 * 1024) work(0, 1);
     else pool.run(work);
 }
@@ -151,39 +161,42 @@ void glu(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* gate,
     pool.run([&](int ith, int nth) { rows(T * ith / nth, T * (ith + 1) / nth); });
 }
 
-}  // namespace
-
-void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, int64_t pos0, const KVRef& kv,
-                   int64_t n_out) {
+// x = h = x + attn(norm(x)) on every row, each row at its sequence's position.
+void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, const SeqSpan* seqs,
+                    int64_t n_seq) {
     const int64_t d = L.n_embd, hd = L.head_dim, nq = L.n_head * hd, nkv = L.n_head_kv * hd;
     std::vector<float> xn(T * d), q(T * nq), k(T * nkv), v(T * nkv), att(T * nq), o(T * d);
-
-    // ---- h = x + attn(norm(x)) ----
     rms_norm(x, L.attn_norm.f32(), xn.data(), T, d, L.norm_eps);
     linear(ks, pool, L.wq, L.bq, xn.data(), T, q.data());  // [T, n_head * hd]
     linear(ks, pool, L.wk, L.bk, xn.data(), T, k.data());  // [T, n_head_kv * hd]
     linear(ks, pool, L.wv, L.bv, xn.data(), T, v.data());  // [T, n_head_kv * hd]
     if (L.q_norm.present()) rms_norm(q.data(), L.q_norm.f32(), q.data(), T * L.n_head, hd, L.norm_eps);
     if (L.k_norm.present()) rms_norm(k.data(), L.k_norm.f32(), k.data(), T * L.n_head_kv, hd, L.norm_eps);
-    rope(L, q.data(), T, L.n_head, pos0);
-    rope(L, k.data(), T, L.n_head_kv, pos0);
+    for (int64_t s = 0; s < n_seq; s++) {
+        const SeqSpan& S = seqs[s];
+        rope(L, q.data() + S.row0 * nq, S.n_tokens, L.n_head, S.pos0);
+        rope(L, k.data() + S.row0 * nkv, S.n_tokens, L.n_head_kv, S.pos0);
+    }
     // llama.cpp's gemma graph scales q, in float32, before q is rounded to fp16
     // for q·K (scaling the scores instead differs where q/sqrt(hd) is an fp16 subnormal)
     if (L.attn_scale_q) {
         const float s = score_scale(L);
         for (int64_t i = 0; i < T * nq; i++) q[i] *= s;
     }
-    store_kv(L, kv, k.data(), v.data(), T, pos0);
-    attention(ks, pool, L, kv, q.data(), att.data(), T, pos0);  // [T, n_head * hd]
+    for (int64_t s = 0; s < n_seq; s++) {
+        const SeqSpan& S = seqs[s];
+        store_kv(L, S.kv, k.data() + S.row0 * nkv, v.data() + S.row0 * nkv, S.n_tokens, S.pos0);
+    }
+    attention(ks, pool, L, seqs, n_seq, q.data(), att.data(), T);  // [T, n_head * hd]
     linear(ks, pool, L.wo, TensorRef{}, att.data(), T, o.data());  // [T, d]
     if (L.attn_post_norm.present()) rms_norm(o.data(), L.attn_post_norm.f32(), o.data(), T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
+}
 
-    // ---- out = h + ffn(norm(h)),  ffn(h) = W_down · (act(W_gate · h) * (W_up · h)) ----
-    // for the last n_out rows only: from here on x and T are those rows
-    x += (T - n_out) * d;
-    T = n_out;
-    std::vector<float> gate(T * L.n_ff), up(T * L.n_ff);
+// x = x + ffn(norm(x)) on T contiguous rows, ffn(h) = W_down · (act(W_gate · h) * (W_up · h)).
+void ffn_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T) {
+    const int64_t d = L.n_embd;
+    std::vector<float> xn(T * d), gate(T * L.n_ff), up(T * L.n_ff), o(T * d);
     rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
     linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data());  // [T, n_ff]
     linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data());      // [T, n_ff]
@@ -191,6 +204,39 @@ void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, fl
     linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data());  // [T, d]
     if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
+}
+
+}  // namespace
+
+void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, int64_t pos0, const KVRef& kv,
+                   int64_t n_out) {
+    SeqSpan one;
+    one.n_tokens = T;
+    one.pos0 = pos0;
+    one.kv = kv;
+    attention_half(ks, pool, L, x, T, &one, 1);
+    ffn_half(ks, pool, L, x + (T - n_out) * L.n_embd, n_out);
+}
+
+void layer_forward_batch(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, const SeqSpan* seqs,
+                         int64_t n_seq, bool last_only) {
+    if (T == 0) return;
+    attention_half(ks, pool, L, x, T, seqs, n_seq);
+    std::vector<int64_t> rows;
+    for (int64_t s = 0; s < n_seq; s++)
+        if (seqs[s].n_tokens > 0) rows.push_back(seqs[s].row0 + seqs[s].n_tokens - 1);
+    if (!last_only || (int64_t)rows.size() == T) {
+        ffn_half(ks, pool, L, x, T);
+        return;
+    }
+    // the output rows gathered in x's order, so one sequence alone gets
+    // layer_forward's n_out = 1 pass
+    std::sort(rows.begin(), rows.end());
+    const int64_t d = L.n_embd, n = (int64_t)rows.size();
+    std::vector<float> h(n * d);
+    for (int64_t i = 0; i < n; i++) std::copy(x + rows[i] * d, x + (rows[i] + 1) * d, h.data() + i * d);
+    ffn_half(ks, pool, L, h.data(), n);
+    for (int64_t i = 0; i < n; i++) std::copy(h.data() + i * d, h.data() + (i + 1) * d, x + rows[i] * d);
 }
 
 }  // namespace ll

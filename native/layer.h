@@ -55,6 +55,26 @@ struct KVRef {
 void layer_forward(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t n_tokens, int64_t pos0,
                    const KVRef& kv, int64_t n_out);
 
+// One sequence's share of a batch: rows [row0, row0 + n_tokens) of x, at
+// positions pos0.. of its own cache.
+struct SeqSpan {
+    int64_t row0 = 0, n_tokens = 0, pos0 = 0;
+    KVRef kv;
+};
+
+// Tokens of several sequences in one pass (continuous batching): the matmuls
+// run once over all n_tokens rows, so a decode step of four sequences reads
+// the weights once, not four times.  RoPE, the cache writes and attention
+// follow each row's own sequence: a token's attention over its cache is the
+// computation layer_forward does for it, batch flag included (set by the
+// sequence's own token count), so a sequence's attention does not depend on
+// what it is batched with; only the matmuls' rounding does.  The spans must
+// not overlap, must cover the rows and must use distinct caches (the bindings
+// check this).  With last_only, only the last row of each sequence gets the
+// feed-forward half (n_out = 1 per sequence), the rows taken in x's order.
+void layer_forward_batch(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t n_tokens,
+                         const SeqSpan* seqs, int64_t n_seq, bool last_only);
+
 // y[t] = x[t] / rms(x[t]) * w, for n rows of n_embd.
 void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t n_embd, float eps);
 

@@ -12,7 +12,7 @@ the KV cache belongs to the caller.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -137,3 +137,57 @@ class Transformer:
         x = backend.rms_norm(np.ascontiguousarray(x[n - keep :]), self.output_norm, self.config.norm_eps)
         logits = backend.matmul(self.output.type, self.output.data, x)  # [keep, vocab]
         return logits if (all_logits or n_logits) else logits[0]
+
+    def forward_batch(self, tokens: Sequence[int], seq: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:
+        """Evaluates the tokens of several sequences in one pass (continuous
+        batching): token t belongs to sequence seq[t] and goes to caches[seq[t]]
+        at that cache's next position.  The tokens of one sequence are
+        contiguous; every cache gets at least one.  Returns the logits of each
+        sequence's last token, (len(caches), vocab), in the order of caches.
+
+        The matmuls run once over every row, so a decode step of several
+        sequences reads the weights once; each token's RoPE, cache write and
+        attention are its own sequence's, computed as forward() would compute
+        them (a one-sequence batch gives forward()'s logits bit for bit)."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        seq = np.asarray(seq, dtype=np.int64).reshape(-1)
+        n, n_seq = len(tokens), len(caches)
+        if n == 0 or n_seq == 0:
+            raise ValueError("forward_batch() needs at least one token and one cache")
+        if len(seq) != n:
+            raise ValueError(f"seq has {len(seq)} entries for {n} tokens")
+        if tokens.min() < 0 or tokens.max() >= self.config.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.config.n_vocab}), got {tokens.min()}..{tokens.max()}")
+        if seq.min() < 0 or seq.max() >= n_seq:
+            raise ValueError(f"sequence ids must be in [0, {n_seq}), got {seq.min()}..{seq.max()}")
+        starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
+        ends = np.r_[starts[1:], n]
+        order = seq[starts]  # the sequence of each run of rows
+        if len(np.unique(order)) != len(order):
+            raise ValueError("the tokens of one sequence must be contiguous")
+        if len(order) != n_seq:
+            raise ValueError(f"every cache needs at least one token: only {len(order)} of {n_seq} sequences have any")
+        if len({id(c) for c in caches}) != n_seq:
+            raise ValueError("a cache appears twice in caches: each sequence needs its own")
+        for s, c in enumerate(caches):
+            if len(c.k) != len(self.layers) or c.dtype != caches[0].dtype:
+                raise ValueError(f"cache {s} does not fit: {len(c.k)} layers of {c.dtype}, expected {len(self.layers)} of {caches[0].dtype}")
+        pos = np.empty(n, np.int64)
+        for a, b, s in zip(starts, ends, order):
+            c = caches[s]
+            if b - a > c.n_free:
+                raise ContextFullError(
+                    f"sequence {s}: {b - a} more tokens do not fit: {c.n_tokens} of {c.n_ctx} context positions are used")
+            pos[a:b] = np.arange(c.n_tokens, c.n_tokens + b - a)
+        x = self.embed(tokens)  # [T, d]
+        seq32 = seq.astype(np.int32)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            # as forward(): the last layer's FFN runs on the rows whose logits are wanted only
+            layer.forward_batch(x, seq32, pos, [c.k[i] for c in caches], [c.v[i] for c in caches], last_only=i == last)
+        for a, b, s in zip(starts, ends, order):
+            caches[s].n_tokens += int(b - a)
+        rows = np.empty(n_seq, np.int64)
+        rows[order] = ends - 1
+        x = backend.rms_norm(np.ascontiguousarray(x[rows]), self.output_norm, self.config.norm_eps)
+        return backend.matmul(self.output.type, self.output.data, x)  # [n_seq, vocab]

@@ -51,7 +51,8 @@ class PyLayer:
         gn.rope(x, pos0, p.rope_dim, np.float32(p.rope_base), np.float32(p.rope_pos_scale), ff,
                 bool(p.rope_neox))
 
-    def attention(self, x: np.ndarray, pos0: int, k_cache: np.ndarray, v_cache: np.ndarray) -> np.ndarray:
+    def attention(self, x: np.ndarray, spans: list[tuple[int, int, int, int]], k_caches: list, v_caches: list) -> np.ndarray:
+        """Rows [r0, r1) of x at positions pos0.. of caches[s], for each span (s, r0, r1, pos0)."""
         p, T = self.params, len(x)
         nh, nkv, hd, eps = p.n_head, p.n_head_kv, p.head_dim, p.norm_eps
         q = np.ascontiguousarray(self.linear("wq", x, "bq"), dtype=np.float32).reshape(T, nh, hd)
@@ -61,22 +62,28 @@ class PyLayer:
             q = rms_norm(q, self.t["q_norm"], eps)
         if "k_norm" in self.t:
             k = rms_norm(k, self.t["k_norm"], eps)
-        self.rope(q, pos0)
-        self.rope(k, pos0)
+        for _, r0, r1, pos0 in spans:
+            self.rope(q[r0:r1], pos0)
+            self.rope(k[r0:r1], pos0)
         scale = score_scale(p)
         if p.attn_scale_q:  # gemma: q scaled in float32 before its fp16 rounding, scores by 1
             q *= scale
             scale = np.float32(1.0)
-        k_cache[pos0 : pos0 + T] = k  # an F16 cache rounds half to even, as fp32_to_fp16
-        v_cache[pos0 : pos0 + T] = v
-
-        n = pos0 + T
         out = np.empty((T, nh, hd), np.float32)
-        args = (pos0, int(p.sliding_window), nh // nkv, scale, out)
-        if k_cache.dtype == np.float32:
-            gn.attention(False, q, k_cache, v_cache, *args)
-        else:  # the fp16 values, exactly, as float32
-            gn.attention(True, q, k_cache[:n].astype(np.float32), v_cache[:n].astype(np.float32), *args)
+        for s, r0, r1, pos0 in spans:
+            k_cache, v_cache = k_caches[s], v_caches[s]
+            k_cache[pos0 : pos0 + r1 - r0] = k[r0:r1]  # an F16 cache rounds half to even, as fp32_to_fp16
+            v_cache[pos0 : pos0 + r1 - r0] = v[r0:r1]
+        for s, r0, r1, pos0 in spans:
+            # one sequence's rows at a time: gn.attention takes the batch flag
+            # from the rows it is given, as layer.cpp takes it from the sequence's
+            k_cache, v_cache = k_caches[s], v_caches[s]
+            n = pos0 + r1 - r0
+            args = (pos0, int(p.sliding_window), nh // nkv, scale, out[r0:r1])
+            if k_cache.dtype == np.float32:
+                gn.attention(False, q[r0:r1], k_cache, v_cache, *args)
+            else:  # the fp16 values, exactly, as float32
+                gn.attention(True, q[r0:r1], k_cache[:n].astype(np.float32), v_cache[:n].astype(np.float32), *args)
         o = self.linear("wo", out.reshape(T, nh * hd))
         return rms_norm(o, self.t["attn_post_norm"], eps) if "attn_post_norm" in self.t else o
 
@@ -92,7 +99,73 @@ class PyLayer:
         if n_out != -1 and not 1 <= n_out <= T:
             raise ValueError(f"n_out must be between 1 and the {T} tokens, got {n_out}")
         eps = self.params.norm_eps
-        x += self.attention(rms_norm(x, self.t["attn_norm"], eps), pos0, k_cache, v_cache)
+        x += self.attention(rms_norm(x, self.t["attn_norm"], eps), [(0, 0, T, pos0)], [k_cache], [v_cache])
         # the FFN for the last n_out rows only; the rows before them keep h (see native/layer.h)
         h = x[T - n_out if n_out > 0 else 0 :]
         h += self.ffn(rms_norm(h, self.t["ffn_norm"], eps))
+
+    def forward_batch(self, x: np.ndarray, seq: np.ndarray, pos: np.ndarray, k_caches: list, v_caches: list,
+                      last_only: bool = False) -> None:
+        """native Layer.forward_batch: row t of x belongs to sequence seq[t] at
+        position pos[t] of k_caches[seq[t]], v_caches[seq[t]]."""
+        spans = self._spans(x, seq, pos, k_caches, v_caches)
+        if not spans:
+            return
+        eps = self.params.norm_eps
+        x += self.attention(rms_norm(x, self.t["attn_norm"], eps), spans, k_caches, v_caches)
+        rows = sorted(r1 - 1 for _, _, r1, _ in spans)
+        if not last_only or len(rows) == len(x):
+            x += self.ffn(rms_norm(x, self.t["ffn_norm"], eps))
+            return
+        # the output rows gathered in x's order, as layer.cpp does
+        h = np.ascontiguousarray(x[rows])
+        h += self.ffn(rms_norm(h, self.t["ffn_norm"], eps))
+        x[rows] = h
+
+    def _spans(self, x, seq, pos, k_caches, v_caches) -> list[tuple[int, int, int, int]]:
+        """(sequence, first row, end row, first position) of each sequence with
+        tokens, after the native binding's checks (ValueError on a misfit)."""
+        p = self.params
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != p.n_embd:
+            raise ValueError(f"x must be a float32 array of shape (n_tokens, {p.n_embd})")
+        T = len(x)
+        if not isinstance(seq, np.ndarray) or seq.dtype != np.int32 or seq.shape != (T,):
+            raise ValueError(f"seq must be an int32 vector of the {T} tokens' sequence ids")
+        if not isinstance(pos, np.ndarray) or pos.dtype != np.int64 or pos.shape != (T,):
+            raise ValueError(f"pos must be an int64 vector of the {T} tokens' positions")
+        n_seq = len(k_caches)
+        if n_seq < 1 or len(v_caches) != n_seq:
+            raise ValueError(f"k_caches and v_caches must be lists of the same length, one cache per sequence (got {n_seq} and {len(v_caches)})")
+        for s, (k, v) in enumerate(zip(k_caches, v_caches)):
+            if not (isinstance(k, np.ndarray) and isinstance(v, np.ndarray)) or k.dtype != v.dtype or k.dtype not in (np.float16, np.float32):
+                raise ValueError(f"sequence {s}: k_cache and v_cache must both be float16 or both float32")
+            if not all(a.flags.c_contiguous and a.flags.writeable for a in (k, v)):
+                raise ValueError(f"sequence {s}: KV cache arrays must be writable and C-contiguous")
+            if k.ndim != 3 or k.shape[1:] != (p.n_head_kv, p.head_dim) or v.shape != k.shape:
+                raise ValueError(f"sequence {s}: KV caches must be (n_ctx, {p.n_head_kv}, {p.head_dim}), K and V alike")
+            if k.dtype != k_caches[0].dtype:
+                raise ValueError(f"sequence {s}: every sequence's cache must have the same type")
+        arrays = [a for kv in zip(k_caches, v_caches) for a in kv]
+        for i in range(len(arrays)):
+            for j in range(i + 1, len(arrays)):
+                if np.may_share_memory(arrays[i], arrays[j]):
+                    if i // 2 == j // 2:
+                        raise ValueError(f"sequence {i // 2}: k_cache and v_cache overlap in memory")
+                    raise ValueError(f"sequences {i // 2} and {j // 2} share KV cache memory: each sequence needs its own cache")
+        spans: dict[int, list[int]] = {}  # sequence -> [first row, end row, first position]
+        for t in range(T):
+            s, at = int(seq[t]), int(pos[t])
+            if not 0 <= s < n_seq:
+                raise ValueError(f"seq[{t}] = {s} is not a sequence id in [0, {n_seq})")
+            if not 0 <= at < len(k_caches[s]):
+                raise ValueError(f"sequence {s}: position {at} (row {t}) is outside its cache of {len(k_caches[s])}")
+            if s not in spans:
+                spans[s] = [t, t + 1, at]
+                continue
+            r0, r1, pos0 = spans[s]
+            if r1 != t:
+                raise ValueError(f"sequence {s}: its tokens must be contiguous in x (row {t})")
+            if at != pos0 + r1 - r0:
+                raise ValueError(f"sequence {s}: positions must be consecutive, got {int(pos[t - 1])} then {at} (row {t})")
+            spans[s][1] = t + 1
+        return [(s, r0, r1, pos0) for s, (r0, r1, pos0) in spans.items()]
