@@ -26,7 +26,7 @@ from .errors import InvalidArgumentError
 from .generation import generate_tokens
 from .model.loader import LoadedModel, load_model
 from .sampling import SamplerConfig, make_sampler
-from .session import Session
+from .session import Session, find_stop, split_held
 
 _SAMPLING_FIELDS = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty", "frequency_penalty",
                     "presence_penalty", "repeat_last_n", "seed"}
@@ -103,15 +103,14 @@ class Model:
                                 lock=self.lock)
         for token in steps:
             held += decoder.feed(token)
-            at = [i for i in (held.find(s) for s in stops) if i >= 0]
-            if at:
-                if held[: min(at)]:
-                    yield held[: min(at)]
+            stop_at = find_stop(held, stops)
+            if stop_at is not None:
+                if held[:stop_at]:
+                    yield held[:stop_at]
                 return
-            keep = _longest_stop_prefix(held, stops)
-            if len(held) > keep:
-                yield held[: len(held) - keep]
-                held = held[len(held) - keep:]
+            shown, held = split_held(held, stops)
+            if shown:
+                yield shown
             if cancel is not None and cancel.is_set():
                 return
         held += decoder.flush()
@@ -133,13 +132,6 @@ class Model:
     def load_chat(self, path: str | Path, *, on_notice: Optional[Callable[[str], None]] = None) -> Session:
         """A conversation saved with Session.save, resumed with exactly the next tokens it would have given."""
         return Session.load(path, self.lm, self.template, lock=self.lock, on_notice=on_notice)
-
-
-def _longest_stop_prefix(text: str, stops: Sequence[str]) -> int:
-    for k in range(min(len(text), max((len(s) for s in stops), default=0)), 0, -1):
-        if any(s.startswith(text[-k:]) for s in stops):
-            return k
-    return 0
 
 
 def load(path: str | Path | None = None, *, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,

@@ -240,12 +240,12 @@ class Session:
                 generated.append(token)
                 stats.n_generated += 1
                 held += decoder.feed(token)
-                stop_at = _find_stop(held, stops)
+                stop_at = find_stop(held, stops)
                 if stop_at is not None:
                     held = held[:stop_at]
                     stats.stop_reason = "stop string"
                     break
-                shown, held = _split_held(held, stops)
+                shown, held = split_held(held, stops)
                 if not stats.first_token_seconds:
                     stats.first_token_seconds = time.perf_counter() - start
                 if shown:
@@ -355,12 +355,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _find_stop(text: str, stops: Sequence[str]) -> Optional[int]:
+def find_stop(text: str, stops: Sequence[str]) -> Optional[int]:
     at = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(at) if at else None
 
 
-def _split_held(text: str, stops: Sequence[str]) -> tuple[str, str]:
+def split_held(text: str, stops: Sequence[str]) -> tuple[str, str]:
     """(what can be shown, what must wait): the longest tail that begins a stop string waits."""
     for k in range(min(len(text), max((len(s) for s in stops), default=0)), 0, -1):
         tail = text[-k:]
