@@ -7,8 +7,9 @@
 
 Honoured: Llama(model_path, n_ctx, n_threads, seed, chat_format, verbose, n_gpu_layers — accepted for
 compatibility, no GPU is used); create_completion / __call__ (prompt, max_tokens, temperature, top_p,
-top_k, min_p, stop, seed, repeat_penalty, presence_penalty, frequency_penalty, echo, stream);
-create_chat_completion (messages, the same sampling options, max_tokens, stop, seed, stream);
+top_k, min_p, stop, seed, repeat_penalty, presence_penalty, frequency_penalty, logprobs, echo, stream);
+create_chat_completion (messages, the same sampling options, max_tokens, stop, seed, logprobs,
+top_logprobs, stream);
 tokenize(text: bytes, add_bos, special); detokenize(tokens) -> bytes.  Any other argument is an
 error, never silently ignored.  The responses are the server's OpenAI-shaped objects, made by the
 same code (server/openai_format.py) from the same engine.
@@ -23,11 +24,13 @@ from .errors import InvalidArgumentError
 from .model.loader import load_model
 from .server.engine import Engine, Job
 from .server.openai_format import Completion
+from .server.protocol import Answer
 
 # llama-cpp-python's defaults
 _COMPLETION_DEFAULTS = {"max_tokens": 16, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05,
-                        "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
-_CHAT_DEFAULTS = {**_COMPLETION_DEFAULTS, "temperature": 0.2, "max_tokens": None}
+                        "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                        "logprobs": None}  # logprobs: alternatives per token, as OpenAI's completions take it
+_CHAT_DEFAULTS = {**_COMPLETION_DEFAULTS, "temperature": 0.2, "max_tokens": None, "logprobs": False, "top_logprobs": None}
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "seed")
 
 
@@ -63,35 +66,45 @@ class Llama:
     def create_completion(self, prompt: str, *, stream: bool = False, echo: bool = False,
                           **kwargs: Any) -> Union[dict, Iterator[dict]]:
         opts = _options(kwargs, _COMPLETION_DEFAULTS, "create_completion")
-        shape = Completion(False, self.model_path)
-        events = self._run({"prompt": prompt, **self._job(opts)})
+        job = self._job(opts, opts["logprobs"])
+        shape = self._shape(False, job, offset=len(prompt))
+        events = self._run({"prompt": prompt, **job})
         if stream:
             return self._stream(events, shape, prompt if echo else "")
-        text, stats = _collect(events)
+        answer = _collect(events)
         shape.n_prompt_tokens = self._last_prompt_tokens
-        return shape.whole((prompt if echo else "") + text, stats)
+        return shape.whole((prompt if echo else "") + answer.text, answer.stats, answer.logprobs)
 
     def create_chat_completion(self, messages: list[dict[str, Any]], *, stream: bool = False,
                                **kwargs: Any) -> Union[dict, Iterator[dict]]:
         opts = _options(kwargs, _CHAT_DEFAULTS, "create_chat_completion")
-        shape = Completion(True, self.model_path)
-        events = self._run({"messages": [dict(m) for m in messages], **self._job(opts)})
+        if opts["top_logprobs"] is not None and not opts["logprobs"]:
+            raise InvalidArgumentError("create_chat_completion: top_logprobs needs logprobs=True")
+        job = self._job(opts, (opts["top_logprobs"] or 0) if opts["logprobs"] else None)
+        shape = self._shape(True, job)
+        events = self._run({"messages": [dict(m) for m in messages], **job})
         if stream:
             return self._stream(events, shape, None)
-        text, stats = _collect(events)
+        answer = _collect(events)
         shape.n_prompt_tokens = self._last_prompt_tokens
-        return shape.whole(text, stats)
+        return shape.whole(answer.text, answer.stats, answer.logprobs)
 
     # -- the engine -----------------------------------------------------------------------------------------
 
-    def _job(self, opts: dict[str, Any]) -> dict[str, Any]:
+    def _shape(self, chat: bool, job: dict[str, Any], offset: int = 0) -> Completion:
+        tokenizer = self._model.tokenizer if job["logprobs"] is not None else None
+        return Completion(chat, self.model_path, tokenizer=tokenizer, offset=offset)
+
+    def _job(self, opts: dict[str, Any], logprobs: Optional[int]) -> dict[str, Any]:
         sampling = {k: opts[k] for k in _SAMPLING if opts.get(k) is not None}
         if "seed" not in sampling and self._seed is not None:
             sampling["seed"] = self._seed
         max_tokens = opts.get("max_tokens")
         stop = opts.get("stop") or []
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 20):
+            raise InvalidArgumentError(f"logprobs: expected a number of alternatives from 0 to 20, got {logprobs!r}")
         return {"sampling": sampling, "max_tokens": -1 if not max_tokens or max_tokens < 0 else int(max_tokens),
-                "stop": [stop] if isinstance(stop, str) else list(stop)}
+                "stop": [stop] if isinstance(stop, str) else list(stop), "logprobs": logprobs}
 
     def _run(self, job_args: dict[str, Any]) -> Iterator[tuple]:
         events: queue.Queue = queue.Queue()
@@ -120,9 +133,13 @@ class Llama:
             yield first
         if echo:
             yield shape.chunk(echo)
+        logprobs = []  # they come just before the piece whose chunk carries them
         for kind, value in events:
-            if kind == "piece":
-                yield shape.chunk(value)
+            if kind == "logprobs":
+                logprobs = value
+            elif kind == "piece":
+                yield shape.chunk(value, logprobs)
+                logprobs = []
             else:
                 shape.n_prompt_tokens = self._last_prompt_tokens
                 yield from shape.last_chunks(value, include_usage=False)
@@ -144,11 +161,8 @@ def _options(kwargs: dict[str, Any], defaults: dict[str, Any], where: str) -> di
     return {**defaults, **kwargs}
 
 
-def _collect(events: Iterator[tuple]) -> tuple[str, Any]:
-    text, stats = [], None
-    for kind, value in events:
-        if kind == "piece":
-            text.append(value)
-        else:
-            stats = value
-    return "".join(text), stats
+def _collect(events: Iterator[tuple]) -> Answer:
+    answer = Answer()
+    for event in events:
+        answer.add(event)
+    return answer

@@ -12,7 +12,11 @@ so through `on_notice`: "drop-oldest" (the default) keeps the system prompt
 and drops the oldest whole turns, re-evaluating what remains; "error"
 refuses with ContextFullError.  Nothing is ever cut silently.
 
-The CLI, the library API and each server slot use this one class.
+The CLI, the library API and each server slot use this one class.  A turn
+never runs the model itself: it asks for each forward pass (a `Forward`) and
+is sent the logits back, so the server can evaluate the turns of several
+sessions in one batched pass; `send`, `reply` and `complete` without
+`stepwise` answer those requests one at a time, under the session's lock.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Generator, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,11 +34,19 @@ from .errors import ContextFullError, InvalidArgumentError, ModelFormatError
 from .generation import GenerationStats
 from .model.kv_cache import KVCache
 from .model.loader import LoadedModel
-from .sampling import SamplerConfig, make_sampler
+from .sampling import SamplerConfig, TokenLogprob, make_sampler, token_logprob
 from .session_file import model_identity, read_session, write_session
 
 CONTEXT_POLICIES = ("drop-oldest", "error")
 PREFILL_CHUNK = 256  # tokens per forward pass while prefilling: cancel and Ctrl-C are seen between chunks
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A turn's request to its driver: evaluate `tokens` into the session's cache
+    at its next positions, then send the turn the last token's logits."""
+
+    tokens: list[int]
 
 
 @dataclass
@@ -44,6 +56,7 @@ class TurnStats(GenerationStats):
     n_reused: int = 0
     first_token_seconds: float = 0.0  # from the turn's start to its first piece of text
     n_dropped_messages: int = 0
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)  # per generated token, when asked for
 
     def footer(self) -> str:
         return (f"prompt: {self.n_prompt} tokens evaluated, {self.n_reused} reused from the cache, "
@@ -115,17 +128,20 @@ class Session:
     def send(self, text: str, *, max_tokens: int = -1, cancel: Optional[threading.Event] = None,
              stop: Sequence[str] = (), stepwise: bool = False) -> Iterator[str]:
         """Adds a user turn and streams the answer, piece by piece (UTF-8 safe).
-        `stop` strings end it besides the template's own; `stepwise` also yields
-        "" after each prompt chunk evaluated, for a scheduler that interleaves sessions."""
+        `stop` strings end it besides the template's own.  With `stepwise` the
+        turn also yields a `Forward` for each pass it needs and must be sent the
+        logits (`steps.send(logits)`): a scheduler batches several sessions so."""
         self.messages.append({"role": "user", "content": str(text)})
         return self._run(self._answer(self._prompt_ids, max_tokens, cancel, stop, record=True), stepwise)
 
     def reply(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = -1,
               cancel: Optional[threading.Event] = None, stop: Sequence[str] = (), ignore_eos: bool = False,
-              stepwise: bool = False) -> Iterator[str]:
+              logprobs: Optional[int] = None, stepwise: bool = False) -> Iterator[str]:
         """Streams the answer to a whole conversation that the caller keeps (a
         system message first, if any; the last one the user's).  What the cache
-        holds of an earlier call is reused as far as the conversation matches."""
+        holds of an earlier call is reused as far as the conversation matches.
+        With `logprobs` (the number of alternatives, 0 for none) each generated
+        token's log-probability goes to `stats.logprobs` as it is sampled."""
         msgs = [{"role": str(m["role"]), "content": m["content"]} for m in messages]
         if not msgs or msgs[-1]["role"] != "user":
             raise InvalidArgumentError("reply() needs a conversation whose last message is the user's")
@@ -135,23 +151,42 @@ class Session:
         else:
             self.system = None
         self.messages = msgs
-        return self._run(self._answer(self._prompt_ids, max_tokens, cancel, stop, record=True, ignore_eos=ignore_eos),
-                         stepwise)
+        return self._run(self._answer(self._prompt_ids, max_tokens, cancel, stop, record=True, ignore_eos=ignore_eos,
+                                      logprobs=logprobs), stepwise)
 
     def complete(self, prompt: str, *, max_tokens: int = -1, cancel: Optional[threading.Event] = None,
-                 stop: Sequence[str] = (), ignore_eos: bool = False, stepwise: bool = False) -> Iterator[str]:
+                 stop: Sequence[str] = (), ignore_eos: bool = False, logprobs: Optional[int] = None,
+                 stepwise: bool = False) -> Iterator[str]:
         """Streams the continuation of a raw prompt (no template, nothing recorded as
-        a turn); the cache is reused as far as it matches the prompt's tokens."""
+        a turn); the cache is reused as far as it matches the prompt's tokens.
+        `logprobs` as in reply()."""
         tok = self.lm.tokenizer
         ids = tok.encode(prompt) or ([tok.bos_id] if tok.bos_id is not None else [])
         if not ids:
             raise InvalidArgumentError("the prompt is empty and the model has no BOS token to start from")
-        return self._run(self._answer(lambda: list(ids), max_tokens, cancel, stop, record=False, ignore_eos=ignore_eos),
-                         stepwise)
+        return self._run(self._answer(lambda: list(ids), max_tokens, cancel, stop, record=False, ignore_eos=ignore_eos,
+                                      logprobs=logprobs), stepwise)
 
-    @staticmethod
-    def _run(steps: Iterator[str], stepwise: bool) -> Iterator[str]:
-        return steps if stepwise else _visible(steps)
+    def _run(self, steps: Generator[Any, Optional[np.ndarray], None], stepwise: bool) -> Iterator[Any]:
+        return steps if stepwise else self._driven(steps)
+
+    def _driven(self, steps: Generator[Any, Optional[np.ndarray], None]) -> Iterator[str]:
+        """The pieces of text, each pass the turn asks for run here; closing it closes the turn."""
+        try:
+            item = next(steps)
+            while True:
+                if isinstance(item, Forward):
+                    with self.lock:
+                        logits = self.lm.model.forward(item.tokens, self.cache)
+                    item = steps.send(logits)
+                else:
+                    if item:
+                        yield item
+                    item = next(steps)
+        except StopIteration:
+            return
+        finally:
+            steps.close()
 
     # -- saved conversations -------------------------------------------------------------------------------
 
@@ -201,7 +236,8 @@ class Session:
     # -- one answer ---------------------------------------------------------------------------------------
 
     def _answer(self, prompt_ids: Callable[[], list[int]], max_tokens: int, cancel: Optional[threading.Event],
-                stop: Sequence[str], record: bool, ignore_eos: bool = False) -> Iterator[str]:
+                stop: Sequence[str], record: bool, ignore_eos: bool = False, logprobs: Optional[int] = None
+                ) -> Generator[Any, Optional[np.ndarray], None]:
         start = time.perf_counter()
         stats = self.stats = TurnStats()
         tok = self.lm.tokenizer
@@ -215,9 +251,7 @@ class Session:
                                        f"fit the context of {self.cache.n_ctx}")
             ids = self._make_room(ids, reserve, stats)
 
-        logits = None
-        for logits in self._evaluate(ids, stats, cancel):
-            yield ""  # a prompt chunk evaluated
+        logits = yield from self._evaluate(ids, stats, cancel)
         prompt = list(self.tokens)
         generated: list[int] = []
         decoder = tok.stream_decoder()
@@ -239,6 +273,8 @@ class Session:
                     break
                 generated.append(token)
                 stats.n_generated += 1
+                if logprobs is not None:
+                    stats.logprobs.append(token_logprob(logits, token, logprobs))
                 held += decoder.feed(token)
                 stop_at = find_stop(held, stops)
                 if stop_at is not None:
@@ -255,8 +291,7 @@ class Session:
                     stats.stop_reason = "context full"
                     self.on_notice(f"the answer filled the context of {self.cache.n_ctx} tokens and was cut there")
                     break
-                with self.lock:
-                    logits = self.lm.model.forward([token], self.cache)
+                logits = yield Forward([token])
                 self.tokens.append(token)
             held += decoder.flush() if stats.stop_reason != "stop string" else ""
             if held:
@@ -316,35 +351,26 @@ class Session:
                        f"{len(self.messages)} remain")
         return encode_chat(self.lm.tokenizer, self.template, self.conversation(), add_generation_prompt=True)
 
-    def _evaluate(self, ids: list[int], stats: TurnStats, cancel: Optional[threading.Event]) -> Iterator[np.ndarray]:
-        """Brings the cache to `ids`, evaluating only what it does not hold, a chunk
-        at a time; yields the logits after each chunk (the last: the last token's)."""
+    def _evaluate(self, ids: list[int], stats: TurnStats, cancel: Optional[threading.Event]
+                  ) -> Generator[Forward, Optional[np.ndarray], Optional[np.ndarray]]:
+        """Brings the cache to `ids`, asking for only what it does not hold, a chunk
+        per pass; returns the last token's logits (None if cancelled first)."""
         t0 = time.perf_counter()
         keep = _common_prefix(self.tokens, ids)
         keep = min(keep, len(ids) - 1)  # the last token is evaluated again for its logits
         self.cache.truncate(keep)
         del self.tokens[keep:]
         stats.n_reused = keep
+        logits = None
         for at in range(keep, len(ids), self.prefill_chunk):
             if cancel is not None and cancel.is_set():
-                return
+                return None
             chunk = ids[at : at + self.prefill_chunk]
-            with self.lock:
-                logits = self.lm.model.forward(chunk, self.cache)
+            logits = yield Forward(chunk)
             self.tokens.extend(chunk)
             stats.n_prompt += len(chunk)
             stats.prompt_seconds = time.perf_counter() - t0
-            yield logits
-
-
-def _visible(steps: Iterator[str]) -> Iterator[str]:
-    """The pieces of text, without the progress markers; closing it closes the turn."""
-    try:
-        for piece in steps:
-            if piece:
-                yield piece
-    finally:
-        steps.close()
+        return logits
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

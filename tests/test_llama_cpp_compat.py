@@ -61,3 +61,27 @@ def test_same_shape_as_llama_cpp_python(llm):
         assert set(theirs["choices"][0]) <= set(ours["choices"][0])
         assert set(theirs["usage"]) == set(ours["usage"])
         assert theirs["usage"]["prompt_tokens"] == ours["usage"]["prompt_tokens"]
+
+
+def test_logprobs_in_both_shapes(llm):
+    chat = llm.create_chat_completion(messages=[{"role": "user", "content": "Say hi."}], temperature=0, max_tokens=6,
+                                      logprobs=True, top_logprobs=2)
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert "".join(e["token"] for e in content) == chat["choices"][0]["message"]["content"]
+    assert all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["logprob"] == e["logprob"] for e in content)
+    with pytest.raises(InvalidArgumentError, match="top_logprobs"):
+        llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], top_logprobs=2)
+    text = llm("Once upon a time", max_tokens=6, temperature=0, logprobs=2, echo=True)
+    lp = text["choices"][0]["logprobs"]
+    assert lp["text_offset"][0] == len("Once upon a time") and len(lp["tokens"]) == 6  # from the prompt's start
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python, the reference, is not installed")
+    ref = llama_cpp.Llama(model_path=str(model_path(SMOLLM2)), n_ctx=1024, seed=1, verbose=False, logits_all=True)
+    theirs = ref("Once upon a time", max_tokens=6, temperature=0, logprobs=2)["choices"][0]["logprobs"]
+    ours = llm("Once upon a time", max_tokens=6, temperature=0, logprobs=2)["choices"][0]["logprobs"]
+    assert set(theirs) == set(ours) and ours["tokens"] == theirs["tokens"]
+    assert ours["text_offset"] == theirs["text_offset"]
+    for a, b in zip(ours["token_logprobs"], theirs["token_logprobs"]):
+        assert abs(a - b) < 0.05, (ours["token_logprobs"], theirs["token_logprobs"])
+    for a, b in zip(ours["top_logprobs"], theirs["top_logprobs"]):
+        assert set(a) == set(b)

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 from models import SMOLLM2, TESTS_DIR, model_path
@@ -115,6 +116,62 @@ def test_errors_in_openai_shape(server):
     conn.close()
 
 
+def log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x - np.logaddexp.reduce(x)
+
+
+def test_openai_logprobs(server):
+    """Chat and text logprobs in OpenAI's shapes, each value the log-softmax of
+    the model's logits at that position (recomputed here from one forward pass
+    over prompt and answer), the chosen token first among the alternatives at
+    temperature 0; streamed chunks carry the same entries as the whole answer."""
+    from llamalocal.api import load
+
+    client = oa(server)
+    messages = [{"role": "user", "content": "Name three colors."}]
+    full = client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=10, logprobs=True,
+                                          top_logprobs=3)
+    content = full.choices[0].logprobs.content
+    assert len(content) == full.usage.completion_tokens == 10
+    assert "".join(e.token for e in content) == full.choices[0].message.content
+    for e in content:
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token
+        assert e.top_logprobs[0].logprob == e.logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+        assert bytes(e.bytes).decode("utf-8", "replace") == e.token
+
+    session = load(model_path(SMOLLM2), n_ctx=256).chat(temperature=0)  # the same answer, its token ids kept
+    assert "".join(session.reply(messages, max_tokens=10)) == full.choices[0].message.content
+    ids = session.tokens  # the prompt, then the 10 tokens answered
+    m = session.lm.model
+    rows = m.forward(ids, m.new_cache(256), all_logits=True)[len(ids) - 11 : -1]
+    for e, t, row in zip(content, ids[-10:], rows):
+        assert abs(e.logprob - log_softmax(row)[t]) < 0.05, (e.token, e.logprob, log_softmax(row)[t])
+
+    streamed = []
+    for chunk in client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=10,
+                                                logprobs=True, top_logprobs=3, stream=True):
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed += c.logprobs.content
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+    text = client.completions.create(model="x", prompt="One, two, three,", max_tokens=6, temperature=0, logprobs=2)
+    lp = text.choices[0].logprobs
+    assert "".join(lp.tokens) == text.choices[0].text and len(lp.token_logprobs) == 6
+    # offsets count from the prompt's start, as OpenAI's and llama-cpp-python's do
+    assert lp.text_offset == [len("One, two, three,") + sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    assert all(len(top) <= 2 and max(top.values()) == v for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+    none = client.chat.completions.create(model="x", messages=messages, temperature=0, max_tokens=4)
+    assert none.choices[0].logprobs is None
+
+    for kwargs in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="x", messages=messages, max_tokens=2, **kwargs)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="x", prompt="Hi", max_tokens=2, logprobs=6)
+
+
 def test_ollama_client(server):
     client = ollama.Client(host=server, headers={"Authorization": f"Bearer {KEY}"})
     r = client.chat(model="smollm2", messages=[{"role": "user", "content": "Say hi."}], options={"temperature": 0,
@@ -186,7 +243,10 @@ def health(base: str) -> list[dict]:
 
 
 def test_eight_concurrent_streams_get_what_each_gets_alone(tmp_path):
-    """Alone: a fresh session in this process (what a fresh slot computes, the same prompt chunks)."""
+    """Alone: a fresh session in this process (what a fresh slot computes, the same
+    prompt chunks).  Together the streams share forward passes; SmolLM2's Q4_1 and
+    Q8_0 batch kernels give each row the one-row kernel's floats, so the texts are
+    the same to the character."""
     from llamalocal.api import load
     from llamalocal.server.engine import SERVER_PREFILL_CHUNK
 
@@ -221,6 +281,9 @@ def test_eight_concurrent_streams_get_what_each_gets_alone(tmp_path):
         for t in threads:
             t.join(300)
         assert got == alone
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as r:
+            engine = json.load(r)["engine"]
+        assert engine["batched_passes"] > 0 and engine["most_sequences_in_a_pass"] >= 2, engine  # decoded together
     finally:
         proc.terminate()
         proc.wait(30)

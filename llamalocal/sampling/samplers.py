@@ -234,6 +234,28 @@ def softmax(logits) -> np.ndarray:
     return e / e.sum()
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (the raw logits'
+    softmax, before any sampling setting), and the `top` most likely tokens' own."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits, token: int, n_top: int = 0) -> TokenLogprob:
+    """`token`'s log-probability and the n_top most likely (id, log-probability), most likely first."""
+    x = np.asarray(logits, dtype=np.float64)
+    log_p = x - (np.max(x) + np.log(np.sum(np.exp(x - np.max(x)))))
+    top: tuple[tuple[int, float], ...] = ()
+    if n_top > 0:
+        ids = np.argpartition(-log_p, min(n_top, len(x) - 1))[:n_top]
+        ids = ids[np.lexsort((ids, -log_p[ids]))]  # most likely first; ties by id
+        top = tuple((int(i), float(log_p[i])) for i in ids)
+    return TokenLogprob(int(token), float(log_p[token]), top)
+
+
 # ----------------------------------------------------------------------------
 # logit transforms
 

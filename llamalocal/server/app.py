@@ -46,7 +46,9 @@ def create_app(model: Model, *, name: str, n_slots: int = 1, n_ctx: Optional[int
                   "last_prompt_reused": s.session.stats.n_reused, "last_prompt_evaluated": s.session.stats.n_prompt,
                   "last_generated": s.session.stats.n_generated, "last_stop": s.session.stats.stop_reason}
                  for s in engine.slots]
-        return JSONResponse({"status": "ok", "slots": slots})
+        passes = {"passes": engine.n_passes, "batched_passes": engine.n_batched_passes,
+                  "most_sequences_in_a_pass": engine.most_sequences}
+        return JSONResponse({"status": "ok", "slots": slots, "engine": passes})
 
     def guarded(handler):
         async def route(request: Request):

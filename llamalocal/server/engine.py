@@ -1,12 +1,16 @@
 """The server's engine: `--parallel` slots, each a Session with its own KV
-cache, driven by one thread that interleaves them step by step.
+cache, driven by one thread that decodes them together (continuous batching).
 
-A step is one prompt chunk or one generated token of one slot, so a long
-prompt never holds up the other slots' streams for more than a chunk.  A
-request goes to the free slot whose cached tokens share the longest prefix
-with its prompt, so a client that resends the whole conversation each turn
-pays only for the new turn (the session layer does the reuse; this module
-only chooses the slot).
+Each step is one forward pass over what every busy slot needs next: one
+token of each slot that is answering and one prompt chunk of each slot that
+is still reading its prompt, every sequence at its own positions in its own
+cache (Transformer.forward_batch).  Decode is bound by reading the weights,
+so four streams in one pass cost little more than one; and a long prompt
+holds up the others' streams by one chunk per step, never by the whole
+prompt.  A request goes to the free slot whose cached tokens share the
+longest prefix with its prompt, so a client that resends the whole
+conversation each turn pays only for the new turn (the session layer does
+the reuse; this module only chooses the slot).
 """
 from __future__ import annotations
 
@@ -14,15 +18,17 @@ import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Generator, Optional, Sequence
+
+import numpy as np
 
 from ..api import Model, sampler_config
 from ..chat import encode_chat
 from ..errors import Error, InvalidArgumentError
 from ..sampling import make_sampler
-from ..session import Session
+from ..session import Forward, Session
 
-SERVER_PREFILL_CHUNK = 64  # tokens per step while a prompt is evaluated: the other slots' latency bound
+SERVER_PREFILL_CHUNK = 64  # prompt tokens per slot and step: what a new prompt adds to the other streams' step
 
 
 class BusyError(Error, RuntimeError):
@@ -32,7 +38,9 @@ class BusyError(Error, RuntimeError):
 @dataclass
 class Job:
     """One request: a conversation (`messages`) or a raw `prompt`, and where its output goes.
-    `sink` is called on the engine's thread with ("piece", str), then ("done", TurnStats) or ("error", Error)."""
+    `sink` is called on the engine's thread with ("piece", str), then ("done", TurnStats) or ("error", Error);
+    with `logprobs` (alternatives per token), ("logprobs", [TokenLogprob]) comes before the piece
+    that shows those tokens."""
 
     sink: Callable[[tuple], None]
     messages: Optional[list[dict[str, Any]]] = None
@@ -41,6 +49,7 @@ class Job:
     max_tokens: int = -1
     stop: Sequence[str] = ()
     ignore_eos: bool = False
+    logprobs: Optional[int] = None
     cancel: threading.Event = field(default_factory=threading.Event)
     n_prompt_tokens: int = 0  # filled in when the job starts
 
@@ -50,8 +59,10 @@ class Slot:
         self.session = session
         self.index = index
         self.job: Optional[Job] = None
-        self.steps: Optional[Iterator[str]] = None
-        self.last_used = 0.0
+        self.steps: Optional[Generator[Any, Optional[np.ndarray], None]] = None  # the session's turn, stepwise
+        self.pending: Optional[Forward] = None  # the pass the turn waits for
+        self.n_logprobs_sent = 0
+        self.last_used = 0
 
 
 class Engine:
@@ -71,6 +82,8 @@ class Engine:
         self._wake = threading.Event()
         self._stop = False
         self._clock = itertools.count()
+        # what /health reports of the batching: passes run, those over several sequences, the most sequences in one
+        self.n_passes = self.n_batched_passes = self.most_sequences = 0
         self._thread = threading.Thread(target=self._run, name="llamalocal-engine", daemon=True)
         self._thread.start()
 
@@ -91,13 +104,37 @@ class Engine:
     def _run(self) -> None:
         while not self._stop:
             self._admit()
-            active = [s for s in self.slots if s.job is not None]
-            if not active:
+            for slot in self.slots:
+                if slot.job is not None and slot.job.cancel.is_set():
+                    self._cancel(slot)
+            ready = [s for s in self.slots if s.pending is not None]
+            if not ready:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            for slot in active:
-                self._step(slot)
+            try:
+                logits = self._forward(ready)
+            except (Error, ValueError) as e:  # a pass the sessions' own checks should have refused: fail its requests, not the server
+                for slot in ready:
+                    slot.steps.close()
+                    self._finish(slot, ("error", e))
+                continue
+            for slot, row in zip(ready, logits):
+                self._advance(slot, row)
+
+    def _forward(self, ready: list[Slot]) -> np.ndarray:
+        """One pass over every ready slot's tokens; row i: the logits of slot i's last token."""
+        model = self.model.lm.model
+        self.n_passes += 1
+        self.n_batched_passes += len(ready) > 1
+        self.most_sequences = max(self.most_sequences, len(ready))
+        with self.model.lock:
+            if len(ready) == 1:  # one sequence: the single-sequence path, the same floats
+                slot = ready[0]
+                return model.forward(slot.pending.tokens, slot.session.cache)[None]
+            tokens = [t for s in ready for t in s.pending.tokens]
+            seq = [i for i, s in enumerate(ready) for _ in s.pending.tokens]
+            return model.forward_batch(tokens, seq, [s.session.cache for s in ready])
 
     def _admit(self) -> None:
         while any(s.job is None for s in self.slots):
@@ -142,26 +179,45 @@ class Engine:
         job.n_prompt_tokens = len(self._prompt_tokens(s, job))
         if job.messages is not None:
             steps = s.reply(job.messages, max_tokens=job.max_tokens, cancel=job.cancel, stop=job.stop,
-                            ignore_eos=job.ignore_eos, stepwise=True)
+                            ignore_eos=job.ignore_eos, logprobs=job.logprobs, stepwise=True)
         else:
             steps = s.complete(job.prompt or "", max_tokens=job.max_tokens, cancel=job.cancel, stop=job.stop,
-                               ignore_eos=job.ignore_eos, stepwise=True)
-        slot.job, slot.steps = job, steps
+                               ignore_eos=job.ignore_eos, logprobs=job.logprobs, stepwise=True)
+        slot.job, slot.steps, slot.n_logprobs_sent = job, steps, 0
+        self._advance(slot, None)
 
-    def _step(self, slot: Slot) -> None:
-        job, steps = slot.job, slot.steps
+    def _advance(self, slot: Slot, logits: Optional[np.ndarray]) -> None:
+        """Sends the turn its logits (None: starts it) and runs it to the next pass it
+        asks for, passing its text on; or to its end."""
+        slot.pending = None
         try:
-            piece = next(steps)
+            item = slot.steps.send(logits)
+            while not isinstance(item, Forward):
+                if item:
+                    self._send_logprobs(slot)
+                    slot.job.sink(("piece", item))
+                item = next(slot.steps)
         except StopIteration:
             self._finish(slot, ("done", slot.session.stats))
             return
         except Error as e:
             self._finish(slot, ("error", e))
             return
-        if piece:
-            job.sink(("piece", piece))
+        slot.pending = item
+
+    def _send_logprobs(self, slot: Slot) -> None:
+        """The tokens sampled since the last piece; those cut by a stop string at the end are never sent."""
+        new = slot.session.stats.logprobs[slot.n_logprobs_sent:]
+        if new:
+            slot.job.sink(("logprobs", new))
+            slot.n_logprobs_sent += len(new)
+
+    def _cancel(self, slot: Slot) -> None:
+        """A client that went away: its turn ends now (what was said stays in the session), its slot is free."""
+        slot.steps.close()
+        self._finish(slot, ("done", slot.session.stats))
 
     def _finish(self, slot: Slot, event: tuple) -> None:
         slot.job.sink(event)
-        slot.job, slot.steps = None, None
+        slot.job, slot.steps, slot.pending = None, None, None
         slot.last_used = next(self._clock)

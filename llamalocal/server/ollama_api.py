@@ -56,8 +56,8 @@ async def _respond(body: dict, stream: Stream, name: str, wrap) -> Any:
                                       **_final(stream, value, start)}) + "\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
-    text, stats = await stream.collect()
-    return JSONResponse({"model": name, "created_at": _now(), **wrap(text), **_final(stream, stats, start)})
+    answer = await stream.collect()
+    return JSONResponse({"model": name, "created_at": _now(), **wrap(answer.text), **_final(stream, answer.stats, start)})
 
 
 async def chat(request: Request, state: dict) -> Any:

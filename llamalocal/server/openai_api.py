@@ -6,7 +6,7 @@ name the served model or anything else (apps often hard-code one).
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
@@ -20,8 +20,8 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "
              "repeat_penalty": "repeat_penalty"}
 
 
-def job_args(body: dict[str, Any]) -> dict[str, Any]:
-    """What every completion request shares: sampling, length, stop strings."""
+def job_args(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """What every completion request shares: sampling, length, stop strings, logprobs."""
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
     sampling = {ours: body[theirs] for theirs, ours in _SAMPLING.items() if body.get(theirs) is not None}
@@ -33,10 +33,29 @@ def job_args(body: dict[str, Any]) -> dict[str, Any]:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise ApiError(400, "stop must be a string or a list of strings", param="stop")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise ApiError(400, "logprobs are not supported yet", param="logprobs")
     return {"sampling": sampling, "max_tokens": -1 if max_tokens is None else max_tokens, "stop": stop,
-            "ignore_eos": bool(body.get("ignore_eos"))}
+            "ignore_eos": bool(body.get("ignore_eos")), "logprobs": _logprobs(body, chat)}
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> Optional[int]:
+    """How many alternatives per token to report, or None for no logprobs.  Chat
+    takes `logprobs: true` and `top_logprobs` (0-20); text completions `logprobs` (0-5)."""
+    def count(name: str, most: int) -> int:
+        n = body.get(name)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
+            raise ApiError(400, f"{name} must be an integer from 0 to {most}, got {n!r}", param=name)
+        return n
+
+    if not chat:
+        return None if body.get("logprobs") is None else count("logprobs", 5)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, f"logprobs must be true or false, got {wanted!r}", param="logprobs")
+    if body.get("top_logprobs") is not None:
+        if not wanted:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return count("top_logprobs", 20)
+    return 0 if wanted else None
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -61,9 +80,13 @@ async def _respond(body: dict[str, Any], stream: Stream, shape: Completion) -> A
             first = shape.first_chunk()
             if first:
                 yield json.dumps(first)
+            logprobs = []  # they come just before the piece whose chunk carries them
             async for kind, value in stream.events():
-                if kind == "piece":
-                    yield json.dumps(shape.chunk(value))
+                if kind == "logprobs":
+                    logprobs = value
+                elif kind == "piece":
+                    yield json.dumps(shape.chunk(value, logprobs))
+                    logprobs = []
                 else:
                     shape.n_prompt_tokens = stream.job.n_prompt_tokens
                     for c in shape.last_chunks(value, include_usage):
@@ -71,15 +94,16 @@ async def _respond(body: dict[str, Any], stream: Stream, shape: Completion) -> A
             yield "[DONE]"
 
         return EventSourceResponse(events(), ping=15)
-    text, stats = await stream.collect()
+    answer = await stream.collect()
     shape.n_prompt_tokens = stream.job.n_prompt_tokens
-    return JSONResponse(shape.whole(text, stats))
+    return JSONResponse(shape.whole(answer.text, answer.stats, answer.logprobs))
 
 
 async def chat_completions(request: Request, state: dict) -> Any:
     body = await read_json(request)
-    stream = Stream(state["engine"], {"messages": _messages(body), **job_args(body)})
-    return await _respond(body, stream, Completion(True, body.get("model") or state["name"]))
+    args = job_args(body, chat=True)
+    stream = Stream(state["engine"], {"messages": _messages(body), **args})
+    return await _respond(body, stream, _shape(True, body, state, args))
 
 
 async def completions(request: Request, state: dict) -> Any:
@@ -89,8 +113,14 @@ async def completions(request: Request, state: dict) -> Any:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string", param="prompt")
-    stream = Stream(state["engine"], {"prompt": prompt, **job_args(body)})
-    return await _respond(body, stream, Completion(False, body.get("model") or state["name"]))
+    args = job_args(body, chat=False)
+    stream = Stream(state["engine"], {"prompt": prompt, **args})
+    return await _respond(body, stream, _shape(False, body, state, args, offset=len(prompt)))
+
+
+def _shape(chat: bool, body: dict[str, Any], state: dict, args: dict[str, Any], offset: int = 0) -> Completion:
+    tokenizer = state["model"].tokenizer if args["logprobs"] is not None else None
+    return Completion(chat, body.get("model") or state["name"], tokenizer=tokenizer, offset=offset)
 
 
 async def models(request: Request, state: dict) -> JSONResponse:

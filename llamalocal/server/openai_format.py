@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from ..sampling import TokenLogprob
 from ..session import TurnStats
+from ..tokenizer import Tokenizer
 
 
 def finish_reason(stats: TurnStats) -> str:
@@ -22,26 +24,58 @@ def timings(stats: TurnStats) -> dict[str, Any]:
 
 
 class Completion:
-    """The objects of one chat or text completion, streamed (chunks) or whole."""
+    """The objects of one chat or text completion, streamed (chunks) or whole.
+    With a `tokenizer`, the logprobs events passed in are rendered in the
+    endpoint's shape: chat's `content` entries, or the legacy completion's
+    parallel lists (`text_offset` counted from the prompt's start: `offset` is its length)."""
 
-    def __init__(self, chat: bool, model: str, n_prompt_tokens: int = 0):
+    def __init__(self, chat: bool, model: str, n_prompt_tokens: int = 0, tokenizer: Optional[Tokenizer] = None,
+                 offset: int = 0):
         self.chat = chat
         self.model = model
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.n_prompt_tokens = n_prompt_tokens
+        self.tokenizer = tokenizer
+        self._offset = offset
 
     def _base(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def _choice(self, text: Optional[str], finish: Optional[str], whole: bool = False) -> dict[str, Any]:
+    def _choice(self, text: Optional[str], finish: Optional[str], whole: bool = False,
+                logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+        lp = self._logprobs(logprobs)
         if not self.chat:
-            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
         if whole:
-            return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                    "logprobs": None}
-        return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish,
-                "logprobs": None}
+            return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": lp}
+        return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish, "logprobs": lp}
+
+    def _logprobs(self, entries: Sequence[TokenLogprob]) -> Optional[dict[str, Any]]:
+        if self.tokenizer is None:
+            return None
+        tok = self.tokenizer
+
+        def piece(i: int) -> tuple[str, list[int]]:
+            b = tok.token_to_bytes(i)
+            return b.decode("utf-8", errors="replace"), list(b)
+
+        if self.chat:
+            content = []
+            for e in entries:
+                text, raw = piece(e.token)
+                top = [{"token": t, "logprob": lp, "bytes": b} for t, b, lp in ((*piece(i), lp) for i, lp in e.top)]
+                content.append({"token": text, "logprob": e.logprob, "bytes": raw, "top_logprobs": top})
+            return {"content": content}
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            text = piece(e.token)[0]
+            out["tokens"].append(text)
+            out["token_logprobs"].append(e.logprob)
+            out["top_logprobs"].append({piece(i)[0]: lp for i, lp in e.top})
+            out["text_offset"].append(self._offset)
+            self._offset += len(text)
+        return out
 
     def usage(self, stats: TurnStats) -> dict[str, int]:
         return {"prompt_tokens": self.n_prompt_tokens, "completion_tokens": stats.n_generated,
@@ -55,18 +89,20 @@ class Completion:
                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                              "logprobs": None}]}
 
-    def chunk(self, text: str) -> dict[str, Any]:
+    def chunk(self, text: str, logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
         return {**self._base("chat.completion.chunk" if self.chat else "text_completion"),
-                "choices": [self._choice(text, None)]}
+                "choices": [self._choice(text, None, logprobs=logprobs)]}
 
     def last_chunks(self, stats: TurnStats, include_usage: bool) -> list[dict[str, Any]]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
-        out = [{**self._base(kind), "choices": [self._choice(None, finish_reason(stats))], "timings": timings(stats)}]
+        last = {**self._base(kind), "choices": [self._choice(None, finish_reason(stats))], "timings": timings(stats)}
+        last["choices"][0]["logprobs"] = None
+        out = [last]
         if include_usage:
             out.append({**self._base(kind), "choices": [], "usage": self.usage(stats)})
         return out
 
-    def whole(self, text: str, stats: TurnStats) -> dict[str, Any]:
+    def whole(self, text: str, stats: TurnStats, logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
         return {**self._base("chat.completion" if self.chat else "text_completion"),
-                "choices": [self._choice(text, finish_reason(stats), whole=True)], "usage": self.usage(stats),
-                "timings": timings(stats)}
+                "choices": [self._choice(text, finish_reason(stats), whole=True, logprobs=logprobs)],
+                "usage": self.usage(stats), "timings": timings(stats)}

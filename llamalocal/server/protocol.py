@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import ContextFullError, Error
+from ..sampling import TokenLogprob
 from .engine import BusyError, Engine, Job
 
 MAX_BODY_BYTES = 8 << 20  # a request body above this is refused with 413
@@ -69,7 +70,8 @@ class Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
     async def events(self) -> AsyncIterator[tuple]:
-        """("piece", text) ... then ("done", stats); an engine error is raised.  Leaving early cancels the job."""
+        """("piece", text) (and ("logprobs", list) if asked for) ... then ("done", stats); an engine
+        error is raised.  Leaving early cancels the job."""
         try:
             while True:
                 event = await self.queue.get()
@@ -81,12 +83,31 @@ class Stream:
         finally:
             self.job.cancel.set()  # the client went away, or the answer is complete: either way, stop
 
-    async def collect(self) -> tuple[str, Any]:
-        """The whole answer and its TurnStats, for a request that does not stream."""
-        text, stats = [], None
-        async for kind, value in self.events():
-            if kind == "piece":
-                text.append(value)
-            else:
-                stats = value
-        return "".join(text), stats
+    async def collect(self) -> "Answer":
+        """The whole answer, for a request that does not stream."""
+        answer = Answer()
+        async for event in self.events():
+            answer.add(event)
+        return answer
+
+
+class Answer:
+    """What a job's events add up to: its text, the logprobs sent with the text, its TurnStats."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.stats: Any = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def add(self, event: tuple) -> None:
+        kind, value = event
+        if kind == "piece":
+            self.pieces.append(value)
+        elif kind == "logprobs":
+            self.logprobs.extend(value)
+        else:
+            self.stats = value
