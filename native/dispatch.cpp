@@ -120,6 +120,7 @@ void build_all() {
             if (!ks.attn[t]) ks.attn[t] = scalar.attn[t];
         }
         if (!ks.sum_words) ks.sum_words = scalar.sum_words;
+        if (!ks.swiglu) ks.swiglu = scalar.swiglu;
         ks.name = ISAS[i].name;
         g_sets[i] = ks;
         g_built[i] = true;

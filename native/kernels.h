@@ -44,6 +44,11 @@ typedef void (*dot_tile_fn)(int64_t n, int64_t nrows, const void* w, size_t row_
 typedef void (*attn_fn)(int64_t n, int64_t hd, const float* q, const void* k, size_t k_stride, const void* v, size_t v_stride,
                         float scale, int64_t first, bool batch, float* scratch, float* out);
 
+// SwiGLU's vector part: gate[i] = silu(gate[i]) * up[i] for i < n, n a
+// multiple of the set's `lanes`, as ggml_vec_swiglu_f32 computes its whole
+// vectors (ggml_silu's vector lanes, ggml_math.h); the caller does a row's tail.
+typedef void (*swiglu_fn)(int64_t n, float* gate, const float* up);
+
 // The wrapping sum of n 64-bit words: the inner loop of the bandwidth probe
 // (ops.h stream_read), which must read as fast as the widest loads allow, or
 // the probe measures its own adds rather than the memory.
@@ -91,13 +96,15 @@ struct KernelSet {
     dot_tile_fn dot_tile[TYPE_COUNT];
     quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
     attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
+    swiglu_fn swiglu;
     sum_words_fn sum_words;
 };
 
 // Registration functions, one per (type family, ISA).  Each sets only the
 // entries it implements.  Families: "legacy" = F32, F16, BF16, Q4_0, Q4_1, Q5_0,
 // Q5_1, Q8_0 and the Q8_0/Q8_1 activation quantizers; "kquants" = Q2_K..Q6_K and
-// the Q8_K activation quantizer; "attn" = attention over the KV cache.  The x86
+// the Q8_K activation quantizer; "attn" = attention over the KV cache and
+// SwiGLU (both built on ggml's vector expf).  The x86
 // ISAs have a fourth, "repack" = dot_gemv, dot_gemm and dot_tile_packed for the
 // weights llama.cpp's x86 build repacks (Q4_0, Q4_K); the scalar set registers
 // its references for those with legacy and kquants.

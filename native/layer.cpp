@@ -32,21 +32,29 @@ void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const Ten
             for (int64_t i = 0; i < W.rows; i++) y[t * W.rows + i] += b.f32()[i];
 }
 
-// Rotary position embedding of every head of n_tokens rows (n_heads * head_dim each).
-void rope(const LayerSpec& L, float* x, int64_t n_tokens, int64_t n_heads, int64_t pos0) {
+// The rotation of each position pos0 + t: cs[(t * half + i) * 2] = cos, + 1 = sin
+// of pair i's angle, as ggml builds them: theta_i = p * theta_scale^i by repeated multiplication.
+std::vector<float> rope_angles(const LayerSpec& L, int64_t n_tokens, int64_t pos0) {
     const int64_t half = L.rope_dim / 2;
-    std::vector<float> cs(2 * half);
+    const float theta_scale = std::pow(L.rope_base, -2.0f / (float)L.rope_dim);
+    std::vector<float> cs(n_tokens * 2 * half);
     for (int64_t t = 0; t < n_tokens; t++) {
-        // angles as ggml builds them: theta_i = p * theta_scale^i by repeated multiplication
-        const float theta_scale = std::pow(L.rope_base, -2.0f / (float)L.rope_dim);
         float theta = (float)(pos0 + t);
         for (int64_t i = 0; i < half; i++) {
             const float ff = L.rope_freq_factors ? L.rope_freq_factors[i] : 1.0f;
             const float angle = L.rope_pos_scale * (theta / ff);
-            cs[2 * i] = std::cos(angle);
-            cs[2 * i + 1] = std::sin(angle);
+            cs[(t * half + i) * 2] = std::cos(angle);
+            cs[(t * half + i) * 2 + 1] = std::sin(angle);
             theta *= theta_scale;
         }
+    }
+    return cs;
+}
+
+// Rotary position embedding of every head of n_tokens rows (n_heads * head_dim each).
+void rope(const LayerSpec& L, const std::vector<float>& cs, float* x, int64_t n_tokens, int64_t n_heads) {
+    const int64_t half = L.rope_dim / 2;
+    for (int64_t t = 0; t < n_tokens; t++) {
         for (int64_t h = 0; h < n_heads; h++) {
             float* v = x + (t * n_heads + h) * L.head_dim;
             for (int64_t i = 0; i < half; i++) {
@@ -56,7 +64,7 @@ void rope(const LayerSpec& L, float* x, int64_t n_tokens, int64_t n_heads, int64
                 float* b = L.rope_neox ? v + i + half : v + 2 * i + 1;
                 // ggml's rotation x0*c - x1*s, x0*s + x1*c as its FMA build
                 // compiles it: the x0 product fused, the x1 product rounded.
-                const float c = cs[2 * i], s = cs[2 * i + 1], x0 = *a, x1 = *b;
+                const float c = cs[(t * half + i) * 2], s = cs[(t * half + i) * 2 + 1], x0 = *a, x1 = *b;
                 *a = std::fmaf(x0, c, -(x1 * s));
                 *b = std::fmaf(x0, s, x1 * c);
             }
@@ -149,9 +157,15 @@ void glu(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* gate,
     const int64_t n_ff = L.n_ff, n_vec = n_ff & ~int64_t(ks.lanes - 1);
     const half_t* table = L.activation == ACT_GELU_TANH ? gelu_table() : nullptr;
     auto rows = [&](int64_t t0, int64_t t1) {
-        for (int64_t i = t0 * n_ff; i < t1 * n_ff; i++) {
-            const float g = gate[i];
-            gate[i] = (table ? gelu_tanh(g, table) : ggml_silu(g, i % n_ff < n_vec, ks.lanes)) * up[i];
+        for (int64_t t = t0; t < t1; t++) {
+            float* g = gate + t * n_ff;
+            const float* u = up + t * n_ff;
+            if (table) {
+                for (int64_t i = 0; i < n_ff; i++) g[i] = gelu_tanh(g[i], table) * u[i];
+                continue;
+            }
+            ks.swiglu(n_vec, g, u);
+            for (int64_t i = n_vec; i < n_ff; i++) g[i] = ggml_silu(g[i], false, ks.lanes) * u[i];
         }
     };
     if (T < 2 * pool.size()) {
@@ -174,8 +188,9 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
     if (L.k_norm.present()) rms_norm(k.data(), L.k_norm.f32(), k.data(), T * L.n_head_kv, hd, L.norm_eps);
     for (int64_t s = 0; s < n_seq; s++) {
         const SeqSpan& S = seqs[s];
-        rope(L, q.data() + S.row0 * nq, S.n_tokens, L.n_head, S.pos0);
-        rope(L, k.data() + S.row0 * nkv, S.n_tokens, L.n_head_kv, S.pos0);
+        const std::vector<float> cs = rope_angles(L, S.n_tokens, S.pos0);  // q's and k's
+        rope(L, cs, q.data() + S.row0 * nq, S.n_tokens, L.n_head);
+        rope(L, cs, k.data() + S.row0 * nkv, S.n_tokens, L.n_head_kv);
     }
     // llama.cpp's gemma graph scales q, in float32, before q is rounded to fp16
     // for q·K (scaling the scores instead differs where q/sqrt(hd) is an fp16 subnormal)

@@ -58,11 +58,17 @@ void attn_f32(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
         for (int64_t d = 0; d < hd; d++) out[d] += w[j] * v[j * v_stride + d];
 }
 
+template <int L>
+void swiglu(int64_t n, float* gate, const float* up) {
+    for (int64_t i = 0; i < n; i++) gate[i] = ggml_silu(gate[i], true, L) * up[i];
+}
+
 }  // namespace
 
 void register_attn_scalar(KernelSet* ks) {
     ks->attn[TYPE_F16] = ks->lanes == 16 ? attn_f16<16> : attn_f16<8>;
     ks->attn[TYPE_F32] = attn_f32;
+    ks->swiglu = ks->lanes == 16 ? swiglu<16> : swiglu<8>;
 }
 
 }  // namespace ll

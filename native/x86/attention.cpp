@@ -143,11 +143,23 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     }
 }
 
+// x / (1 + expf(-x)) * up, eight lanes at a time: ggml_v_silu's division and
+// ggml_vec_swiglu_f32's product, lane by lane as the 16-lane build does them.
+void swiglu(int64_t n, float* gate, const float* up) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(gate + i);
+        const __m256 e = v_expf512(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)));  // -x
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+}
+
 }  // namespace
 
 void LL_REGISTER(attn)(KernelSet* ks) {
     ks->lanes = GGML_LANES;
     ks->attn[TYPE_F16] = attn_f16;  // F32 caches use the scalar reference
+    ks->swiglu = swiglu;
 }
 
 }  // namespace ll

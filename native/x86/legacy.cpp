@@ -433,13 +433,22 @@ LL_QUANT_DOT(dot_q8_0, dot_q8_0_pass, TYPE_Q8_0, block_q8_0, block_q8_0, prep_q8
 //
 // TILE_ROWS weight rows x TILE_TOKS activation rows per pass: the 4/5-bit
 // weights are unpacked to bytes once per call (dot_tile), each weight vector
-// serves four tokens and each activation block's offset sums (Q4_0/Q5_0)
-// serve two rows.  Per output the integer lanes, the scale product d_w * d_y,
-// the FMA chain, the min chain and the horizontal sum are dot's, so the floats
-// are the same.  Weight tiles are small enough to stay in cache while the
-// tokens pass over them (ops.cpp), so nothing is prefetched.
+// serves four tokens and each activation block's offset sums serve TILE_ROWS
+// rows as the starting value of their multiply-accumulates, which then yield
+// ggml's signed lanes sum((u - offset) * y) directly.  With VPDPBUSD, Q8_0
+// takes the same path (u = w + 128, offset 128); without it w + 128 would
+// overflow VPMADDUBSW's int16 pair sums, and Q8_0 keeps dot's sign trick.
+// Per output the integer lanes, the scale product d_w * d_y, the FMA chain,
+// the min chain and the horizontal sum are dot's, so the floats are the same.
+// Weight tiles are small enough to stay in cache while the tokens pass over
+// them (ops.cpp), so nothing is prefetched.
 
 constexpr int TILE_ROWS = 2, TILE_TOKS = 4;
+#if defined(LL_VNNI_EMULATED) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+constexpr bool Q8_UNSIGNED = true;  // MAC_U8S8 is VPDPBUSD: w + 128 (up to 255) times y is exact
+#else
+constexpr bool Q8_UNSIGNED = false;
+#endif
 
 struct alignas(32) Bytes32 {  // one block's weights unpacked, one byte each
     uint8_t b[32];
@@ -470,10 +479,11 @@ template <int RM, int RN, int T, class YBLOCK>
 inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const Bytes32* u, const uint8_t* x, size_t x_stride,
                       const TileScales* ts, float* y, size_t y_stride) {
     constexpr bool Q8 = T == TYPE_Q8_0;
+    constexpr bool SIGNED_Q8 = Q8 && !Q8_UNSIGNED;
     typedef Fmt<Q8 ? TYPE_Q4_0 : T> F;  // Q8_0 reads its own layout below
     constexpr int64_t WSIZE = Q8 ? (int64_t)sizeof(block_q8_0) : (int64_t)F::size;
     constexpr bool HAS_MIN = !Q8 && F::m >= 0;
-    constexpr int OFFSET = Q8 ? 0 : T == TYPE_Q4_0 ? 8 : T == TYPE_Q5_0 ? 16 : 0;
+    constexpr int OFFSET = Q8 ? (Q8_UNSIGNED ? 128 : 0) : T == TYPE_Q4_0 ? 8 : T == TYPE_Q5_0 ? 16 : 0;
     const YBLOCK* yb[RN];
     for (int t = 0; t < RN; t++) yb[t] = reinterpret_cast<const YBLOCK*>(x + t * x_stride);
     __m256 acc[RM][RN];
@@ -487,7 +497,7 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const Bytes32
     }
     for (int64_t i = 0; i < nb; i++, w += WSIZE) {
         const __m128 vdy = _mm_load_ps(ts->d[i]);
-        __m256i qw[RM], sw[RM];  // unpacked weights; Q8_0: |w| in qw, w itself in sw
+        __m256i qw[RM], sw[RM];  // unpacked weights; signed Q8_0: |w| in qw, w itself in sw
         __m256 sc[RM];  // d_w[r] * d_y[t] in lane t of both halves (lane_of), as in dot
 #pragma GCC unroll 2
         for (int r = 0; r < RM; r++) {
@@ -496,7 +506,7 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const Bytes32
             sc[r] = _mm256_set_m128(v, v);
             if constexpr (Q8) {
                 sw[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
-                qw[r] = _mm256_sign_epi8(sw[r], sw[r]);
+                qw[r] = SIGNED_Q8 ? _mm256_sign_epi8(sw[r], sw[r]) : _mm256_xor_si256(sw[r], _mm256_set1_epi8((char)0x80));
             } else {
                 qw[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(u[r * nb + i].b));
             }
@@ -505,13 +515,13 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const Bytes32
 #pragma GCC unroll 4
         for (int t = 0; t < RN; t++) {
             const __m256i qy = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(yb[t][i].qs));
-            // OFFSET * (sums of y over each 4-byte group): dot's Prep::off
-            const __m256i off = OFFSET ? MAC_U8S8(_mm256_setzero_si256(), _mm256_set1_epi8(OFFSET), qy) : _mm256_setzero_si256();
+            // -OFFSET * (sums of y over each 4-byte group): minus dot's Prep::off
+            const __m256i start = OFFSET ? _mm256_sub_epi32(_mm256_setzero_si256(),
+                                                            MAC_U8S8(_mm256_setzero_si256(), _mm256_set1_epi8((char)OFFSET), qy))
+                                         : _mm256_setzero_si256();
 #pragma GCC unroll 2
             for (int r = 0; r < RM; r++) {
-                __m256i sum = Q8 ? MAC_U8S8(_mm256_setzero_si256(), qw[r], _mm256_sign_epi8(qy, sw[r]))
-                                 : MAC_U8S8(_mm256_setzero_si256(), qw[r], qy);
-                if (OFFSET) sum = _mm256_sub_epi32(sum, off);
+                const __m256i sum = SIGNED_Q8 ? MAC_U8S8(start, qw[r], _mm256_sign_epi8(qy, sw[r])) : MAC_U8S8(start, qw[r], qy);
                 acc[r][t] = _mm256_fmadd_ps(lane_of(sc[r], t), _mm256_cvtepi32_ps(sum), acc[r][t]);
             }
         }
