@@ -502,6 +502,7 @@ inline void tile_pass(int64_t nb, const uint8_t* w, size_t stride, const Bytes32
 #pragma GCC unroll 2
         for (int r = 0; r < RM; r++) {
             const uint8_t* b = w + r * stride;
+            _mm_prefetch(reinterpret_cast<const char*>(b) + RM * stride, _MM_HINT_T0);  // the next pass's rows, as dot
             const __m128 v = _mm_mul_ps(_mm_set1_ps(h2f(load_u16(b))), vdy);  // d leads every block
             sc[r] = _mm256_set_m128(v, v);
             if constexpr (Q8) {
@@ -567,6 +568,7 @@ void dot_tile(int64_t n, int64_t nrows, const void* w, size_t stride, const void
         for (int64_t r = 0; r < nrows; r++)
             for (int64_t i = 0; i < nb; i++) {
                 const uint8_t* b = p + r * stride + i * F::size;
+                _mm_prefetch(reinterpret_cast<const char*>(b) + 4 * stride, _MM_HINT_T0);
                 _mm256_store_si256(reinterpret_cast<__m256i*>(unpacked[r * nb + i].b), F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs));
             }
         u = unpacked.data();
