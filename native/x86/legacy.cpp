@@ -546,6 +546,41 @@ inline void tile_rows(int64_t nb, int64_t nrows, const uint8_t* w, size_t stride
     for (; r < nrows; r++) tile_pass<1, RN, T, YBLOCK>(nb, w + r * stride, stride, u ? u + r * nb : u, x, x_stride, ts, y + r, y_stride);
 }
 
+// The 4/5-bit weights of rows [0, nrows) unpacked to bytes, nb vectors per row.
+template <int T>
+inline void unpack_rows(int64_t nb, int64_t nrows, const uint8_t* p, size_t stride, Bytes32* u) {
+    typedef Fmt<T> F;
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t* b = p + r * stride + i * F::size;
+            _mm_prefetch(reinterpret_cast<const char*>(b) + 4 * stride, _MM_HINT_T0);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(u[r * nb + i].b), F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs));
+        }
+}
+
+// One group of RN <= TILE_TOKS tokens (a decode step of a few sequences):
+// each pass's rows unpacked just before the pass, so that reading the
+// weights from memory is spread over the arithmetic rather than done in one
+// burst before it, with nothing computed meanwhile.
+template <int RN, int T, class YBLOCK>
+void tile_one_group(int64_t nb, int64_t nrows, const uint8_t* p, size_t stride, const uint8_t* x, size_t x_stride, float* y,
+                    size_t y_stride) {
+    TileScales ts;
+    tile_scales<RN, YBLOCK>(nb, x, x_stride, &ts);
+    thread_local std::vector<Bytes32> unpacked;
+    unpacked.resize((size_t)(TILE_ROWS * nb));
+    Bytes32* u = T != TYPE_Q8_0 ? unpacked.data() : nullptr;
+    int64_t r = 0;
+    for (; r + TILE_ROWS <= nrows; r += TILE_ROWS) {
+        if constexpr (T != TYPE_Q8_0) unpack_rows<T>(nb, TILE_ROWS, p + r * stride, stride, u);
+        tile_pass<TILE_ROWS, RN, T, YBLOCK>(nb, p + r * stride, stride, u, x, x_stride, &ts, y + r, y_stride);
+    }
+    for (; r < nrows; r++) {
+        if constexpr (T != TYPE_Q8_0) unpack_rows<T>(nb, 1, p + r * stride, stride, u);
+        tile_pass<1, RN, T, YBLOCK>(nb, p + r * stride, stride, u, x, x_stride, &ts, y + r, y_stride);
+    }
+}
+
 template <int T, class YBLOCK, void (*DOT)(int64_t, int64_t, const void*, size_t, const void*, float*)>
 void dot_tile(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok, float* y,
               size_t y_stride) {
@@ -556,21 +591,23 @@ void dot_tile(int64_t n, int64_t nrows, const void* w, size_t stride, const void
         for (int64_t t = 0; t < n_tok; t++) DOT(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
         return;
     }
-    // The 4/5-bit weights, unpacked to bytes once for all the tokens rather
-    // than once per group of TILE_TOKS (the rows stay in cache meanwhile, see
-    // ops.cpp): it takes about a quarter of the per-token vector work away
-    // and frees the registers the unpacking constants held.
+    switch (n_tok) {
+        case 4: return tile_one_group<4, T, YBLOCK>(nb, nrows, p, stride, xb, x_stride, y, y_stride);
+        case 3: return tile_one_group<3, T, YBLOCK>(nb, nrows, p, stride, xb, x_stride, y, y_stride);
+        case 2: return tile_one_group<2, T, YBLOCK>(nb, nrows, p, stride, xb, x_stride, y, y_stride);
+        case 1: return tile_one_group<1, T, YBLOCK>(nb, nrows, p, stride, xb, x_stride, y, y_stride);
+        default: break;
+    }
+    // More tokens (a prompt): the 4/5-bit weights unpacked to bytes once for
+    // all the tokens rather than once per group of TILE_TOKS (the rows stay
+    // in cache meanwhile, see ops.cpp): it takes about a quarter of the
+    // per-token vector work away and frees the registers the unpacking
+    // constants held.
     const Bytes32* u = nullptr;
     if constexpr (T != TYPE_Q8_0) {
-        typedef Fmt<T> F;
         thread_local std::vector<Bytes32> unpacked;
         unpacked.resize((size_t)(nrows * nb));
-        for (int64_t r = 0; r < nrows; r++)
-            for (int64_t i = 0; i < nb; i++) {
-                const uint8_t* b = p + r * stride + i * F::size;
-                _mm_prefetch(reinterpret_cast<const char*>(b) + 4 * stride, _MM_HINT_T0);
-                _mm256_store_si256(reinterpret_cast<__m256i*>(unpacked[r * nb + i].b), F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs));
-            }
+        unpack_rows<T>(nb, nrows, p, stride, unpacked.data());
         u = unpacked.data();
     }
     TileScales ts;
