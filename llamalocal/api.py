@@ -135,11 +135,15 @@ class Model:
 
 
 def load(path: str | Path | None = None, *, n_threads: Optional[int] = None, n_ctx: Optional[int] = None,
-         template: Optional[str] = None, tokenizer: str | Path | None = None) -> Model:
+         template: Optional[str] = None, tokenizer: str | Path | None = None,
+         lora: Optional[Sequence[Any]] = None) -> Model:
     """Loads a model file (GGUF or llama2.c); None means the default chat model,
-    downloaded once into the model cache when it is not there yet."""
+    downloaded once into the model cache when it is not there yet.  `lora`: LoRA
+    adapters applied unmerged, as paths (GGUF adapters or PEFT directories, scale 1)
+    or (path, scale) pairs; the quantized base weights stay mapped as they are."""
     from .model_store import resolve
 
     if n_threads is not None:
         backend.set_num_threads(n_threads)
-    return Model(load_model(resolve(None if path is None else str(path)), tokenizer), n_ctx=n_ctx, template=template)
+    return Model(load_model(resolve(None if path is None else str(path)), tokenizer, lora=lora), n_ctx=n_ctx,
+                 template=template)

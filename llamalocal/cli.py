@@ -36,7 +36,7 @@ def _load_with_tokenizer(model: str, tokenizer_path: Optional[str]):
     """The model for generate/perplexity; it must have a tokenizer."""
     from .model.loader import load_model
 
-    lm = load_model(model, tokenizer_path)
+    lm = load_model(model, tokenizer_path, **click.get_current_context().meta.get("llamalocal.overrides", {}))
     for w in lm.warnings:
         click.echo(f"warning: {w}", err=True)
     if lm.tokenizer is None:
@@ -59,6 +59,45 @@ def sampling_options(f):
     ]):
         f = option(f)
     return f
+
+
+def constant_options(f):
+    """--rms-norm-eps and --rope-freq-base, as llama.cpp had them: they override what the file says (or, for
+    pre-GGUF files, which store neither, their era's defaults).  Stored in the context, read by the loader."""
+    def keep(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> None:
+        if value is not None and not value > 0:
+            raise click.BadParameter("must be positive")
+        if value is not None:
+            ctx.meta.setdefault("llamalocal.overrides", {})[param.name] = value
+
+    for name, what in (("--rms-norm-eps", "RMSNorm epsilon"), ("--rope-freq-base", "RoPE base frequency")):
+        f = click.option(name, type=float, default=None, expose_value=False, callback=keep,
+                         help=f"Override the model's {what}.")(f)
+    return f
+
+
+def lora_options(f):
+    """--lora ADAPTER (repeatable) and --lora-scale S (one for all, or one per --lora, in order): LoRA
+    adapters applied unmerged (model/lora.py), or merged by quantize.  Stored in the context as the
+    loader's `lora` option."""
+    def keep(ctx: click.Context, param: click.Parameter, value: tuple) -> None:
+        ctx.meta[f"llamalocal.{param.name}"] = value
+        paths, scales = ctx.meta.get("llamalocal.lora"), ctx.meta.get("llamalocal.lora_scale")
+        if paths is None or scales is None:  # the other option's callback has not run yet
+            return
+        if scales and not paths:
+            raise click.UsageError("--lora-scale needs --lora")
+        if len(scales) not in (0, 1, len(paths)):
+            raise click.UsageError(f"{len(scales)} --lora-scale values for {len(paths)} --lora adapters: give one, or one per adapter")
+        if paths:
+            per = list(scales) * len(paths) if len(scales) == 1 else list(scales) or [1.0] * len(paths)
+            ctx.meta.setdefault("llamalocal.overrides", {})["lora"] = list(zip(paths, per))
+
+    f = click.option("--lora-scale", type=float, multiple=True, expose_value=False, callback=keep,
+                     help="Scale of the LoRA adapters (default 1): one for all, or one per --lora.")(f)
+    return click.option("--lora", type=click.Path(exists=True), multiple=True, expose_value=False, callback=keep,
+                        help="LoRA adapter (llama.cpp GGUF adapter or PEFT directory), repeatable: applied unmerged "
+                             "(quantize: merged into the output's weights).")(f)
 
 
 def runtime_options(f):
@@ -106,12 +145,14 @@ def info(model: str) -> None:
 @click.option("-n", "--n-predict", default=128, show_default=True, help="Tokens to generate.")
 @sampling_options
 @runtime_options
+@constant_options
 @click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False),
               help="Tokenizer for llama2.c checkpoints (tokenizer.bin or a SentencePiece .model).")
 @click.option("--cache-type", type=click.Choice(["auto", "f16", "f32"]), default="auto", show_default=True,
               help="KV cache precision; auto = f16 for GGUF (as llama.cpp), f32 for llama2.c checkpoints (as run.c).")
 @click.option("--echo", is_flag=True, help="Print the prompt before the generated text.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-sequence tokens.")
+@lora_options
 def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int, temperature: float, top_k: int, top_p: float,
              min_p: float, repeat_penalty: float, repeat_last_n: int, frequency_penalty: float, presence_penalty: float,
              seed: Optional[int], threads: int, n_ctx: int, tokenizer_path: Optional[str], cache_type: str, echo: bool,
@@ -183,6 +224,7 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
 @click.option("-n", "--n-predict", default=-1, show_default=True, help="Most tokens per answer; -1: until the end of the turn.")
 @sampling_options
 @runtime_options
+@constant_options
 @click.option("--template", default=None,
               help="Chat template: the file's named template, or a built-in (chatml, llama-2, llama-3, mistral, gemma, "
                    "alpaca, vicuna); default: the file's own, else one detected from the vocabulary.")
@@ -193,6 +235,7 @@ def generate(model: str, prompt: str, prompt_file: Optional[str], n_predict: int
               help="Read one message from a file (non-interactive).")
 @click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False),
               help="Tokenizer for llama2.c checkpoints.")
+@lora_options
 def chat(model: Optional[str], system: Optional[str], n_predict: int, temperature: float, top_k: int, top_p: float,
          min_p: float, repeat_penalty: float, repeat_last_n: int, frequency_penalty: float, presence_penalty: float,
          seed: Optional[int], n_ctx: int, threads: int, template: Optional[str], context_policy: str, show_stats: bool,
@@ -239,6 +282,7 @@ def chat(model: Optional[str], system: Optional[str], n_predict: int, temperatur
 @click.option("--api-key", default=None, help="Require `Authorization: Bearer KEY` on every request.")
 @click.option("--template", default=None, help="Chat template (as for chat).")
 @click.option("--name", "served_name", default=None, help="The model name the API reports (default: the file's stem).")
+@lora_options
 def serve(model: Optional[str], host: str, port: int, n_slots: int, n_ctx: int, threads: int, api_key: Optional[str],
           template: Optional[str], served_name: Optional[str]) -> None:
     """Serve a model over OpenAI's (/v1/...) and ollama's (/api/...) HTTP APIs."""
@@ -312,6 +356,8 @@ def rm(name: str) -> None:
 @click.option("--chunks", "n_chunks", type=int, default=None, help="Chunks to score (default: all).")
 @click.option("-t", "--threads", type=int, default=0, help="Threads (default: physical cores).")
 @click.option("-z", "--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False), help="Tokenizer for llama2.c checkpoints.")
+@constant_options
+@lora_options
 def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], threads: int, tokenizer_path: Optional[str]) -> None:
     """Perplexity of a model on a text, by llama.cpp's method (chunks of --ctx
     tokens, loss over the second half of each)."""
@@ -350,6 +396,7 @@ def perplexity(model: str, text_file: str, n_ctx: int, n_chunks: Optional[int], 
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Save the per-tensor report as JSON.")
 @click.option("-t", "--threads", type=int, default=0, help="Threads (default: all cores).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-tensor table.")
+@lora_options
 def quantize(input_path: str, output_path: str, type_name: str, method: str, calib_file: Optional[str], calib_tokens: int,
              calib_ctx: int, damp: float, act_order: bool, tokenizer_path: Optional[str], force: bool,
              report_path: Optional[str], threads: int, quiet: bool) -> None:
@@ -379,7 +426,8 @@ def quantize(input_path: str, output_path: str, type_name: str, method: str, cal
                     "act_order": act_order, "log": lambda m: bar.write(m, file=sys.stderr)}
     try:
         res = quantize_model(input_path, output_path, type_name, method=method, tokenizer=tokenizer_path, force=force,
-                             threads=threads, gptq_options=gptq_options if method == "gptq" else None, progress=progress)
+                             threads=threads, gptq_options=gptq_options if method == "gptq" else None, progress=progress,
+                             lora=click.get_current_context().meta.get("llamalocal.overrides", {}).get("lora"))
     finally:
         bar.close()
     for w in res.warnings:

@@ -9,6 +9,7 @@ import numpy as np
 
 from .formats import GGMLType
 from .io.gguf_reader import GGUFFile
+from .io.legacy_ggml import LegacyGGMLFile, legacy_format
 from .model.kv_cache import DEFAULT_CONTEXT_CAP
 
 
@@ -69,8 +70,11 @@ def kv_cache_bytes(f: GGUFFile, n_ctx: int, bytes_per_value: int = 2) -> int | N
 
 
 def describe(path: str | os.PathLike[str]) -> str:
-    """Human-readable summary printed by `llamalocal info MODEL`."""
-    with GGUFFile(path) as f:
+    """Human-readable summary printed by `llamalocal info MODEL` (a GGUF file, or a pre-GGUF one as the GGUF
+    it loads as)."""
+    with open(path, "rb") as fh:
+        legacy = legacy_format(fh.read(4)) is not None
+    with (LegacyGGMLFile(path) if legacy else GGUFFile(path)) as f:
         lines: list[str] = []
         add = lines.append
         arch = f.architecture or "(unknown)"
@@ -91,8 +95,14 @@ def describe(path: str | os.PathLike[str]) -> str:
                 summary.append(f"mostly {max(weight_elems, key=weight_elems.__getitem__).name}")
         add(f"summary:      {', '.join(summary)}")
         add(f"file:         {f.path} ({f.file_size:,} bytes, {_fmt_bytes(f.file_size)})")
-        add(f"format:       GGUF v{f.version}, alignment {f.alignment}, {len(f.metadata)} metadata keys, "
-            f"{len(f.tensors)} tensors")
+        if legacy:
+            add(f"format:       {f.format_name} (pre-GGUF llama.cpp file; read as the GGUF below, constants of its "
+                f"era assumed), {len(f.tensors)} tensors")
+        else:
+            add(f"format:       GGUF v{f.version}, alignment {f.alignment}, {len(f.metadata)} metadata keys, "
+                f"{len(f.tensors)} tensors")
+        for w in getattr(f, "warnings", ()):
+            add(f"warning:      {w}")
 
         hp_keys = [
             ("context_length", "context_length"),

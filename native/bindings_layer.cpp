@@ -30,6 +30,8 @@ struct LayerParams {
 
 class Layer {
 public:
+    Layer(const Layer&) = delete;  // L points into fused_
+    Layer& operator=(const Layer&) = delete;
     Layer(const py::dict& tensors, const LayerParams& p) {
         L.n_embd = p.n_embd;
         L.n_head = p.n_head;
@@ -72,6 +74,7 @@ public:
         L.w_up = mat(tensors, "w_up", L.n_ff, d);
         L.w_down = mat(tensors, "w_down", d, L.n_ff);
         L.ffn_post_norm = vec(tensors, "ffn_post_norm", d, false);
+        if (tensors.contains("lora") && !tensors["lora"].is_none()) lora(py::cast<py::dict>(tensors["lora"]));
         if (!p.rope_freq_factors.is_none()) {
             py::array a = py::cast<py::array>(p.rope_freq_factors);
             check_f32(a, "rope_freq_factors", L.rope_dim / 2);
@@ -243,7 +246,63 @@ private:
         return r;
     }
 
+    // tensors["lora"]: {projection name: [(A, B, scale), ...]}, A float32
+    // (rank, in) and B float32 (out, rank), C-contiguous; scale a float.
+    void lora(const py::dict& adapters) {
+        const std::pair<const char*, int> projs[] = {{"wq", PROJ_Q}, {"wk", PROJ_K}, {"wv", PROJ_V}, {"wo", PROJ_O},
+                                                     {"w_gate", PROJ_GATE}, {"w_up", PROJ_UP}, {"w_down", PROJ_DOWN}};
+        const TensorRef* weights[N_PROJ] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down};
+        size_t known = 0;
+        for (const auto& [name, id] : projs) {
+            if (!adapters.contains(name)) continue;
+            known++;
+            const TensorRef& W = *weights[id];
+            const std::string who = std::string("lora ") + name;
+            for (py::handle item : py::cast<py::sequence>(adapters[name])) {
+                py::tuple tup = py::cast<py::tuple>(item);
+                if (tup.size() != 3) throw py::value_error(who + ": expected (A, B, scale) tuples");
+                py::array a = py::cast<py::array>(tup[0]), b = py::cast<py::array>(tup[1]);
+                for (py::array* m : {&a, &b})
+                    if (!m->dtype().is(py::dtype::of<float>()) || m->ndim() != 2 || !(m->flags() & py::array::c_style))
+                        throw py::value_error(who + ": A and B must be C-contiguous 2-D float32 arrays");
+                const int64_t r = a.shape(0);
+                if (r < 1 || a.shape(1) != W.cols || b.shape(0) != W.rows || b.shape(1) != r)
+                    throw py::value_error(who + ": expected A (rank, " + std::to_string(W.cols) + ") and B (" + std::to_string(W.rows) +
+                                          ", rank), got A (" + std::to_string(a.shape(0)) + ", " + std::to_string(a.shape(1)) + ") and B (" +
+                                          std::to_string(b.shape(0)) + ", " + std::to_string(b.shape(1)) + ")");
+                keep_.push_back(a);
+                keep_.push_back(b);
+                LoraRef ref;
+                ref.a = TensorRef{static_cast<const uint8_t*>(a.data()), TYPE_F32, r, W.cols};
+                ref.b = TensorRef{static_cast<const uint8_t*>(b.data()), TYPE_F32, W.rows, r};
+                ref.scale = py::cast<float>(tup[2]);
+                L.lora[id].push_back(ref);
+            }
+        }
+        if (known != adapters.size()) throw py::value_error("lora: projection names must be wq, wk, wv, wo, w_gate, w_up or w_down");
+        // the A matrices of each input group, concatenated (LayerSpec::lora_a_fused)
+        const std::vector<int> groups[2] = {{PROJ_Q, PROJ_K, PROJ_V}, {PROJ_GATE, PROJ_UP}};
+        for (int g = 0; g < 2; g++) {
+            int64_t rows = 0, n = 0;
+            for (int id : groups[g]) n += (int64_t)L.lora[id].size();
+            if (n < 2) continue;
+            for (int id : groups[g])
+                for (LoraRef& ad : L.lora[id]) {
+                    ad.fused_row = rows;
+                    rows += ad.a.rows;
+                }
+            const int64_t cols = L.n_embd;  // every projection of both groups reads the normed residual
+            std::vector<float>& buf = fused_[g];
+            buf.assign((size_t)(rows * cols), 0.0f);
+            for (int id : groups[g])
+                for (const LoraRef& ad : L.lora[id])
+                    std::copy(ad.a.f32(), ad.a.f32() + ad.a.rows * cols, buf.begin() + ad.fused_row * cols);
+            L.lora_a_fused[g] = TensorRef{reinterpret_cast<const uint8_t*>(buf.data()), TYPE_F32, rows, cols};
+        }
+    }
+
     LayerSpec L;
+    std::vector<float> fused_[2];  // LayerSpec::lora_a_fused's rows
     std::vector<py::array> keep_;  // the arrays the raw pointers in L point into
 };
 

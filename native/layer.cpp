@@ -24,12 +24,40 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t 
 
 namespace {
 
-// y[T][rows] = x[T][cols] · Wᵀ (+ b)
-void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y) {
+// y[T][rows] = x[T][cols] · Wᵀ (+ scale·B(A·x) per adapter) (+ b), in
+// llama.cpp's order (build_lora_mm): W·x, then each adapter's B·(A·x) scaled
+// and added, then the bias.  Without adapters: W·x (+ b) alone.
+// ax_fused: a decode step's A·x of every adapter of the input group (lora_ax_fused), or null.
+void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y,
+            const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr) {
     matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y);
+    for (const LoraRef& ad : lora) {
+        const int64_t r = ad.a.rows;
+        std::vector<float> ax, bax(T * W.rows);
+        const float* t = ax_fused && ad.fused_row >= 0 ? ax_fused + ad.fused_row : nullptr;
+        if (!t) {
+            ax.resize(T * r);
+            matmul(ks, pool, TYPE_F32, ad.a.data, r, W.cols, x, T, ax.data());  // [T, r]
+            t = ax.data();
+        }
+        matmul(ks, pool, TYPE_F32, ad.b.data, W.rows, r, t, T, bax.data());  // [T, rows]
+        for (int64_t i = 0; i < T * W.rows; i++) {
+            const float s = bax[i] * ad.scale;  // ggml_scale, then ggml_add: two roundings
+            y[i] += s;
+        }
+    }
     if (b.present())
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < W.rows; i++) y[t * W.rows + i] += b.f32()[i];
+}
+
+// One token's A·x for every adapter of an input group, in one matmul (empty otherwise).
+std::vector<float> lora_ax_fused(const KernelSet& ks, ThreadPool& pool, const TensorRef& A, const float* x, int64_t T) {
+    std::vector<float> ax;
+    if (T != 1 || !A.present()) return ax;
+    ax.resize(A.rows);
+    matmul(ks, pool, TYPE_F32, A.data, A.rows, A.cols, x, 1, ax.data());
+    return ax;
 }
 
 // The rotation of each position pos0 + t: cs[(t * half + i) * 2] = cos, + 1 = sin
@@ -181,9 +209,11 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
     const int64_t d = L.n_embd, hd = L.head_dim, nq = L.n_head * hd, nkv = L.n_head_kv * hd;
     std::vector<float> xn(T * d), q(T * nq), k(T * nkv), v(T * nkv), att(T * nq), o(T * d);
     rms_norm(x, L.attn_norm.f32(), xn.data(), T, d, L.norm_eps);
-    linear(ks, pool, L.wq, L.bq, xn.data(), T, q.data());  // [T, n_head * hd]
-    linear(ks, pool, L.wk, L.bk, xn.data(), T, k.data());  // [T, n_head_kv * hd]
-    linear(ks, pool, L.wv, L.bv, xn.data(), T, v.data());  // [T, n_head_kv * hd]
+    const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[0], xn.data(), T);
+    const float* axp = ax.empty() ? nullptr : ax.data();
+    linear(ks, pool, L.wq, L.bq, xn.data(), T, q.data(), L.lora[PROJ_Q], axp);  // [T, n_head * hd]
+    linear(ks, pool, L.wk, L.bk, xn.data(), T, k.data(), L.lora[PROJ_K], axp);  // [T, n_head_kv * hd]
+    linear(ks, pool, L.wv, L.bv, xn.data(), T, v.data(), L.lora[PROJ_V], axp);  // [T, n_head_kv * hd]
     if (L.q_norm.present()) rms_norm(q.data(), L.q_norm.f32(), q.data(), T * L.n_head, hd, L.norm_eps);
     if (L.k_norm.present()) rms_norm(k.data(), L.k_norm.f32(), k.data(), T * L.n_head_kv, hd, L.norm_eps);
     for (int64_t s = 0; s < n_seq; s++) {
@@ -203,7 +233,7 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
         store_kv(L, S.kv, k.data() + S.row0 * nkv, v.data() + S.row0 * nkv, S.n_tokens, S.pos0);
     }
     attention(ks, pool, L, seqs, n_seq, q.data(), att.data(), T);  // [T, n_head * hd]
-    linear(ks, pool, L.wo, TensorRef{}, att.data(), T, o.data());  // [T, d]
+    linear(ks, pool, L.wo, TensorRef{}, att.data(), T, o.data(), L.lora[PROJ_O]);  // [T, d]
     if (L.attn_post_norm.present()) rms_norm(o.data(), L.attn_post_norm.f32(), o.data(), T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
 }
@@ -213,10 +243,12 @@ void ffn_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* 
     const int64_t d = L.n_embd;
     std::vector<float> xn(T * d), gate(T * L.n_ff), up(T * L.n_ff), o(T * d);
     rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
-    linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data());  // [T, n_ff]
-    linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data());      // [T, n_ff]
+    const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[1], xn.data(), T);
+    const float* axp = ax.empty() ? nullptr : ax.data();
+    linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data(), L.lora[PROJ_GATE], axp);  // [T, n_ff]
+    linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data(), L.lora[PROJ_UP], axp);        // [T, n_ff]
     glu(ks, pool, L, gate.data(), up.data(), T);
-    linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data());  // [T, d]
+    linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data(), L.lora[PROJ_DOWN]);  // [T, d]
     if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels.h"
 #include "threadpool.h"
@@ -21,6 +22,18 @@ struct TensorRef {
 
 enum Activation : int { ACT_SILU = 0, ACT_GELU_TANH = 1 };
 
+// One LoRA adapter on one projection W (out x in): y = W·x + scale·B(A·x),
+// A (rank x in) and B (out x rank) F32, applied unmerged as llama.cpp does
+// (scale = user_scale·alpha/rank, folded in by the caller).
+struct LoraRef {
+    TensorRef a, b;
+    float scale = 1.0f;
+    int64_t fused_row = -1;  // this A's first row in its input group's lora_a_fused, or -1
+};
+
+// The projections an adapter can apply to (LayerSpec::lora's index).
+enum Proj : int { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, N_PROJ };
+
 struct LayerSpec {
     TensorRef attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm, attn_post_norm;
     TensorRef ffn_norm, w_gate, w_up, w_down, ffn_post_norm;
@@ -35,6 +48,11 @@ struct LayerSpec {
     int64_t sliding_window = 0;     // 0: attend to every earlier position
     float attn_scale = 0.0f;        // 0: 1/sqrt(head_dim)
     bool attn_scale_q = false;      // scale q before q·K (gemma) rather than the scores
+    std::vector<LoraRef> lora[N_PROJ];  // adapters per projection, summed in order; empty: none
+    // The A matrices of the projections that read the same input (q, k, v and gate, up),
+    // rows concatenated: one decode step computes their A·x in one matmul (the same
+    // floats: one token's rows are independent dot products).  Absent: fewer than two.
+    TensorRef lora_a_fused[2];  // [0]: q, k, v; [1]: gate, up
 };
 
 // The KV cache of one layer, owned by Python: K and V are both

@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS_DIR = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("LLAMALOCAL_TEST_CACHE", Path.home() / ".cache" / "llamalocal-tests"))
 GOLDEN = Path(os.environ.get("LLAMALOCAL_TEST_GOLDEN", REPO.parent / "shared" / "golden"))
+# Pre-GGUF llama.cpp files written by the llama.cpp of each era, with their expected.json.
+LEGACY = Path(os.environ.get("LLAMALOCAL_TEST_LEGACY", REPO.parent / "shared" / "legacy"))
 
 GEMMA3 = "gemma-3-270m-q4_k_m.gguf"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,4 +77,12 @@ def golden_path(name: str) -> Path:
     p = GOLDEN / name
     if not p.is_file():
         pytest.fail(f"golden file {p} is missing (set LLAMALOCAL_TEST_GOLDEN)")
+    return p
+
+
+def legacy_path(name: str) -> Path:
+    """A file or folder of ../shared/legacy (`ggjt-v3/expected.json`, ...); fails (never skips) when missing."""
+    p = LEGACY / name
+    if not p.exists():
+        pytest.fail(f"legacy test file {p} is missing (set LLAMALOCAL_TEST_LEGACY)")
     return p

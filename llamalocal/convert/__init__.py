@@ -30,6 +30,12 @@ def open_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> Ch
         from .gguf import open_gguf
 
         return open_gguf(path)
+    from ..io.legacy_ggml import legacy_format
+
+    if legacy_format(head):  # a pre-GGUF llama.cpp file (ggml, ggmf, ggjt), whatever its name
+        from .gguf import open_gguf
+
+        return open_gguf(path, legacy=True, tokenizer=tokenizer)
     if path.suffix == ".pth" and (path.parent / "params.json").is_file():
         from .meta import open_meta
 
@@ -38,5 +44,5 @@ def open_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> Ch
         from .llama2c import open_llama2c
 
         return open_llama2c(path, tokenizer)
-    raise CheckpointError(f"{path}: unknown input format (expected a GGUF file, a llama2.c .bin, a Hugging Face "
-                          f"model directory or a Meta checkpoint directory)")
+    raise CheckpointError(f"{path}: unknown input format (expected a GGUF file, a pre-GGUF ggml/ggmf/ggjt file, a "
+                          f"llama2.c .bin, a Hugging Face model directory or a Meta checkpoint directory)")

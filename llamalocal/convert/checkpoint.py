@@ -24,6 +24,7 @@ class SourceTensor:
     shape: tuple[int, ...]  # numpy order: (rows, cols) for matrices, (n,) for vectors
     source_type: str  # how the input stores it: "F32", "F16", "BF16", or a GGML type name
     load: Callable[[], np.ndarray]  # float32 array of `shape`, C-contiguous
+    blocks: Optional[Callable[[], np.ndarray]] = None  # the data as stored (uint8), when source_type is a GGML type
 
     @property
     def n_elements(self) -> int:
@@ -33,7 +34,7 @@ class SourceTensor:
 @dataclass
 class Checkpoint:
     path: Path
-    kind: str  # "hf", "meta", "llama2c", "gguf"
+    kind: str  # "hf", "meta", "llama2c", "gguf", "ggml" (pre-GGUF llama.cpp files)
     arch: str  # GGUF architecture name: "llama", "qwen2", "gemma3"
     metadata: dict[str, MetaValue]  # every key the output carries, except general.file_type
     tensors: list[SourceTensor]  # in the order they are written

@@ -2,7 +2,10 @@
 its tensors decoded to float32 one at a time.
 
 F32, F16 and BF16 files are the usual input.  A quantized file can be
-re-quantized, with a warning: its weights have already lost precision.
+re-quantized, with a warning: its weights have already lost precision; a
+tensor whose type the output keeps is copied block for block.  Pre-GGUF
+llama.cpp files (io/legacy_ggml.py) come in the same way, as the GGUF they
+load as; `--tokenizer` (a SentencePiece .model) replaces their vocabulary.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from ..errors import CheckpointError, ModelFormatError
 from ..formats import GGMLType
 from ..io.gguf_metadata import MetaValue
 from ..io.gguf_reader import GGUFFile
+from ..io.legacy_ggml import LegacyGGMLFile
 from .checkpoint import Checkpoint, SourceTensor
 
 # Keys describing the file's own encoding, rewritten by the writer.
@@ -41,9 +45,9 @@ def _meta_value(key: str, value, vtype: int) -> MetaValue:
     raise CheckpointError(f"metadata key {key!r}: nested arrays are not supported")
 
 
-def open_gguf(path: Path) -> Checkpoint:
+def open_gguf(path: Path, legacy: bool = False, tokenizer: Path | str | None = None) -> Checkpoint:
     try:
-        f = GGUFFile(path)
+        f = LegacyGGMLFile(path) if legacy else GGUFFile(path)
     except ModelFormatError as e:
         raise CheckpointError(str(e)) from None
     arch = f.architecture
@@ -52,7 +56,16 @@ def open_gguf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no general.architecture in the metadata")
     metadata = {k: _meta_value(k, v, f.value_types[k]) for k, v in f.metadata.items()
                 if not k.startswith(_NOT_COPIED)}
-    warnings = []
+    warnings = list(getattr(f, "warnings", []))
+    if legacy and tokenizer is not None:
+        from ..tokenizer.to_gguf import spm_vocab
+
+        if Path(tokenizer).suffix != ".model":
+            f.close()
+            raise CheckpointError(f"{tokenizer}: a pre-GGUF file's vocabulary can be replaced by a SentencePiece "
+                                  f"tokenizer.model only")
+        metadata = {k: v for k, v in metadata.items() if not k.startswith("tokenizer.")}
+        metadata.update(spm_vocab(tokenizer, f.tensors["token_embd.weight"].shape[1]))
     quantized = sorted({t.type.name for t in f.tensors.values()
                         if t.type not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16)})
     if quantized:
@@ -62,5 +75,8 @@ def open_gguf(path: Path) -> Checkpoint:
     def loader(name: str):
         return lambda: np.ascontiguousarray(f.tensor_array(name, dequantize=True), dtype=np.float32)
 
-    tensors = [SourceTensor(t.name, t.np_shape, t.type.name, loader(t.name)) for t in f.tensors.values()]
-    return Checkpoint(path, "gguf", arch, metadata, tensors, warnings, f.close)
+    def blocks(name: str):
+        return lambda: f.tensor_bytes(name)
+
+    tensors = [SourceTensor(t.name, t.np_shape, t.type.name, loader(t.name), blocks(t.name)) for t in f.tensors.values()]
+    return Checkpoint(path, "ggml" if legacy else "gguf", arch, metadata, tensors, warnings, f.close)

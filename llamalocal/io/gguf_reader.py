@@ -131,8 +131,8 @@ class TensorInfo:
         return self._file.tensor_bytes(self.name)
 
 
-class _Parser:
-    """Bounded reads from the mapped header; every failure is a ModelFormatError naming the file."""
+class HeaderParser:
+    """Bounded reads from a mapped header; every failure is a ModelFormatError naming the file."""
 
     __slots__ = ("buf", "pos", "end", "label")
 
@@ -273,7 +273,61 @@ def close_map(mm: "mmap.mmap | None") -> None:
             pass
 
 
-class GGUFFile:
+class MappedFile:
+    """A model file read through a memory map (`_mm`, and `_base`, the array over
+    it): its lifetime and its metadata, GGUF's keys (`metadata`)."""
+
+    _mm: "mmap.mmap | None"
+    _label: str
+    metadata: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+
+    def tensor(self, name: str) -> TensorInfo:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(f"{self._label}: no tensor named {name!r}") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        """Whether metadata key `key` is present (tensors: `name in f.tensors`)."""
+        return key in self.metadata
+
+    @property
+    def architecture(self) -> str | None:
+        return self.metadata.get("general.architecture")
+
+    @property
+    def name(self) -> str | None:
+        return self.metadata.get("general.name")
+
+    def arch_get(self, suffix: str, default: Any = None) -> Any:
+        """Value of `{architecture}.{suffix}`, e.g. arch_get("attention.head_count")."""
+        arch = self.architecture
+        if arch is None:
+            return default
+        return self.metadata.get(f"{arch}.{suffix}", default)
+
+    def close(self) -> None:
+        """Release the map.  Views handed out earlier stay valid; the map is unmapped when the last one dies."""
+        self._base = None
+        mm, self._mm = self._mm, None
+        close_map(mm)
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class GGUFFile(MappedFile):
     """A validated, memory-mapped GGUF file.
 
     >>> with GGUFFile("model.gguf") as f:
@@ -307,7 +361,7 @@ class GGUFFile:
     # -- parsing -------------------------------------------------------------------------------------
 
     def _parse(self) -> None:
-        p = _Parser(self._mm, self.file_size, self._label)
+        p = HeaderParser(self._mm, self.file_size, self._label)
         if self.file_size < HEADER_SIZE:
             raise p.fail(f"file is {self.file_size} bytes, too small for a GGUF header ({HEADER_SIZE} bytes)")
         magic, version, n_tensors, n_kv = _HEADER.unpack_from(self._mm, 0)
@@ -418,59 +472,11 @@ class GGUFFile:
                              f"[offset {b.offset}, {b.n_bytes} bytes] overlap")
         self.tensors = tensors
 
-    # -- lifetime -------------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Release the map.  Views handed out earlier stay valid; the map is unmapped when the last one dies."""
-        self._base = None
-        mm, self._mm = self._mm, None
-        close_map(mm)
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
-
-    def __enter__(self) -> "GGUFFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.tensors)} tensors, {len(self.metadata)} keys"
         return f"<GGUFFile {self._label!r} v{getattr(self, 'version', '?')} {state}>"
 
-    # -- metadata -------------------------------------------------------------------------------------
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(key, default)
-
-    def __contains__(self, key: str) -> bool:
-        """Whether metadata key `key` is present (tensors: `name in f.tensors`)."""
-        return key in self.metadata
-
-    @property
-    def architecture(self) -> str | None:
-        return self.metadata.get("general.architecture")
-
-    @property
-    def name(self) -> str | None:
-        return self.metadata.get("general.name")
-
-    def arch_get(self, suffix: str, default: Any = None) -> Any:
-        """Value of `{architecture}.{suffix}`, e.g. arch_get("attention.head_count")."""
-        arch = self.architecture
-        if arch is None:
-            return default
-        return self.metadata.get(f"{arch}.{suffix}", default)
-
     # -- tensors --------------------------------------------------------------------------------------
-
-    def tensor(self, name: str) -> TensorInfo:
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise KeyError(f"{self._label}: no tensor named {name!r}") from None
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """Zero-copy, read-only uint8 view: (rows, row_bytes), or (n_bytes,) for a 1-D tensor."""

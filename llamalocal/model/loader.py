@@ -2,6 +2,7 @@
 checkpoint, with its tokenizer."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,9 +16,11 @@ from ..errors import (
 )
 from ..formats import GGMLType
 from ..io.gguf_reader import GGUFFile
+from ..io.legacy_ggml import LegacyGGMLFile, legacy_format
 from ..io.llama2c import read_llama2c
 from .arch import ARCHITECTURES
 from .arch.llama import llama2c_config
+from .lora import load_adapters
 from .transformer import QTensor, Transformer
 
 
@@ -27,13 +30,13 @@ class LoadedModel:
     model: Transformer
     tokenizer: Any  # tokenizer.Tokenizer, or None when the file carries none
     metadata: dict = field(default_factory=dict)
-    format: str = "gguf"  # or "llama2c"
+    format: str = "gguf"  # or "llama2c", or a pre-GGUF format: "ggml (unversioned)", "ggmf v1", "ggjt v1".."ggjt v3"
     _file: Optional[GGUFFile] = None  # keeps the memory map the weights point into alive
 
     @property
     def warnings(self) -> list[str]:
         """What the file got wrong but could be loaded with a default (shown to the user)."""
-        return list(getattr(self.tokenizer, "warnings", []))
+        return list(getattr(self._file, "warnings", [])) + list(getattr(self.tokenizer, "warnings", []))
 
     @property
     def chat_template(self) -> Optional[str]:
@@ -45,15 +48,37 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def load_model(path: str | Path, tokenizer_path: str | Path | None = None) -> LoadedModel:
+def _is_legacy(path: Path) -> bool:
+    """A pre-GGUF llama.cpp file (ggml, ggmf, ggjt), by its magic whatever its name."""
+    with open(path, "rb") as f:
+        return legacy_format(f.read(4)) is not None
+
+
+def load_model(path: str | Path, tokenizer_path: str | Path | None = None,
+               lora: Optional[Sequence[Any]] = None, *, rms_norm_eps: Optional[float] = None,
+               rope_freq_base: Optional[float] = None) -> LoadedModel:
+    """load_file(path, tokenizer_path) with LoRA adapters applied unmerged: `lora` lists
+    adapter paths (GGUF adapters or PEFT directories) or (path, scale) pairs (model/lora.py)."""
+    lm = load_file(path, tokenizer_path, rms_norm_eps=rms_norm_eps, rope_freq_base=rope_freq_base)
+    if lora:
+        lm.model.set_lora(load_adapters(lora, lm.model.config))
+    return lm
+
+
+def load_file(path: str | Path, tokenizer_path: str | Path | None = None, *, rms_norm_eps: Optional[float] = None,
+              rope_freq_base: Optional[float] = None) -> LoadedModel:
     """Loads a model (weights stay memory-mapped).  `tokenizer_path` is needed for
     llama2.c checkpoints (tokenizer.bin or a SentencePiece .model) and overrides
-    the GGUF's own vocabulary otherwise."""
+    the GGUF's own vocabulary otherwise.  Pre-GGUF files (io/legacy_ggml.py) load
+    as the GGUF they would convert to; `rms_norm_eps` / `rope_freq_base` override
+    the file's values (or, for those files, their era's defaults)."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such model file")
-    if _is_gguf(path):
-        f = GGUFFile(path)
+    legacy = _is_legacy(path)
+    overrides = {"attention.layer_norm_rms_epsilon": rms_norm_eps, "rope.freq_base": rope_freq_base}
+    if legacy or _is_gguf(path):
+        f = LegacyGGMLFile(path) if legacy else GGUFFile(path)
         try:
             arch = f.architecture
             if arch not in ARCHITECTURES:
@@ -65,7 +90,8 @@ def load_model(path: str | Path, tokenizer_path: str | Path | None = None) -> Lo
                 data = f.tensor_bytes(name)
                 tensors[name] = QTensor(name, ti.type, ti.n_rows, ti.shape[0], data.reshape(ti.n_rows, -1))
             try:
-                config = ARCHITECTURES[arch](lambda k, d=None: f.arch_get(k, d), f.tensors["token_embd.weight"].shape[1])
+                config = ARCHITECTURES[arch](lambda k, d=None: f.arch_get(k, d) if overrides.get(k) is None else overrides[k],
+                                             f.tensors["token_embd.weight"].shape[1])
             except UnsupportedModelError as e:
                 raise UnsupportedModelError(f"{path.name}: {e}") from None
             model = Transformer(config, tensors, source=path.name)
@@ -78,7 +104,7 @@ def load_model(path: str | Path, tokenizer_path: str | Path | None = None) -> Lo
         except Exception:
             f.close()
             raise
-        return LoadedModel(path, model, tokenizer, dict(f.metadata), "gguf", f)
+        return LoadedModel(path, model, tokenizer, dict(f.metadata), f.format_name if legacy else "gguf", f)
 
     header, arrays = read_llama2c(path)
     tensors = {}

@@ -21,6 +21,7 @@ from ..errors import ContextFullError, UnsupportedModelError
 from ..formats import GGMLType
 from .config import ModelConfig
 from .kv_cache import DEFAULT_CONTEXT_CAP, KVCache
+from .lora import LoraAdapter, layer_lora
 
 
 @dataclass
@@ -91,15 +92,35 @@ class Transformer:
         if "rope_freqs.weight" in tensors:
             config.rope_freq_factors = tensors["rope_freqs.weight"].vector()
 
-        self.layers = []
+        self.tensors = tensors
+        self._layer_tensors = []
         for i in range(config.n_layer):
             matrices, vectors = gather_layer(i, tensors.get)
-            layer_tensors = {**{k: (int(t.type), t.data) for k, t in matrices.items()},
-                             **{k: t.vector() for k, t in vectors.items()}}
+            self._layer_tensors.append({**{k: (int(t.type), t.data) for k, t in matrices.items()},
+                                        **{k: t.vector() for k, t in vectors.items()}})
+        self.lora: list[tuple[LoraAdapter, float]] = []
+        self.layers = self._make_layers(self.lora)
+
+    def _make_layers(self, lora: Sequence[tuple[LoraAdapter, float]]) -> list:
+        layers = []
+        for i, layer_tensors in enumerate(self._layer_tensors):
+            adapters = layer_lora(lora, i)
             try:
-                self.layers.append(backend.make_layer(config.layer_params(i), layer_tensors))
+                layers.append(backend.make_layer(self.config.layer_params(i),
+                                                 {**layer_tensors, "lora": adapters} if adapters else layer_tensors))
             except ValueError as e:
-                raise UnsupportedModelError(f"{source}: layer {i}: {e}") from None
+                raise UnsupportedModelError(f"{self.source}: layer {i}: {e}") from None
+        return layers
+
+    def set_lora(self, lora: Sequence[tuple[LoraAdapter, float]]) -> None:
+        """Applies these (adapter, user scale) pairs, unmerged, instead of the
+        current ones (none: the base model).  Refuses, by tensor name, an adapter
+        that does not fit; the base weights are untouched.  KV caches filled under
+        other adapters no longer match this model: start them again."""
+        for adapter, _ in lora:
+            adapter.check(self.tensors, self.config)
+        self.layers = self._make_layers(lora)
+        self.lora = list(lora)
 
     def new_cache(self, n_ctx: Optional[int] = None, dtype: str = "f16") -> KVCache:
         """A KV cache for n_ctx tokens (default: the training context, at most DEFAULT_CONTEXT_CAP)."""

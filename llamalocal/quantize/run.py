@@ -102,8 +102,9 @@ def output_metadata(ckpt: Checkpoint, ft: FileType) -> dict[str, MetaValue]:
 def quantize_model(input_path: str | Path, output_path: str | Path, type_name: str, *, method: str = "rtn",
                    tokenizer: Optional[str | Path] = None, force: bool = False, threads: int = 0,
                    gptq_options: Optional[dict] = None,
-                   progress: Optional[Callable[[str, int, int], None]] = None) -> QuantizeResult:
-    """Converts INPUT to OUTPUT. `progress(name, i, n)` is called before each tensor."""
+                   progress: Optional[Callable[[str, int, int], None]] = None, lora: Optional[list] = None) -> QuantizeResult:
+    """Converts INPUT to OUTPUT. `progress(name, i, n)` is called before each tensor.  `lora`:
+    LoRA adapters (paths or (path, scale) pairs) merged into the weights (model/lora.py)."""
     start = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     ft = file_type(type_name)
@@ -114,6 +115,10 @@ def quantize_model(input_path: str | Path, output_path: str | Path, type_name: s
     if output_path.exists() and not force:
         raise OutputExistsError(f"{output_path} already exists (use --force to overwrite it)")
     with open_checkpoint(input_path, tokenizer) as ckpt:
+        if lora:
+            from ..model.lora import merge_into_checkpoint
+
+            merge_into_checkpoint(ckpt, lora)
         plans = plan_types(ckpt, ft)
         warnings = list(ckpt.warnings)
         gptq_run = None
@@ -136,6 +141,8 @@ def quantize_model(input_path: str | Path, output_path: str | Path, type_name: s
             used = "rtn"
             if gptq_run is not None and gptq_run.handles(p.name):
                 data, used = gptq_run.quantized(p.name), "gptq"
+            elif src.blocks is not None and p.source_type == p.type.name:
+                data, used = src.blocks(), "copy"  # the blocks as they are: re-quantizing would only lose
             else:
                 data = quantize_rows(x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1), p.type, threads)
                 if p.type in FLOAT_TYPES and p.source_type == p.type.name:

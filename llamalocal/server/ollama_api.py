@@ -105,7 +105,7 @@ def _details(state: dict) -> dict[str, Any]:
         if t.n_dims >= 2:
             weights[t.type.name] = weights.get(t.type.name, 0) + t.n_elements
     size = f"{n_params / 1e6:.0f}M" if n_params < 1e9 else f"{n_params / 1e9:.1f}B"
-    return {"parent_model": "", "format": "gguf" if lm._file is not None else lm.format, "family": arch,
+    return {"parent_model": "", "format": lm.format, "family": arch,
             "families": [arch], "parameter_size": size,
             "quantization_level": max(weights, key=weights.__getitem__) if weights else "F32"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...formats import GGMLType, block_format
 from . import ggml_math as gn
 from .matmul import matmul
 
@@ -38,10 +39,34 @@ class PyLayer:
     def __init__(self, tensors: dict, params):
         self.t = tensors
         self.params = params
+        self._check_lora(tensors.get("lora") or {})
+
+    def _check_lora(self, adapters: dict) -> None:
+        """The native binding's checks of tensors["lora"] (ValueError on a misfit)."""
+        for name, items in adapters.items():
+            if name not in self.t or name not in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+                raise ValueError("lora: projection names must be wq, wk, wv, wo, w_gate, w_up or w_down")
+            qtype, w = self.t[name]
+            fmt = block_format(qtype)
+            rows, cols = len(w), w.shape[1] // fmt.type_size * fmt.block_size
+            for item in items:
+                if len(item) != 3:
+                    raise ValueError(f"lora {name}: expected (A, B, scale) tuples")
+                a, b, _ = item
+                if not all(isinstance(m, np.ndarray) and m.dtype == np.float32 and m.ndim == 2 and m.flags.c_contiguous for m in (a, b)):
+                    raise ValueError(f"lora {name}: A and B must be C-contiguous 2-D float32 arrays")
+                if len(a) < 1 or a.shape[1] != cols or b.shape != (rows, len(a)):
+                    raise ValueError(f"lora {name}: expected A (rank, {cols}) and B ({rows}, rank), got A {a.shape} and B {b.shape}")
 
     def linear(self, name: str, x: np.ndarray, bias: str = "") -> np.ndarray:
+        """x · Wᵀ, plus scale·B(A·x) for each LoRA adapter on W (tensors["lora"][name]:
+        (A, B, scale) tuples), plus the bias: layer.cpp's linear(), in its order."""
         qtype, w = self.t[name]
-        y = matmul(qtype, w, np.ascontiguousarray(x, dtype=np.float32))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = matmul(qtype, w, x)
+        for a, b, scale in (self.t.get("lora") or {}).get(name, ()):
+            ax = matmul(GGMLType.F32, a.view(np.uint8), x)
+            y += matmul(GGMLType.F32, b.view(np.uint8), np.ascontiguousarray(ax)) * np.float32(scale)
         return y + self.t[bias] if bias in self.t else y
 
     def rope(self, x: np.ndarray, pos0: int) -> None:
