@@ -558,10 +558,58 @@ inline void unpack_rows(int64_t nb, int64_t nrows, const uint8_t* p, size_t stri
         }
 }
 
-// One group of RN <= TILE_TOKS tokens (a decode step of a few sequences):
-// each pass's rows unpacked just before the pass, so that reading the
-// weights from memory is spread over the arithmetic rather than done in one
-// burst before it, with nothing computed meanwhile.
+// RM rows x rn tokens (rn <= TILE_TOKS, one group).
+template <int RM, int T, class YBLOCK>
+inline void pass_group(int rn, int64_t nb, const uint8_t* w, size_t stride, const Bytes32* u, const uint8_t* x, size_t x_stride,
+                       const TileScales* ts, float* y, size_t y_stride) {
+    switch (rn) {
+        case 4: return tile_pass<RM, 4, T, YBLOCK>(nb, w, stride, u, x, x_stride, ts, y, y_stride);
+        case 3: return tile_pass<RM, 3, T, YBLOCK>(nb, w, stride, u, x, x_stride, ts, y, y_stride);
+        case 2: return tile_pass<RM, 2, T, YBLOCK>(nb, w, stride, u, x, x_stride, ts, y, y_stride);
+        case 1: return tile_pass<RM, 1, T, YBLOCK>(nb, w, stride, u, x, x_stride, ts, y, y_stride);
+        default: return;
+    }
+}
+
+constexpr int FEW_GROUPS = 2;  // decode steps of up to 8 sequences (one group: tile_one_group)
+
+// A few groups of tokens (a decode step of several sequences): each pass's
+// rows unpacked just before the pass, every group over them, so that reading
+// the weights from memory is spread over the arithmetic rather than done in
+// one burst before it, with nothing computed meanwhile.
+template <int T, class YBLOCK>
+void tile_few_groups(int64_t nb, int64_t nrows, const uint8_t* p, size_t stride, const uint8_t* x, size_t x_stride, int64_t n_tok,
+                     float* y, size_t y_stride) {
+    const int n_groups = (int)((n_tok + TILE_TOKS - 1) / TILE_TOKS);
+    auto rn_of = [&](int g) { return (int)std::min<int64_t>(TILE_TOKS, n_tok - g * TILE_TOKS); };
+    TileScales ts[FEW_GROUPS];
+    for (int g = 0; g < n_groups; g++) {
+        const uint8_t* xg = x + g * TILE_TOKS * x_stride;
+        switch (rn_of(g)) {
+            case 4: tile_scales<4, YBLOCK>(nb, xg, x_stride, &ts[g]); break;
+            case 3: tile_scales<3, YBLOCK>(nb, xg, x_stride, &ts[g]); break;
+            case 2: tile_scales<2, YBLOCK>(nb, xg, x_stride, &ts[g]); break;
+            default: tile_scales<1, YBLOCK>(nb, xg, x_stride, &ts[g]); break;
+        }
+    }
+    thread_local std::vector<Bytes32> unpacked;
+    unpacked.resize((size_t)(TILE_ROWS * nb));
+    Bytes32* u = T != TYPE_Q8_0 ? unpacked.data() : nullptr;
+    for (int64_t r = 0; r < nrows;) {
+        const bool full = r + TILE_ROWS <= nrows;
+        if constexpr (T != TYPE_Q8_0) unpack_rows<T>(nb, full ? TILE_ROWS : 1, p + r * stride, stride, u);
+        for (int g = 0; g < n_groups; g++) {
+            const uint8_t* xg = x + g * TILE_TOKS * x_stride;
+            float* yg = y + g * TILE_TOKS * y_stride + r;
+            if (full) pass_group<TILE_ROWS, T, YBLOCK>(rn_of(g), nb, p + r * stride, stride, u, xg, x_stride, &ts[g], yg, y_stride);
+            else pass_group<1, T, YBLOCK>(rn_of(g), nb, p + r * stride, stride, u, xg, x_stride, &ts[g], yg, y_stride);
+        }
+        r += full ? TILE_ROWS : 1;
+    }
+}
+
+// One group of RN <= TILE_TOKS tokens (a decode step of up to four
+// sequences): as tile_few_groups, with the group's size known at compile time.
 template <int RN, int T, class YBLOCK>
 void tile_one_group(int64_t nb, int64_t nrows, const uint8_t* p, size_t stride, const uint8_t* x, size_t x_stride, float* y,
                     size_t y_stride) {
@@ -598,6 +646,7 @@ void dot_tile(int64_t n, int64_t nrows, const void* w, size_t stride, const void
         case 1: return tile_one_group<1, T, YBLOCK>(nb, nrows, p, stride, xb, x_stride, y, y_stride);
         default: break;
     }
+    if (n_tok <= FEW_GROUPS * TILE_TOKS) return tile_few_groups<T, YBLOCK>(nb, nrows, p, stride, xb, x_stride, n_tok, y, y_stride);
     // More tokens (a prompt): the 4/5-bit weights unpacked to bytes once for
     // all the tokens rather than once per group of TILE_TOKS (the rows stay
     // in cache meanwhile, see ops.cpp): it takes about a quarter of the
