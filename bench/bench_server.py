@@ -3,9 +3,10 @@
     python bench/bench_server.py MODEL.gguf --streams 1,2,4 --tokens 64 --threads 2
 
 Each round runs N chat requests at once on N slots (temperature 0, different
-prompts, fixed length: end of turn ignored) and reports generated tokens per
-second over the whole round (aggregate) and per stream, next to one stream
-alone.  Prints the CPU and the kernel path.
+prompts, fixed length: end of turn ignored) for every N, and reports generated
+tokens per second over the whole round (aggregate) and per stream; the ratios
+are to the first N of the same round (one stream alone), medians over rounds.
+Prints the CPU and the kernel path.
 """
 from __future__ import annotations
 
@@ -71,19 +72,25 @@ def main() -> None:
     model = load(args.model, n_threads=args.threads, n_ctx=512)
     engine = Engine(model, n_slots=max(streams), n_ctx=512)
     print(f"{Path(args.model).name}: {cpu_name()}, kernel path {backend.active_isa()}, {backend.num_threads()} threads, "
-          f"{args.tokens} tokens per stream, median of {args.rounds} rounds")
+          f"{args.tokens} tokens per stream, median of {args.rounds} interleaved rounds")
     print(f"{'streams':>7} {'aggregate t/s':>14} {'per stream t/s':>15} {'aggregate / one':>16} {'per stream / one':>17}")
-    one = None
+    # Rounds outer, stream counts inner: machine noise then hits every count alike,
+    # and each ratio is taken within a round (against that round's one stream).
+    aggs: dict[int, list[float]] = {n: [] for n in streams}
+    pers: dict[int, list[float]] = {n: [] for n in streams}
+    ratios: dict[int, list[tuple[float, float]]] = {n: [] for n in streams}
+    for _ in range(args.rounds):
+        row = {n: run_round(engine, n, args.tokens) for n in streams}
+        base_agg, base_per = row[streams[0]][0], statistics.median(row[streams[0]][1])
+        for n, (agg, per) in row.items():
+            aggs[n].append(agg)
+            pers[n].append(statistics.median(per))
+            ratios[n].append((agg / base_agg, statistics.median(per) / base_per))
     for n in streams:
-        aggs, pers = [], []
-        for _ in range(args.rounds):
-            agg, per = run_round(engine, n, args.tokens)
-            aggs.append(agg)
-            pers.append(statistics.median(per))
-        agg, per = statistics.median(aggs), statistics.median(pers)
-        if one is None:
-            one = (agg, per)
-        print(f"{n:>7} {agg:>14.1f} {per:>15.1f} {agg / one[0]:>16.2f} {per / one[1]:>17.2f}")
+        agg_ratio = statistics.median(r[0] for r in ratios[n])
+        per_ratio = statistics.median(r[1] for r in ratios[n])
+        print(f"{n:>7} {statistics.median(aggs[n]):>14.1f} {statistics.median(pers[n]):>15.1f} {agg_ratio:>16.2f} "
+              f"{per_ratio:>17.2f}")
     engine.close()
 
 
