@@ -103,6 +103,7 @@ class Engine:
 
     def _run(self) -> None:
         while not self._stop:
+            self._wake.clear()  # before looking at the queue: a request submitted after this wakes the wait below
             self._admit()
             for slot in self.slots:
                 if slot.job is not None and slot.job.cancel.is_set():
@@ -110,7 +111,6 @@ class Engine:
             ready = [s for s in self.slots if s.pending is not None]
             if not ready:
                 self._wake.wait(0.5)
-                self._wake.clear()
                 continue
             try:
                 logits = self._forward(ready)
