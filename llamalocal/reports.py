@@ -9,7 +9,7 @@ import numpy as np
 
 from .formats import GGMLType
 from .io.gguf_reader import GGUFFile
-from .io.legacy_ggml import LegacyGGMLFile, legacy_format
+from .io.legacy_ggml import open_model_file
 from .model.kv_cache import DEFAULT_CONTEXT_CAP
 
 
@@ -72,9 +72,7 @@ def kv_cache_bytes(f: GGUFFile, n_ctx: int, bytes_per_value: int = 2) -> int | N
 def describe(path: str | os.PathLike[str]) -> str:
     """Human-readable summary printed by `llamalocal info MODEL` (a GGUF file, or a pre-GGUF one as the GGUF
     it loads as)."""
-    with open(path, "rb") as fh:
-        legacy = legacy_format(fh.read(4)) is not None
-    with (LegacyGGMLFile(path) if legacy else GGUFFile(path)) as f:
+    with open_model_file(path) or GGUFFile(path) as f:  # GGUFFile names what is wrong with any other file
         lines: list[str] = []
         add = lines.append
         arch = f.architecture or "(unknown)"
@@ -95,7 +93,7 @@ def describe(path: str | os.PathLike[str]) -> str:
                 summary.append(f"mostly {max(weight_elems, key=weight_elems.__getitem__).name}")
         add(f"summary:      {', '.join(summary)}")
         add(f"file:         {f.path} ({f.file_size:,} bytes, {_fmt_bytes(f.file_size)})")
-        if legacy:
+        if f.format_name != "gguf":
             add(f"format:       {f.format_name} (pre-GGUF llama.cpp file; read as the GGUF below, constants of its "
                 f"era assumed), {len(f.tensors)} tensors")
         else:

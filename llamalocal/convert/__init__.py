@@ -26,16 +26,12 @@ def open_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> Ch
                               f"nor a Meta checkpoint (params.json + consolidated.*.pth)")
     with open(path, "rb") as fh:
         head = fh.read(4)
-    if head == b"GGUF":
-        from .gguf import open_gguf
-
-        return open_gguf(path)
     from ..io.legacy_ggml import legacy_format
 
-    if legacy_format(head):  # a pre-GGUF llama.cpp file (ggml, ggmf, ggjt), whatever its name
+    if head == b"GGUF" or legacy_format(head):  # GGUF, or a pre-GGUF llama.cpp file (ggml, ggmf, ggjt) whatever its name
         from .gguf import open_gguf
 
-        return open_gguf(path, legacy=True, tokenizer=tokenizer)
+        return open_gguf(path, tokenizer)
     if path.suffix == ".pth" and (path.parent / "params.json").is_file():
         from .meta import open_meta
 

@@ -18,7 +18,7 @@ from ..errors import CheckpointError, ModelFormatError
 from ..formats import GGMLType
 from ..io.gguf_metadata import MetaValue
 from ..io.gguf_reader import GGUFFile
-from ..io.legacy_ggml import LegacyGGMLFile
+from ..io.legacy_ggml import LegacyGGMLFile, open_model_file
 from .checkpoint import Checkpoint, SourceTensor
 
 # Keys describing the file's own encoding, rewritten by the writer.
@@ -45,11 +45,13 @@ def _meta_value(key: str, value, vtype: int) -> MetaValue:
     raise CheckpointError(f"metadata key {key!r}: nested arrays are not supported")
 
 
-def open_gguf(path: Path, legacy: bool = False, tokenizer: Path | str | None = None) -> Checkpoint:
+def open_gguf(path: Path, tokenizer: Path | str | None = None) -> Checkpoint:
+    """A GGUF file, or a pre-GGUF one (then `tokenizer`, a SentencePiece model, may replace its vocabulary)."""
     try:
-        f = LegacyGGMLFile(path) if legacy else GGUFFile(path)
+        f = open_model_file(path) or GGUFFile(path)
     except ModelFormatError as e:
         raise CheckpointError(str(e)) from None
+    legacy = isinstance(f, LegacyGGMLFile)
     arch = f.architecture
     if not arch:
         f.close()

@@ -334,6 +334,8 @@ class GGUFFile(MappedFile):
     ...     f.architecture, f.arch_get("block_count"), f.tensors["output_norm.weight"].shape
     """
 
+    format_name = "gguf"  # as LoadedModel.format reports it
+
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self._label = str(path)

@@ -56,7 +56,7 @@ from gguf import GGUFValueType as V
 
 from ..errors import ModelFormatError
 from ..formats import GGMLType
-from .gguf_reader import HeaderParser, MappedFile, TensorInfo
+from .gguf_reader import GGUF_MAGIC, GGUFFile, HeaderParser, MappedFile, TensorInfo
 
 __all__ = ["ERAS", "LegacyGGMLFile", "legacy_format", "legacy_n_ff"]
 
@@ -119,6 +119,16 @@ _LAYER_NAMES = {"attention.wq.weight": "attn_q.weight", "attention.wk.weight": "
 def legacy_format(head: bytes) -> str | None:
     """'ggml', 'ggmf' or 'ggjt' for a file starting with `head` (its first 4 bytes), else None."""
     return _MAGICS.get(bytes(head[:4]))
+
+
+def open_model_file(path: str | os.PathLike[str]) -> GGUFFile | LegacyGGMLFile | None:
+    """A GGUF file, or a pre-GGUF one read as the GGUF it converts to, told apart
+    by the magic whatever the file is called; None for any other file."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == GGUF_MAGIC:
+        return GGUFFile(path)
+    return LegacyGGMLFile(path) if legacy_format(head) else None
 
 
 def legacy_n_ff(n_embd: int, n_mult: int) -> int:

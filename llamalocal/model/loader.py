@@ -16,7 +16,7 @@ from ..errors import (
 )
 from ..formats import GGMLType
 from ..io.gguf_reader import GGUFFile
-from ..io.legacy_ggml import LegacyGGMLFile, legacy_format
+from ..io.legacy_ggml import open_model_file
 from ..io.llama2c import read_llama2c
 from .arch import ARCHITECTURES
 from .arch.llama import llama2c_config
@@ -43,17 +43,6 @@ class LoadedModel:
         return self.metadata.get("tokenizer.chat_template")
 
 
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
-def _is_legacy(path: Path) -> bool:
-    """A pre-GGUF llama.cpp file (ggml, ggmf, ggjt), by its magic whatever its name."""
-    with open(path, "rb") as f:
-        return legacy_format(f.read(4)) is not None
-
-
 def load_model(path: str | Path, tokenizer_path: str | Path | None = None,
                lora: Optional[Sequence[Any]] = None, *, rms_norm_eps: Optional[float] = None,
                rope_freq_base: Optional[float] = None) -> LoadedModel:
@@ -75,10 +64,9 @@ def load_file(path: str | Path, tokenizer_path: str | Path | None = None, *, rms
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: no such model file")
-    legacy = _is_legacy(path)
     overrides = {"attention.layer_norm_rms_epsilon": rms_norm_eps, "rope.freq_base": rope_freq_base}
-    if legacy or _is_gguf(path):
-        f = LegacyGGMLFile(path) if legacy else GGUFFile(path)
+    f = open_model_file(path)
+    if f is not None:
         try:
             arch = f.architecture
             if arch not in ARCHITECTURES:
@@ -104,7 +92,7 @@ def load_file(path: str | Path, tokenizer_path: str | Path | None = None, *, rms
         except Exception:
             f.close()
             raise
-        return LoadedModel(path, model, tokenizer, dict(f.metadata), f.format_name if legacy else "gguf", f)
+        return LoadedModel(path, model, tokenizer, dict(f.metadata), f.format_name, f)
 
     header, arrays = read_llama2c(path)
     tensors = {}
