@@ -356,7 +356,7 @@ class Session:
         """Brings the cache to `ids`, asking for only what it does not hold, a chunk
         per pass; returns the last token's logits (None if cancelled first)."""
         t0 = time.perf_counter()
-        keep = _common_prefix(self.tokens, ids)
+        keep = common_prefix(self.tokens, ids)
         keep = min(keep, len(ids) - 1)  # the last token is evaluated again for its logits
         self.cache.truncate(keep)
         del self.tokens[keep:]
@@ -373,7 +373,8 @@ class Session:
         return logits
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

@@ -26,7 +26,7 @@ from ..api import Model, sampler_config
 from ..chat import encode_chat
 from ..errors import Error, InvalidArgumentError
 from ..sampling import make_sampler
-from ..session import Forward, Session
+from ..session import Forward, Session, common_prefix
 
 SERVER_PREFILL_CHUNK = 64  # prompt tokens per slot and step: what a new prompt adds to the other streams' step
 
@@ -144,39 +144,34 @@ class Engine:
                 return
             if job.cancel.is_set():
                 continue
-            slot = self._choose(job)
+            try:
+                ids = self._prompt_tokens(job)
+            except Error as e:  # e.g. a template that refuses the conversation
+                job.sink(("error", e))
+                continue
+            slot = self._choose(ids)
+            job.n_prompt_tokens = len(ids)
             try:
                 self._start(slot, job)
             except Error as e:
                 job.sink(("error", e))
                 slot.job, slot.steps = None, None
 
-    def _choose(self, job: Job) -> Slot:
-        """The free slot whose cache shares the longest prefix with the job's prompt; then the least recently used."""
+    def _choose(self, ids: list[int]) -> Slot:
+        """The free slot whose cache shares the longest prefix with the prompt `ids`; then the least recently used."""
         free = [s for s in self.slots if s.job is None]
-        ids = self._prompt_tokens(free[0].session, job)
+        return max(free, key=lambda s: (common_prefix(s.session.tokens, ids), -s.last_used))
 
-        def shared(slot: Slot) -> int:
-            held = slot.session.tokens
-            n = 0
-            for a, b in zip(held, ids):
-                if a != b:
-                    break
-                n += 1
-            return n
-
-        return max(free, key=lambda s: (shared(s), -s.last_used))
-
-    def _prompt_tokens(self, session: Session, job: Job) -> list[int]:
+    def _prompt_tokens(self, job: Job) -> list[int]:
+        """The job's prompt as the slots' sessions tokenize it (they share the model's template)."""
         tok = self.model.tokenizer
         if job.messages is not None:
-            return encode_chat(tok, session.template, job.messages, add_generation_prompt=True)
+            return encode_chat(tok, self.slots[0].session.template, job.messages, add_generation_prompt=True)
         return tok.encode(job.prompt or "")
 
     def _start(self, slot: Slot, job: Job) -> None:
         s = slot.session
         s.sample = make_sampler(sampler_config(**job.sampling))
-        job.n_prompt_tokens = len(self._prompt_tokens(s, job))
         if job.messages is not None:
             steps = s.reply(job.messages, max_tokens=job.max_tokens, cancel=job.cancel, stop=job.stop,
                             ignore_eos=job.ignore_eos, logprobs=job.logprobs, stepwise=True)
