@@ -133,13 +133,11 @@ class Llama:
             yield first
         if echo:
             yield shape.chunk(echo)
-        logprobs = []  # they come just before the piece whose chunk carries them
         for kind, value in events:
-            if kind == "logprobs":
-                logprobs = value
-            elif kind == "piece":
-                yield shape.chunk(value, logprobs)
-                logprobs = []
+            if kind in ("piece", "logprobs"):
+                chunk = shape.piece_chunk(kind, value)
+                if chunk:
+                    yield chunk
             else:
                 shape.n_prompt_tokens = self._last_prompt_tokens
                 yield from shape.last_chunks(value, include_usage=False)

@@ -247,7 +247,8 @@ class TokenLogprob:
 def token_logprob(logits, token: int, n_top: int = 0) -> TokenLogprob:
     """`token`'s log-probability and the n_top most likely (id, log-probability), most likely first."""
     x = np.asarray(logits, dtype=np.float64)
-    log_p = x - (np.max(x) + np.log(np.sum(np.exp(x - np.max(x)))))
+    m = np.max(x)
+    log_p = x - (m + np.log(np.sum(np.exp(x - m))))
     top: tuple[tuple[int, float], ...] = ()
     if n_top > 0:
         ids = np.argpartition(-log_p, min(n_top, len(x) - 1))[:n_top]

@@ -80,13 +80,11 @@ async def _respond(body: dict[str, Any], stream: Stream, shape: Completion) -> A
             first = shape.first_chunk()
             if first:
                 yield json.dumps(first)
-            logprobs = []  # they come just before the piece whose chunk carries them
             async for kind, value in stream.events():
-                if kind == "logprobs":
-                    logprobs = value
-                elif kind == "piece":
-                    yield json.dumps(shape.chunk(value, logprobs))
-                    logprobs = []
+                if kind in ("piece", "logprobs"):
+                    chunk = shape.piece_chunk(kind, value)
+                    if chunk:
+                        yield json.dumps(chunk)
                 else:
                     shape.n_prompt_tokens = stream.job.n_prompt_tokens
                     for c in shape.last_chunks(value, include_usage):

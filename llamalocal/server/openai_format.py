@@ -38,12 +38,13 @@ class Completion:
         self.n_prompt_tokens = n_prompt_tokens
         self.tokenizer = tokenizer
         self._offset = offset
+        self._pending: Sequence[TokenLogprob] = ()  # a logprobs event waiting for its piece
 
     def _base(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     def _choice(self, text: Optional[str], finish: Optional[str], whole: bool = False,
-                logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
+                logprobs: Optional[Sequence[TokenLogprob]] = ()) -> dict[str, Any]:
         lp = self._logprobs(logprobs)
         if not self.chat:
             return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
@@ -51,8 +52,8 @@ class Completion:
             return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": lp}
         return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish, "logprobs": lp}
 
-    def _logprobs(self, entries: Sequence[TokenLogprob]) -> Optional[dict[str, Any]]:
-        if self.tokenizer is None:
+    def _logprobs(self, entries: Optional[Sequence[TokenLogprob]]) -> Optional[dict[str, Any]]:
+        if self.tokenizer is None or entries is None:
             return None
         tok = self.tokenizer
 
@@ -93,11 +94,20 @@ class Completion:
         return {**self._base("chat.completion.chunk" if self.chat else "text_completion"),
                 "choices": [self._choice(text, None, logprobs=logprobs)]}
 
+    def piece_chunk(self, kind: str, value: Any) -> Optional[dict[str, Any]]:
+        """The chunk of an engine event "piece", carrying the "logprobs" event that
+        came just before it; None for that "logprobs" event itself."""
+        if kind == "logprobs":
+            self._pending = value
+            return None
+        chunk = self.chunk(value, self._pending)
+        self._pending = ()
+        return chunk
+
     def last_chunks(self, stats: TurnStats, include_usage: bool) -> list[dict[str, Any]]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
-        last = {**self._base(kind), "choices": [self._choice(None, finish_reason(stats))], "timings": timings(stats)}
-        last["choices"][0]["logprobs"] = None
-        out = [last]
+        out = [{**self._base(kind), "choices": [self._choice(None, finish_reason(stats), logprobs=None)],
+                "timings": timings(stats)}]
         if include_usage:
             out.append({**self._base(kind), "choices": [], "usage": self.usage(stats)})
         return out
