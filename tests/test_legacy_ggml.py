@@ -2,12 +2,14 @@
 ../shared/legacy, written by the llama.cpp of each era (expected.json).
 
 The ggmf v1 and ggjt v1/v2 formats have no file there: the tests write them
-from the f32 model following the documented layouts.  The raw bytes are read
-here with a parser of their own, independent of the loader.
+from the f32 model following the documented layouts, as they write split
+(multi-part) checkpoints (x.bin, x.bin.1, ...) and ggjt v1's Q4_2 blocks.  The
+raw bytes are read here with a parser of their own, independent of the loader.
 """
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from llamalocal.errors import ModelFormatError
+from llamalocal.formats import GGMLType
 from llamalocal.formats.quants import dequantize
 from llamalocal.generation import generate_tokens
 from llamalocal.io.gguf_reader import GGUFFile
@@ -327,9 +330,9 @@ def test_written_files_of_each_format(era, f32_model, tmp_path):
 def test_formats_refuse_types_they_never_had(f32_model, tmp_path):
     vocab = _vocab_with_scores(f32_model)
     (name, ne, _, data), rest = f32_model["tensors"][0], f32_model["tensors"][1:]
-    q42 = [(name, ne, Q4_2, data[:len(data) // 32 * 10])] + rest  # Q4_2: blocks of 16, f16 d + 8 bytes
-    with pytest.raises(ModelFormatError, match="Q4_2.*re-quantize"):
-        LegacyGGMLFile(write_legacy(tmp_path / "v1.bin", "ggjt", 1, f32_model["hparams"], vocab, q42))
+    q42 = [(name, ne, Q4_2, data[:len(data) // 64 * 10])] + rest  # Q4_2: blocks of 16, f16 d + 8 bytes
+    with pytest.raises(ModelFormatError, match=r"type id 4 \(Q4_2\), not one a ggjt v2 file holds"):
+        LegacyGGMLFile(write_legacy(tmp_path / "v2.bin", "ggjt", 2, f32_model["hparams"], vocab, q42))
     q80 = [(name, ne, Q8_0, data[:len(data) // 32 * 36])] + rest
     with pytest.raises(ModelFormatError, match="type id 8 .Q8_0.*ggmf v1"):
         LegacyGGMLFile(write_legacy(tmp_path / "mf.bin", "ggmf", 1, f32_model["hparams"], vocab, q80))
@@ -337,12 +340,211 @@ def test_formats_refuse_types_they_never_had(f32_model, tmp_path):
         LegacyGGMLFile(write_legacy(tmp_path / "v4.bin", "ggjt", 4, f32_model["hparams"], vocab, rest))
 
 
-def test_split_checkpoints_are_refused_by_name(tmp_path):
+def encode_q4_2(x: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """ggjt v1's Q4_2 (blocks of 16: f16 d = amax/7, q = round(x/d) + 8 in 0..15, nibble pairs), and the values
+    d*(q-8) it stands for (float64, exact)."""
+    b = x.reshape(-1, 16).astype(np.float32)
+    d = (np.abs(b).max(1) / 7).astype("<f2")
+    d32 = d.astype(np.float32)[:, None]
+    q = np.clip(np.round(np.divide(b, d32, out=np.zeros_like(b), where=d32 != 0)) + 8, 0, 15).astype(np.uint8)
+    blocks = np.concatenate([d.reshape(-1, 1).view(np.uint8), q[:, 0::2] | (q[:, 1::2] << 4)], axis=1)
+    return blocks.tobytes(), ((q.astype(np.float64) - 8) * d32.astype(np.float64)).reshape(-1)
+
+
+def test_ggjt_v1_q4_2_reads_as_its_exact_values(f32_model, tmp_path):
+    """Q4_2 has no exact image among today's block formats: its values are kept exactly, in F16 when every one
+    of a tensor's is exact there, else in F32; the size cost is reported once."""
+    rng = np.random.default_rng(0)
+    tensors, want = [], {}
+    for name, ne, t, data in f32_model["tensors"]:
+        if len(ne) == 2:
+            x = np.frombuffer(data, "<f4")
+            if name == "layers.0.attention.wq.weight":  # d = 2^-6 in every block: values k * 2^-6, exact in f16
+                k = rng.integers(-7, 8, size=(x.size // 16, 16)).astype(np.float32)
+                k[:, 0] = 7
+                x = (k * 2.0**-6).reshape(-1)
+            data, want[gguf_name(name)] = encode_q4_2(x)
+            t = Q4_2
+        tensors.append((name, ne, t, data))
+    hp = dict(f32_model["hparams"], ftype=5)  # LLAMA_FTYPE_MOSTLY_Q4_2
+    path = write_legacy(tmp_path / "q4_2.bin", "ggjt", 1, hp, _vocab_with_scores(f32_model), tensors)
+    f = LegacyGGMLFile(path)
+    types = {n: f.tensors[n].type for n in want}
+    assert types.pop("blk.0.attn_q.weight") == GGMLType.F16 and set(types.values()) == {GGMLType.F32}
+    for name, values in want.items():
+        assert np.array_equal(f.tensor_array(name, dequantize=True).reshape(-1).astype(np.float64), values), name
+    src, dst = sum(len(d) for _, _, t, d in tensors if t == Q4_2), sum(f.tensors[n].n_bytes for n in want)
+    note = (f"q4_2.bin: {len(want)} Q4_2 tensors (blocks of 16, which no format of today holds exactly) converted "
+            f"to their exact values, 1 as F16 and {len(want) - 1} as F32: {src / 2**20:.1f} MiB became "
+            f"{dst / 2**20:.1f} MiB")
+    assert f.warnings == [note]
+    lm = load_model(path)
+    assert np.all(np.isfinite(lm.model.forward([1, 45, 217], lm.model.new_cache(16, "f32"))))
+    bad = bytearray(path.read_bytes())
+    first = f.tensors["token_embd.weight"].offset
+    bad[first:first + 2] = b"\x00\x7c"  # an infinite d
+    (tmp_path / "inf.bin").write_bytes(bytes(bad))
+    with pytest.raises(ModelFormatError, match=r"inf\.bin: tensor 'tok_embeddings.weight' \(Q4_2\): a block scale "
+                                               r"is not finite"):
+        LegacyGGMLFile(tmp_path / "inf.bin")
+
+
+# -- split (multi-part) checkpoints: x.bin, x.bin.1, ... -------------------------------------------------
+
+def split_parts(tensors: list, n: int) -> list[list]:
+    """A whole model's tensors (walk()'s records) as the n parts of a split checkpoint hold them: 1-D tensors
+    whole in each; tok_embeddings, wo and w2 split by columns (a slice of every row's bytes); the rest by rows."""
+    parts = [[] for _ in range(n)]
+    for name, ne, type_id, data in tensors:
+        if len(ne) == 1:
+            for p in parts:
+                p.append((name, ne, type_id, data))
+            continue
+        rows = np.frombuffer(data, np.uint8).reshape(ne[1], -1)
+        by_columns = name.startswith("tok_embeddings.") or name.endswith(("attention.wo.weight",
+                                                                            "feed_forward.w2.weight"))
+        for i, p in enumerate(parts):
+            if by_columns:
+                w = rows.shape[1] // n
+                p.append((name, [ne[0] // n, ne[1]], type_id, rows[:, i * w:(i + 1) * w].tobytes()))
+            else:
+                h = ne[1] // n
+                p.append((name, [ne[0], h], type_id, rows[i * h:(i + 1) * h].tobytes()))
+    return parts
+
+
+def write_split(folder: Path, magic: str, version: int | None, hp: dict, vocab: list, tensors: list, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    first = folder / "x.bin"
+    for i, part in enumerate(split_parts(tensors, n)):
+        write_legacy(Path(f"{first}.{i}") if i else first, magic, version, hp, vocab, part)
+    return first
+
+
+def _whole(kind: str, magic: str, version: int | None, f32_model, folder: Path):
+    """A one-part file of stories260K in `kind` (ggml-unversioned's own file, or its tensors in a ggmf file)."""
+    m = walk(legacy_path(f"ggml-unversioned/stories260K-mha.{kind}.bin"))
+    vocab = m["vocab"] if magic == "ggml" else _vocab_with_scores(f32_model)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_legacy(folder / "x.bin", magic, version, m["hparams"], vocab, m["tensors"]), m, vocab
+
+
+SPLITS = [("ggml", None, kind, n) for kind, n in (("f32", 2), ("f32", 4), ("f16", 2), ("f16", 4), ("q4_0", 2),
+                                                  ("q4_1", 2))]
+SPLITS += [("ggmf", 1, kind, n) for kind, n in (("f32", 2), ("f32", 4), ("q4_0", 2), ("q4_1", 2))]
+
+
+@pytest.mark.parametrize("magic,version,kind,n", SPLITS, ids=lambda v: str(v))
+def test_split_checkpoints_read_as_the_one_part_model(magic, version, kind, n, f32_model, tmp_path):
+    one_path, m, vocab = _whole(kind, magic, version, f32_model, tmp_path / "one")
+    first = write_split(tmp_path / "split", magic, version, m["hparams"], vocab, m["tensors"], n)
+    assert (tmp_path / f"split/x.bin.{n - 1}").is_file() and not (tmp_path / f"split/x.bin.{n}").exists()
+    one, split = LegacyGGMLFile(one_path), LegacyGGMLFile(first)
+    assert split.parts == [first] + [Path(f"{first}.{i}") for i in range(1, n)]
+    assert split.metadata.keys() == one.metadata.keys()
+    for k, v in one.metadata.items():
+        assert np.array_equal(split.metadata[k], v) if isinstance(v, np.ndarray) else split.metadata[k] == v, k
+    assert list(split.tensors) == list(one.tensors)
+    for name, t in one.tensors.items():
+        s = split.tensors[name]
+        assert (s.type, s.shape, s.n_bytes) == (t.type, t.shape, t.n_bytes), name
+        got = split.tensor_bytes(name)
+        assert got.flags.c_contiguous and got.shape == one.tensor_bytes(name).shape, name
+        assert np.array_equal(got, one.tensor_bytes(name)), name
+    # the f32-scale note (same file name) as the one-part file's, and one note of the assembly
+    assembled = [w for w in split.warnings if "assembled in memory" in w]
+    assert len(assembled) == 1 and f"{n}-part checkpoint" in assembled[0]
+    assert [w for w in split.warnings if w not in assembled] == one.warnings
+    split.close()
+    prompt = next(r["prompt_tokens"] for r in expected("ggml-unversioned")["runs"] if r["prompt"])
+    assert greedy(load_model(first), prompt, "f32") == greedy(load_model(one_path), prompt, "f32")
+
+
+def test_split_f32_checkpoint_reproduces_the_eras_greedy_tokens(tmp_path):
+    m = walk(legacy_path("ggml-unversioned/stories260K-mha.f32.bin"))
+    first = write_split(tmp_path, "ggml", None, m["hparams"], m["vocab"], m["tensors"], 2)
+    lm = load_model(first)
+    runs = [r for r in expected("ggml-unversioned")["runs"]
+            if (r["model"], r["kv_cache"], r["rms_eps_setting"]) == ("stories260K-mha.f32.bin", "f32", "hardcoded_1e-6")]
+    assert len(runs) == 3
+    for r in runs:
+        assert greedy(lm, r["prompt_tokens"], "f32") == r["generated_token_ids"]
+
+
+def test_whole_file_with_a_sibling_loads_as_that_eras_llama_cpp_did(tmp_path):
+    """A whole file (tok_embeddings rows of n_embd) is one model however many x.bin.N lie beside it."""
     src = legacy_path("ggml-unversioned/stories260K-mha.f16.bin").read_bytes()
     (tmp_path / "x.bin").write_bytes(src)
     (tmp_path / "x.bin.1").write_bytes(src)
-    with pytest.raises(ModelFormatError, match=r"x\.bin\.1.*split \(multi-part\)"):
-        load_model(tmp_path / "x.bin")
+    lm = load_model(tmp_path / "x.bin")
+    assert lm._file.parts == [tmp_path / "x.bin"]
+    assert [w for w in lm.warnings if "x.bin.1 is beside it but not read: x.bin is a whole model" in w]
+
+
+def _split_errors(f32_model, tmp_path: Path) -> dict[str, tuple[Path, str, str]]:
+    """Broken split checkpoints: case -> (path given, file the message names, message)."""
+    m = walk(legacy_path("ggml-unversioned/stories260K-mha.q4_0.bin"))
+    vocab = _vocab_with_scores(f32_model)
+    hp = m["hparams"]
+
+    def split(case: str, n: int = 2, magic: str = "ggmf", version: int | None = 1) -> Path:
+        return write_split(tmp_path / case, magic, version, hp, vocab, m["tensors"], n)
+
+    cases = {}
+    first = split("missing")
+    Path(f"{first}.1").unlink()
+    cases["missing"] = (first, "x.bin.1", "no such file: part 2 of the 2-part split checkpoint x.bin")
+    first = split("truncated")
+    part = Path(f"{first}.1")
+    part.write_bytes(part.read_bytes()[:-100])
+    cases["truncated"] = (first, "x.bin.1", "runs past the end of the file")
+    first = split("truncated_header")
+    part = Path(f"{first}.1")
+    part.write_bytes(part.read_bytes()[:1000])
+    cases["truncated_header"] = (first, "x.bin.1", "shorter than the header and vocabulary of")
+    first = split("n_layer")
+    part = Path(f"{first}.1")
+    data = bytearray(part.read_bytes())
+    data[8 + 16:8 + 20] = struct.pack("<i", 4)  # magic, version, n_vocab, n_embd, n_mult, n_head, n_layer
+    part.write_bytes(bytes(data))
+    cases["header"] = (first, "x.bin.1", "header differs from the first part's: n_layer = 4 here, 5 in")
+    first = split("vocab")
+    part = Path(f"{first}.1")
+    data = bytearray(part.read_bytes())
+    data[8 + 28 + 4 * 300] ^= 1  # a byte of a piece or of a score
+    part.write_bytes(bytes(data))
+    cases["vocab"] = (first, "x.bin.1", "vocabulary differs from the first part's")
+    cases["second_part"] = (Path(f"{split('second')}.1"), "x.bin.1", "is part 2 of the split checkpoint x.bin")
+    cases["block_boundary"] = (split("blocks", 4), "x.bin", "does not end at a 32-weight block boundary")
+    m = f32_model
+    for case in ("type", "shape"):
+        first = write_split(tmp_path / case, "ggml", None, m["hparams"], m["vocab"], m["tensors"], 2)
+        part1 = split_parts(m["tensors"], 2)[1]
+        i = next(k for k, t in enumerate(part1) if t[0] == "layers.0.attention.wq.weight")
+        name, ne, _, data = part1[i]
+        if case == "type":
+            part1[i] = (name, ne, 1, np.frombuffer(data, "<f4").astype("<f2").tobytes())
+        else:
+            part1[i] = (name, [ne[0], ne[1] // 2], 0, data[:len(data) // 2])
+        write_legacy(Path(f"{first}.1"), "ggml", None, m["hparams"], m["vocab"], part1)
+    cases["type"] = (tmp_path / "type/x.bin", "x.bin.1",
+                     "tensor 'layers.0.attention.wq.weight' is F16 here, F32 in x.bin")
+    shape = ("tensor 'blk.0.attn_q.weight' has shape [64, 16], expected [64, 32] (n_embd 64, n_ff 192 from n_mult 32, "
+             "n_vocab 512; part 2 of 2, split by rows)")
+    cases["shape"] = (tmp_path / "shape/x.bin", "x.bin.1", shape)
+    first = write_split(tmp_path / "ggjt", "ggjt", 1, m["hparams"], vocab, m["tensors"], 2)
+    cases["ggjt"] = (first, "x.bin", "ggjt v1 files never were (always written whole)")
+    return cases
+
+
+def test_broken_split_checkpoints_give_one_clear_error_through_the_cli(f32_model, tmp_path):
+    for case, (path, named, message) in _split_errors(f32_model, tmp_path).items():
+        r = cli("info", str(path))
+        assert r.returncode == 1, (case, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (case, r.stderr)
+        assert message in r.stderr and f"{path.parent / named}: " in r.stderr, (case, r.stderr)
+        with pytest.raises(ModelFormatError, match=re.escape(message)):
+            load_model(path)
 
 
 # -- corrupt files: one clear error through the CLI ----------------------------------------------------

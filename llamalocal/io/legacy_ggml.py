@@ -20,9 +20,11 @@ The block layouts changed with the versions (type ids are today's: 0 F32, 1 F16,
 
 Older blocks are converted once, here, to today's layouts, so the kernels run
 them: the quant values are kept exactly and f32 scales are rounded to f16 (the
-one loss, reported in `warnings`).  Q4_2 (ggjt v1 only: blocks of 16 with an
-f16 scale) has no exact image in today's formats and is refused.  Tensors that
-need no conversion (F32, F16, every ggjt v3 type) stay views into the map.
+one loss, reported in `warnings`).  Q4_2 (ggjt v1 only: blocks of 16, f16 d, 8 bytes of
+nibble pairs, d*(q-8)) has no exact image in today's block formats: its values (exact in
+f32: an 11-bit d times |q-8| <= 8) become F16 if all of a tensor's are exact in f16, else
+F32 (3.2x or 6.4x its size, reported).  Tensors that need no conversion (F32, F16, every
+ggjt v3 type) stay views into the map.
 
 What a file does not store is assumed as its era's llama.cpp did (see
 `../shared/legacy/*/expected.json`): n_ff = ((2*(4*n_embd)/3 + n_mult - 1) /
@@ -36,11 +38,16 @@ vocabulary becomes a SentencePiece ('llama') vocabulary: pieces with ' ' as
 U+2581 again, <unk>, <s>, </s> and the <0xNN> byte pieces restored; unversioned
 files store no scores, so each piece scores -id (SentencePiece's BPE order).
 
-Every count, length and offset is checked against the file before use; each
+Split checkpoints (x.bin, x.bin.1, ...: LLaMA 13B-65B as llama.cpp's first converter wrote
+them, unversioned ggml and ggmf v1) are read as one model: the parts are counted as the
+April 2023 loader did (n_embd / the first part's tok_embeddings row length), each repeats
+the header and vocabulary, and each 2-D tensor is split by columns or by rows (layout and
+history in `legacy_parts.py`); the assembled tensors are held in memory.  A ggjt file
+holding a part is refused (ggjt was always written whole); a whole file is one model
+whatever lies beside it (a sibling x.bin.1 is noted in `warnings`).
+
+Every count, length and offset is checked against each file before use; each
 problem is one `ModelFormatError` naming the file and what is wrong.
-Split checkpoints (x.bin, x.bin.1, ...) are not read: their layout is not
-documented in the ground truth this was written against; a sibling part is
-refused by name.
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from gguf import GGUFValueType as V
@@ -57,6 +64,17 @@ from gguf import GGUFValueType as V
 from ..errors import ModelFormatError
 from ..formats import GGMLType
 from .gguf_reader import GGUF_MAGIC, GGUFFile, HeaderParser, MappedFile, TensorInfo
+from .legacy_parts import (
+    MAX_PARTS,
+    PartMap,
+    assemble,
+    check_part_header,
+    count_parts,
+    part_path,
+    part_shape,
+    split_by_columns,
+    split_kind,
+)
 
 __all__ = ["ERAS", "LegacyGGMLFile", "legacy_format", "legacy_n_ff"]
 
@@ -88,20 +106,22 @@ class Era:
     pairs: bool  # Q4 / Q5 nibbles in pairs (byte j = elements 2j, 2j+1), not split halves
     types: frozenset  # tensor type ids the era wrote
     rms_norm_eps: float
+    split: bool  # the era wrote split (multi-part) checkpoints: x.bin, x.bin.1, ... (io/legacy_parts.py)
 
 
 _OLD = frozenset({0, 1, 2, 3})
 _GGJT = frozenset({0, 1, 2, 3, 6, 7, 8})
 ERAS = {
-    ("ggml", None): Era("ggml (unversioned)", False, False, True, True, _OLD, 1e-6),
-    ("ggmf", 1): Era("ggmf v1", True, False, True, True, _OLD, 1e-6),
-    ("ggjt", 1): Era("ggjt v1", True, True, True, True, _GGJT, 1e-6),
-    ("ggjt", 2): Era("ggjt v2", True, True, True, False, _GGJT, 1e-6),
-    ("ggjt", 3): Era("ggjt v3", True, True, False, False, _GGJT, 5e-6),
+    ("ggml", None): Era("ggml (unversioned)", False, False, True, True, _OLD, 1e-6, True),
+    ("ggmf", 1): Era("ggmf v1", True, False, True, True, _OLD, 1e-6, True),
+    ("ggjt", 1): Era("ggjt v1", True, True, True, True, _GGJT | {4}, 1e-6, False),
+    ("ggjt", 2): Era("ggjt v2", True, True, True, False, _GGJT, 1e-6, False),
+    ("ggjt", 3): Era("ggjt v3", True, True, False, False, _GGJT, 5e-6, False),
 }
 
-# Bytes per block of 32 as each era stores it: (f32-scale eras, f16-scale eras).
-_SRC_BLOCK = {2: (20, 18), 3: (24, 20), 6: (22, 22), 7: (24, 24), 8: (36, 34)}
+# Bytes per block as each era stores it: (f32-scale eras, f16-scale eras); blocks of 32 weights, Q4_2's of 16.
+_SRC_BLOCK = {2: (20, 18), 3: (24, 20), 4: (10, 10), 6: (22, 22), 7: (24, 24), 8: (36, 34)}
+_QK = {4: 16}
 _DST_BLOCK = {2: 18, 3: 20, 6: 22, 7: 24, 8: 34}
 _N_SCALES = {2: 1, 3: 2, 6: 1, 7: 2, 8: 1}  # d (and m) before the quants
 _TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_2", 5: "Q4_3", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0"}
@@ -134,6 +154,29 @@ def open_model_file(path: str | os.PathLike[str]) -> GGUFFile | LegacyGGMLFile |
 def legacy_n_ff(n_embd: int, n_mult: int) -> int:
     """The feed-forward size every pre-GGUF llama.cpp derived from n_mult (integer arithmetic)."""
     return ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
+
+
+def _full_shapes(hp: dict[str, int], n_ff: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor a LLaMA of these hyperparameters has (GGUF names) -> its shape (ggml order)."""
+    n_embd, n_vocab = hp["n_embd"], hp["n_vocab"]
+    want = {"token_embd.weight": (n_embd, n_vocab), "output_norm.weight": (n_embd,), "output.weight": (n_embd, n_vocab)}
+    per_layer = {"attn_q.weight": (n_embd, n_embd), "attn_k.weight": (n_embd, n_embd),
+                 "attn_v.weight": (n_embd, n_embd), "attn_output.weight": (n_embd, n_embd),
+                 "attn_norm.weight": (n_embd,), "ffn_norm.weight": (n_embd,), "ffn_gate.weight": (n_embd, n_ff),
+                 "ffn_up.weight": (n_embd, n_ff), "ffn_down.weight": (n_ff, n_embd)}
+    for i in range(hp["n_layer"]):
+        want.update({f"blk.{i}.{k}": v for k, v in per_layer.items()})
+    return want
+
+
+class _Raw(NamedTuple):
+    """A tensor as one file stores it: its name there, shape (ggml order), type id, data offset and size."""
+
+    src: str
+    ne: tuple[int, ...]
+    type_id: int
+    off: int
+    n_bytes: int
 
 
 def gguf_tensor_name(name: str) -> str | None:
@@ -190,6 +233,7 @@ class LegacyGGMLFile(MappedFile):
         self.value_types: dict[str, int] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.warnings: list[str] = []
+        self.parts: list[Path] = [self.path]  # x.bin, x.bin.1, ... of a split checkpoint
         with open(self.path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size < 4 + 7 * 4:
@@ -218,13 +262,53 @@ class LegacyGGMLFile(MappedFile):
         self.era = era
         self.format_name = era.name
         self.version = version
+        hp_at = r.pos
         names = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
         hp = {k: r.i32(f"hyperparameter {k}") for k in names}
         self.hparams = hp
         self._check_hparams(r, hp)
         tokens, scores, types = self._read_vocab(r, hp["n_vocab"])
-        self._read_tensors(r)
-        n_ff = self._check_shapes(hp)
+        header_end = r.pos
+        n_ff = legacy_n_ff(hp["n_embd"], hp["n_mult"])
+        want = _full_shapes(hp, n_ff)
+        raw = self._scan_tensors(r, want)
+        tok = raw.get("token_embd.weight")
+        n_parts = count_parts(tok.ne if tok else None, hp["n_embd"])
+        why = f"n_embd {hp['n_embd']} / tok_embeddings rows of {tok.ne[0] if tok else '?'} weights in {self.path.name}"
+        if n_parts > 1 and not era.split:
+            raise r.fail(f"holds a part of a split checkpoint ({why} = {n_parts} parts), which {era.name} files never "
+                         f"were (always written whole); split checkpoints are read for ggml (unversioned) and ggmf v1")
+        stem, _, k = self.path.name.rpartition(".")
+        if n_parts > 1 and k.isdigit() and (self.path.parent / stem).is_file():
+            raise r.fail(f"is part {int(k) + 1} of the split checkpoint {stem} ({why} = {n_parts} parts): open {stem}")
+        if n_parts > MAX_PARTS:
+            raise r.fail(f"{why}: {n_parts} parts is absurd (limit {MAX_PARTS})")
+        self.parts = [part_path(self.path, i) for i in range(n_parts)]
+        self._check_shapes(raw, want, hp, n_ff, self._label, n_parts, 0)
+        self._scaled: dict[str, float] = {}  # tensors whose f32 block scales became f16 -> largest relative change
+        self._widened: dict[str, tuple[int, int]] = {}  # Q4_2 tensors -> (their bytes, the F16/F32 bytes)
+        if n_parts == 1:
+            for name, t in raw.items():
+                self._add(name, t, self._base[t.off:t.off + t.n_bytes], mapped=True)
+        else:
+            self._read_parts(raw, want, hp, n_ff, header_end, hp_at, why)
+        beside = part_path(self.path, n_parts)
+        if beside.exists():  # as that era's llama.cpp, which counted the parts the same way, ignored it
+            held = "a whole model" if n_parts == 1 else f"part 1 of {n_parts}"
+            self.warnings.append(f"{beside.name} is beside it but not read: {self.path.name} is {held} ({why})")
+        if self._scaled:
+            kinds = sorted({self.tensors[n].type.name for n in self._scaled})
+            self.warnings.append(
+                f"{self.path.name}: {len(self._scaled)} {'/'.join(kinds)} tensors of this {era.name} file store f32 "
+                f"block scales; converted to today's layout with f16 scales (quant values kept exactly, largest "
+                f"relative change of a scale in f16's normal range {max(self._scaled.values()):.2g})")
+        if self._widened:
+            counts = {k: sum(self.tensors[n].type.name == k for n in self._widened) for k in ("F16", "F32")}
+            src, dst = (sum(v[i] for v in self._widened.values()) / 2**20 for i in (0, 1))
+            self.warnings.append(
+                f"{self.path.name}: {len(self._widened)} Q4_2 tensors (blocks of 16, which no format of today "
+                f"holds exactly) converted to their exact values, {counts['F16']} as F16 and {counts['F32']} as F32: "
+                f"{src:.1f} MiB became {dst:.1f} MiB")
         eps = era.rms_norm_eps if rms_norm_eps is None else float(rms_norm_eps)
         base = ROPE_BASE if rope_freq_base is None else float(rope_freq_base)
         self._set_metadata(hp, n_ff, eps, base, tokens, scores, types)
@@ -244,10 +328,6 @@ class LegacyGGMLFile(MappedFile):
             raise r.fail(f"n_embd = {hp['n_embd']} is not a multiple of n_head = {hp['n_head']}")
         if hp["n_embd"] > 1 << 20 or hp["n_mult"] > 1 << 20:
             raise r.fail(f"n_embd = {hp['n_embd']}, n_mult = {hp['n_mult']}: absurd sizes")
-        part = Path(f"{self.path}.1")
-        if part.exists() and not self.era.aligned:
-            raise r.fail(f"{part.name} is beside it: split (multi-part) {self.era.name} checkpoints are not supported; "
-                         f"merge the parts with a llama.cpp of that era, or convert from the original checkpoint")
 
     def _read_vocab(self, r: _Reader, n_vocab: int):
         tokens: list[str] = []
@@ -265,9 +345,10 @@ class LegacyGGMLFile(MappedFile):
             scores[types != _NORMAL] = 0.0
         return tokens, scores, types
 
-    def _read_tensors(self, r: _Reader) -> None:
+    def _scan_tensors(self, r: _Reader, want: dict[str, tuple[int, ...]]) -> dict[str, _Raw]:
+        """Every tensor header of one file (from r.pos to its end), checked against the file: GGUF name -> _Raw."""
         era = self.era
-        scaled: dict[str, float] = {}  # tensors whose f32 scales became f16 -> largest relative change
+        out: dict[str, _Raw] = {}
         while r.pos < r.end:
             at = r.pos
             n_dims = r.i32("tensor header (n_dims)")
@@ -277,7 +358,7 @@ class LegacyGGMLFile(MappedFile):
                 raise r.fail(f"tensor header at offset {at}: {n_dims} dimensions (must be 1..4)")
             if not 1 <= name_len <= MAX_NAME_BYTES:
                 raise r.fail(f"tensor header at offset {at}: name length {name_len} (must be 1..{MAX_NAME_BYTES})")
-            ne = [r.i32(f"dimension {k} of the tensor at offset {at}") for k in range(n_dims)]
+            ne = tuple(r.i32(f"dimension {k} of the tensor at offset {at}") for k in range(n_dims))
             raw_name = bytes(r.take(name_len, f"name of the tensor at offset {at}"))
             try:
                 src_name = raw_name.decode("utf-8")
@@ -286,74 +367,130 @@ class LegacyGGMLFile(MappedFile):
             what = f"tensor {src_name!r}"
             if type_id not in era.types:
                 tname = _TYPE_NAMES.get(type_id, "unknown")
-                if type_id == 4 and era.name == "ggjt v1":
-                    raise r.fail(f"{what} is Q4_2 (blocks of 16 with an f16 scale, ggjt v1 only), which has no exact "
-                                 f"equivalent in today's formats: re-quantize from the original F16/F32 weights")
                 raise r.fail(f"{what} has tensor type id {type_id} ({tname}), not one a {era.name} file holds "
                              f"({', '.join(_TYPE_NAMES[t] for t in sorted(era.types))})")
             if any(d <= 0 for d in ne):
-                raise r.fail(f"{what} has a non-positive dimension (ne = {ne})")
+                raise r.fail(f"{what} has a non-positive dimension (ne = {list(ne)})")
             name = gguf_tensor_name(src_name)
             if name is None:
                 raise r.fail(f"{what} is not a LLaMA tensor name this loader knows")
-            if name in self.tensors:
+            if name in out:
                 raise r.fail(f"{what} appears twice")
             n_el = 1
             for d in ne:
                 n_el *= d
-            if type_id >= 2 and ne[0] % 32:
-                raise r.fail(f"{what} ({_TYPE_NAMES[type_id]}) has row length {ne[0]}, not a multiple of 32")
+            qk = _QK.get(type_id, 32)
+            if type_id >= 2 and ne[0] % qk:
+                full = want.get(name, ne)
+                if len(ne) == 2 == len(full) and split_by_columns(name) and ne[0] < full[0] and full[0] % ne[0] == 0:
+                    raise r.fail(f"{what} ({_TYPE_NAMES[type_id]}) holds {ne[0]} of the {full[0]} weights of each row: "
+                                 f"a column slice of a {full[0] // ne[0]}-part split checkpoint that does not end at "
+                                 f"a {qk}-weight block boundary (each part's rows must be whole blocks)")
+                raise r.fail(f"{what} ({_TYPE_NAMES[type_id]}) has row length {ne[0]}, not a multiple of {qk}")
             if era.aligned:
                 r.pos += -r.pos % ALIGNMENT
-            src_block = _SRC_BLOCK[type_id][0 if era.f32_scales else 1] if type_id >= 2 else None
-            n_bytes = n_el * (4, 2)[type_id] if type_id < 2 else n_el // 32 * src_block
+            n_bytes = n_el * (4, 2)[type_id] if type_id < 2 else n_el // qk * self._src_block(type_id)
             if r.pos > r.end or n_bytes > r.end - r.pos:
                 raise r.fail(f"{what} data [offset {r.pos}, {n_bytes} bytes] runs past the end of the file "
                              f"({r.end} bytes)")
-            off = r.pos
+            out[name] = _Raw(src_name, ne, type_id, r.pos, n_bytes)
             r.pos += n_bytes
-            gtype = GGMLType(type_id)
-            if (era.f32_scales and type_id in (2, 3, 8)) or (era.pairs and type_id in (2, 3, 6, 7)):
-                blocks = self._base[off:off + n_bytes].reshape(-1, src_block)
-                conv, change = _convert_blocks(blocks, type_id, era)
-                if not np.all(np.isfinite(conv[:, :2 * _N_SCALES[type_id]].copy().view("<f2"))):
-                    raise r.fail(f"{what}: a block scale is too large for f16 (today's {gtype.name} blocks)")
-                if change is not None:
-                    scaled[name] = change
-                self._converted[name] = conv
-                n_bytes = conv.size
-            self.tensors[name] = TensorInfo(name, tuple(ne), gtype, off, n_bytes, self)
-        if scaled:
-            kinds = sorted({self.tensors[n].type.name for n in scaled})
-            self.warnings.append(
-                f"{self.path.name}: {len(scaled)} {'/'.join(kinds)} tensors of this {era.name} file store f32 block "
-                f"scales; converted to today's layout with f16 scales (quant values kept exactly, largest relative "
-                f"change of a scale in f16's normal range {max(scaled.values()):.2g})")
+        return out
 
-    def _check_shapes(self, hp: dict[str, int]) -> int:
-        """n_ff from n_mult, and every tensor a LLaMA of these hyperparameters needs, with its shape."""
-        n_embd, n_vocab, n_ff = hp["n_embd"], hp["n_vocab"], legacy_n_ff(hp["n_embd"], hp["n_mult"])
-        want = {"token_embd.weight": (n_embd, n_vocab), "output_norm.weight": (n_embd,),
-                "output.weight": (n_embd, n_vocab)}
-        per_layer = {"attn_q.weight": (n_embd, n_embd), "attn_k.weight": (n_embd, n_embd),
-                     "attn_v.weight": (n_embd, n_embd), "attn_output.weight": (n_embd, n_embd),
-                     "attn_norm.weight": (n_embd,), "ffn_norm.weight": (n_embd,), "ffn_gate.weight": (n_embd, n_ff),
-                     "ffn_up.weight": (n_embd, n_ff), "ffn_down.weight": (n_ff, n_embd)}
-        for i in range(hp["n_layer"]):
-            want.update({f"blk.{i}.{k}": v for k, v in per_layer.items()})
-        for name, shape in want.items():
-            t = self.tensors.get(name)
+    def _src_block(self, type_id: int) -> int:
+        return _SRC_BLOCK[type_id][0 if self.era.f32_scales else 1]
+
+    def _add(self, name: str, t: _Raw, data: np.ndarray, mapped: bool) -> None:
+        """Tensor `name` from its bytes as the era stores them: converted to today's blocks if they differ (Q4_2
+        to exact F16 or F32 values), kept as a view into the map if `mapped` and not converted, else held as the
+        given (contiguous) array."""
+        era, type_id = self.era, t.type_id
+        n_bytes = t.n_bytes
+        if type_id == 4:
+            values = _q4_2_values(data.reshape(-1, _SRC_BLOCK[4][0]))
+            if values is None:
+                raise ModelFormatError(f"{self._label}: tensor {t.src!r} (Q4_2): a block scale is not finite")
+            with np.errstate(over="ignore"):
+                half = values.astype("<f2")
+            exact16 = np.array_equal(half.astype(np.float32), values)
+            conv = (half if exact16 else values).view(np.uint8)
+            self._converted[name] = conv
+            self._widened[name] = (t.n_bytes, conv.size)
+            self.tensors[name] = TensorInfo(name, t.ne, GGMLType.F16 if exact16 else GGMLType.F32, t.off, conv.size,
+                                            self)
+            return
+        gtype = GGMLType(type_id)
+        if (era.f32_scales and type_id in (2, 3, 8)) or (era.pairs and type_id in (2, 3, 6, 7)):
+            conv, change = _convert_blocks(data.reshape(-1, self._src_block(type_id)), type_id, era)
+            if not np.all(np.isfinite(conv[:, :2 * _N_SCALES[type_id]].copy().view("<f2"))):
+                raise ModelFormatError(f"{self._label}: tensor {t.src!r}: a block scale is too large for f16 "
+                                       f"(today's {gtype.name} blocks)")
+            if change is not None:
+                self._scaled[name] = change
+            self._converted[name] = conv
+            n_bytes = conv.size
+        elif not mapped:
+            self._converted[name] = data
+        self.tensors[name] = TensorInfo(name, t.ne, gtype, t.off, n_bytes, self)
+
+    def _read_parts(self, raw: dict[str, _Raw], want, hp, n_ff: int, header_end: int, hp_at: int, why: str) -> None:
+        """Parts 2..n of a split checkpoint (io/legacy_parts.py), each checked as the first; the 2-D tensors
+        assembled from all parts, the 1-D ones taken from the first."""
+        n = len(self.parts)
+        parts: list[PartMap] = []
+        try:
+            scans = [raw]
+            for i in range(1, n):
+                part = PartMap(self.path, i, n, why)
+                parts.append(part)
+                check_part_header(part, self._label, self._base, header_end, hp_at)
+                r = _Reader(part.mm, part.size, part.label)
+                r.pos = header_end
+                scan = self._scan_tensors(r, want)
+                self._check_shapes(scan, want, hp, n_ff, part.label, n, i)
+                for name, t in scan.items():
+                    if t.type_id != raw[name].type_id:
+                        raise ModelFormatError(f"{part.label}: tensor {t.src!r} is {_TYPE_NAMES[t.type_id]} here, "
+                                               f"{_TYPE_NAMES[raw[name].type_id]} in {self.path.name}")
+                scans.append(scan)
+            bases, held = [self._base] + [p.base for p in parts], 0
+            for name, t in raw.items():
+                if len(t.ne) == 1:
+                    self._add(name, t, self._base[t.off:t.off + t.n_bytes], mapped=True)
+                    continue
+                shards = [b[s[name].off:s[name].off + s[name].n_bytes] for b, s in zip(bases, scans)]
+                data = assemble(name, shards, t.ne[1])
+                del shards
+                self._add(name, t._replace(ne=want[name], n_bytes=data.size), data, mapped=False)
+                held += self.tensors[name].n_bytes
+            self.warnings.append(f"{self.path.name}: read with {', '.join(p.path.name for p in parts)} as one "
+                                 f"{n}-part checkpoint; its 2-D tensors were assembled in memory "
+                                 f"({held / 2**20:.1f} MiB), not mapped")
+        finally:
+            for p in parts:
+                p.close()
+
+    @staticmethod
+    def _check_shapes(raw: dict[str, _Raw], want, hp, n_ff: int, label: str, n_parts: int, i: int) -> None:
+        """Every tensor a LLaMA of these hyperparameters needs, with its shape (part i's of n_parts), and no other."""
+        n_embd, n_vocab = hp["n_embd"], hp["n_vocab"]
+        for name, full in want.items():
+            t = raw.get(name)
             if t is None:
-                raise ModelFormatError(f"{self._label}: tensor {name!r} is missing ({len(self.tensors)} tensors read, "
+                raise ModelFormatError(f"{label}: tensor {name!r} is missing ({len(raw)} tensors read, "
                                        f"n_layer = {hp['n_layer']})")
-            if t.shape != shape:
-                raise ModelFormatError(f"{self._label}: tensor {name!r} has shape {list(t.shape)}, expected "
+            shape = part_shape(name, full, n_parts)
+            if shape is None:
+                raise ModelFormatError(f"{label}: tensor {t.src!r} of shape {list(full)} does not split evenly into "
+                                       f"the {n_parts} parts of this checkpoint")
+            if t.ne != shape:
+                how = "" if n_parts == 1 else f"; part {i + 1} of {n_parts}, {split_kind(name, full)}"
+                raise ModelFormatError(f"{label}: tensor {name!r} has shape {list(t.ne)}, expected "
                                        f"{list(shape)} (n_embd {n_embd}, n_ff {n_ff} from n_mult {hp['n_mult']}, "
-                                       f"n_vocab {n_vocab}); a part of a split checkpoint?")
-        extra = sorted(set(self.tensors) - set(want))
+                                       f"n_vocab {n_vocab}{how})")
+        extra = sorted(set(raw) - set(want))
         if extra:
-            raise ModelFormatError(f"{self._label}: tensors beyond n_layer = {hp['n_layer']}: {', '.join(extra[:3])}")
-        return n_ff
+            raise ModelFormatError(f"{label}: tensors beyond n_layer = {hp['n_layer']}: {', '.join(extra[:3])}")
 
     def _set_metadata(self, hp, n_ff, eps, base, tokens, scores, types) -> None:
         a = "llama"
@@ -415,6 +552,17 @@ def _piece(i: int, b: bytes) -> tuple[str, int]:
     except UnicodeDecodeError:
         text = b.decode("utf-8", "surrogateescape")
     return text.replace(" ", "\u2581"), _NORMAL
+
+
+def _q4_2_values(blocks: np.ndarray) -> np.ndarray | None:
+    """ggjt v1's Q4_2 blocks (nb, 10): f16 d, 8 bytes of nibble pairs (byte j = elements 2j, 2j+1) -> the f32
+    values d*(q-8), exact (an 11-bit significand times |q-8| <= 8); None if a scale is not finite."""
+    d = np.ascontiguousarray(blocks[:, :2]).view("<f2").astype(np.float32)
+    if not np.all(np.isfinite(d)):
+        return None
+    qs = blocks[:, 2:]
+    q = np.stack((qs & 0x0F, qs >> 4), axis=-1).reshape(len(blocks), 16).astype(np.float32)
+    return ((q - 8) * d).reshape(-1)
 
 
 def _pairs_to_halves(qs: np.ndarray) -> np.ndarray:
