@@ -17,6 +17,10 @@ never runs the model itself: it asks for each forward pass (a `Forward`) and
 is sent the logits back, so the server can evaluate the turns of several
 sessions in one batched pass; `send`, `reply` and `complete` without
 `stepwise` answer those requests one at a time, under the session's lock.
+
+Each session has its own LoRA adapter set (Transformer.with_lora: the same
+weights, other layer objects); its cache holds tokens evaluated under one set
+only, so a switch to another set starts the cache again.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ from .errors import ContextFullError, InvalidArgumentError, ModelFormatError
 from .generation import GenerationStats
 from .model.kv_cache import KVCache
 from .model.loader import LoadedModel
+from .model.lora import LoraAdapter
+from .model.transformer import Transformer
 from .sampling import SamplerConfig, TokenLogprob, make_sampler, token_logprob
 from .session_file import model_identity, read_session, write_session
 
@@ -67,19 +73,23 @@ class TurnStats(GenerationStats):
 class Session:
     """A conversation with a loaded model.  Not for concurrent use itself; several
     sessions may share one model (`lock` serializes their forward passes, so each
-    gets the tokens it would get alone)."""
+    gets the tokens it would get alone).  `lora`: this session's (adapter, scale)
+    pairs (none: the base model); None: the loaded model's own adapters."""
 
     def __init__(self, lm: LoadedModel, template: ChatTemplate, *, n_ctx: Optional[int] = None,
                  system: Optional[str] = None, sampling: Optional[SamplerConfig] = None,
                  context_policy: str = "drop-oldest", cache_type: str = "f16",
-                 lock: Optional[threading.Lock] = None, on_notice: Optional[Callable[[str], None]] = None):
+                 lock: Optional[threading.Lock] = None, on_notice: Optional[Callable[[str], None]] = None,
+                 lora: Optional[Sequence[tuple[LoraAdapter, float]]] = None):
         if lm.tokenizer is None:
             raise InvalidArgumentError(f"{lm.path.name}: the model has no tokenizer to chat with")
         if context_policy not in CONTEXT_POLICIES:
             raise InvalidArgumentError(f"context policy {context_policy!r}: expected one of {', '.join(CONTEXT_POLICIES)}")
         self.lm = lm
         self.template = template
-        self.cache: KVCache = lm.model.new_cache(n_ctx, cache_type)
+        self.model: Transformer = lm.model if lora is None else lm.model.with_lora(lora)
+        self.cache: KVCache = self.model.new_cache(n_ctx, cache_type)
+        self._cache_lora = self.model.lora_key  # the adapter set the cache's tokens were evaluated under
         self.context_policy = context_policy
         self.lock = lock or threading.Lock()
         self.on_notice = on_notice or (lambda message: None)
@@ -119,6 +129,28 @@ class Session:
         self.cache.truncate(0)
         self.tokens = []
         self._last_answer = []
+
+    def set_lora(self, lora: Optional[Sequence[tuple[LoraAdapter, float]]]) -> None:
+        """The adapters of the next turns: (adapter, scale) pairs (none: the base
+        model), or None for the loaded model's own.  Between turns only.  The
+        conversation stays; the cache starts again unless the set is the same."""
+        self.model = self.lm.model if lora is None else self.lm.model.with_lora(lora)
+        self._sync_cache()
+
+    @property
+    def cache_lora(self) -> tuple:
+        """The adapter set (lora.lora_key) the cached tokens were evaluated under:
+        only a prompt run under that set may reuse them."""
+        self._sync_cache()
+        return self._cache_lora
+
+    def _sync_cache(self) -> None:
+        """Forgets the cache if it was filled under other adapters than the model's
+        now (set_lora here, or the loaded model's set_lora): never reused across sets."""
+        key = self.model.lora_key
+        if key != self._cache_lora:
+            self.clear_cache()
+            self._cache_lora = key
 
     def conversation(self) -> list[dict[str, str]]:
         """The messages the template renders: the system prompt, then the turns."""
@@ -177,7 +209,7 @@ class Session:
             while True:
                 if isinstance(item, Forward):
                     with self.lock:
-                        logits = self.lm.model.forward(item.tokens, self.cache)
+                        logits = self.model.forward(item.tokens, self.cache)
                     item = steps.send(logits)
                 else:
                     if item:
@@ -191,10 +223,12 @@ class Session:
     # -- saved conversations -------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Writes the conversation, its cache and its sampler state (atomically)."""
+        """Writes the conversation, its cache, its adapters and its sampler state (atomically)."""
+        self._sync_cache()
         n = len(self.tokens)
         state = {
-            "model": model_identity(self.lm), "system": self.system, "messages": self.messages,
+            "model": model_identity(self.lm), "lora": _lora_state(self.model.lora),
+            "system": self.system, "messages": self.messages,
             "tokens": [int(t) for t in self.tokens], "last_prompt": [int(t) for t in self._last_prompt],
             "last_answer": [int(t) for t in self._last_answer],
             "sampling": dataclasses.asdict(self.sampling), "rng_state": self.sample.rng.bit_generator.state,
@@ -206,13 +240,17 @@ class Session:
 
     @classmethod
     def load(cls, path: str | Path, lm: LoadedModel, template: ChatTemplate, *, lock: Optional[threading.Lock] = None,
-             on_notice: Optional[Callable[[str], None]] = None) -> "Session":
-        """A saved conversation, resumed with exactly the next tokens it would have given."""
+             on_notice: Optional[Callable[[str], None]] = None,
+             lora: Optional[Sequence[tuple[LoraAdapter, float]]] = None) -> "Session":
+        """A saved conversation, resumed with exactly the next tokens it would have given.
+        `lora` as for a new session; it must be the set the conversation was saved
+        under (its cache holds that set's keys and values)."""
         state, arrays = read_session(path, lm)
         tokens = [int(t) for t in state["tokens"]]
         s = cls(lm, template, n_ctx=int(state["n_ctx"]), system=state["system"],
                 sampling=SamplerConfig(**state["sampling"]), context_policy=state["context_policy"],
-                cache_type=state["cache_type"], lock=lock, on_notice=on_notice)
+                cache_type=state["cache_type"], lock=lock, on_notice=on_notice, lora=lora)
+        _check_saved_lora(path, state.get("lora"), s.model.lora)
         if len(tokens) > s.cache.n_ctx:
             raise ModelFormatError(f"{path}: {len(tokens)} cached tokens do not fit its context of {s.cache.n_ctx}")
         for i, (k, v) in enumerate(zip(s.cache.k, s.cache.v)):
@@ -240,6 +278,7 @@ class Session:
                 ) -> Generator[Any, Optional[np.ndarray], None]:
         start = time.perf_counter()
         stats = self.stats = TurnStats()
+        self._sync_cache()  # before the prompt is spliced from what the cache holds
         tok = self.lm.tokenizer
         stops = tuple(x for x in (*(self._stop_texts if record else ()), *stop) if x)
         stop_ids = frozenset() if ignore_eos else self._stop_ids
@@ -371,6 +410,28 @@ class Session:
             stats.n_prompt += len(chunk)
             stats.prompt_seconds = time.perf_counter() - t0
         return logits
+
+
+def _lora_state(lora: Sequence[tuple[LoraAdapter, float]]) -> list[dict[str, Any]]:
+    """An adapter set as a saved session records it: each adapter's resolved path and scale."""
+    return [{"path": str(Path(adapter.path).resolve()), "scale": float(scale)} for adapter, scale in lora]
+
+
+def _check_saved_lora(path: str | Path, saved: Any, lora: Sequence[tuple[LoraAdapter, float]]) -> None:
+    """Refuses to resume a saved cache under other adapters than it was filled under
+    (`saved` None: a file written before sessions had adapters of their own)."""
+    if saved is None:
+        return
+    if not isinstance(saved, list) or not all(isinstance(a, dict) and isinstance(a.get("path"), str)
+                                              and isinstance(a.get("scale"), (int, float)) for a in saved):
+        raise ModelFormatError(f"{path}: its 'lora' entry is not a list of adapter paths and scales")
+    now = _lora_state(lora)
+    if saved != now:
+        def names(d: list) -> str:
+            return ", ".join(f"{Path(a['path']).name} x{a['scale']:g}" for a in d) or "none"
+
+        raise InvalidArgumentError(f"{path}: the conversation was saved under LoRA adapters {names(saved)}, not "
+                                   f"{names(now)}: resume it with the same adapters")
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

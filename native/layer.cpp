@@ -24,23 +24,43 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n_rows, int64_t 
 
 namespace {
 
+// A buffer of at least n floats, this thread's own, that only grows: a layer's
+// activations would otherwise be allocated and zeroed again in every layer of
+// every step, serial work the other threads wait on.  Buffers in use at the
+// same time have different ids; every user writes what it reads.
+template <int ID>
+float* scratch(size_t n) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
+}
+
+// The rows of each sequence of a batch, as (first row, count).
+using RowSpans = std::vector<std::pair<int64_t, int64_t>>;
+
 // y[T][rows] = x[T][cols] · Wᵀ (+ scale·B(A·x) per adapter) (+ b), in
 // llama.cpp's order (build_lora_mm): W·x, then each adapter's B·(A·x) scaled
 // and added, then the bias.  Without adapters: W·x (+ b) alone.
 // ax_fused: a decode step's A·x of every adapter of the input group (lora_ax_fused), or null.
+// spans: the rows of each sequence (null: all T rows are one).  The adapters'
+// F32 matmuls run per sequence, because ggml multiplies one row by a dot
+// product and several by tinyBLAS, which sum in different orders: a sequence
+// batched with others then gets the floats it gets alone.  (The quantized W·x
+// rounds each row alike at any batch size, so it runs once over all rows.)
 void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y,
-            const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr) {
+            const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr, const RowSpans* spans = nullptr) {
     matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y);
+    const RowSpans whole{{0, T}};
     for (const LoraRef& ad : lora) {
         const int64_t r = ad.a.rows;
         std::vector<float> ax, bax(T * W.rows);
         const float* t = ax_fused && ad.fused_row >= 0 ? ax_fused + ad.fused_row : nullptr;
-        if (!t) {
-            ax.resize(T * r);
-            matmul(ks, pool, TYPE_F32, ad.a.data, r, W.cols, x, T, ax.data());  // [T, r]
-            t = ax.data();
+        if (!t) ax.resize(T * r);
+        for (const auto& [r0, n] : spans ? *spans : whole) {
+            if (n == 0) continue;
+            if (!t) matmul(ks, pool, TYPE_F32, ad.a.data, r, W.cols, x + r0 * W.cols, n, ax.data() + r0 * r);  // [n, r]
+            matmul(ks, pool, TYPE_F32, ad.b.data, W.rows, r, (t ? t : ax.data()) + r0 * r, n, bax.data() + r0 * W.rows);  // [n, rows]
         }
-        matmul(ks, pool, TYPE_F32, ad.b.data, W.rows, r, t, T, bax.data());  // [T, rows]
         for (int64_t i = 0; i < T * W.rows; i++) {
             const float s = bax[i] * ad.scale;  // ggml_scale, then ggml_add: two roundings
             y[i] += s;
@@ -137,7 +157,7 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
     const int64_t n_tasks = n_tokens * L.n_head;
     std::atomic<int64_t> next{0};
     auto work = [&](int, int) {
-        std::vector<float> scratch(2 * span_max + 128 + 64 * hd);  // see attn_fn
+        float* work_buf = scratch<7>(2 * span_max + 128 + 64 * hd);  // see attn_fn
         for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
             const int64_t t = task / L.n_head, h = task % L.n_head, g = h / group;
             const SeqSpan& S = seqs[owner[t]];
@@ -146,7 +166,7 @@ void attention(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, const 
             const size_t first = (size_t)(j0 * row + g * hd) * (S.kv.type == TYPE_F16 ? 2 : 4);
             // the batch flag is the sequence's own: a decode token attends as it would alone
             ks.attn[S.kv.type](p - j0 + 1, hd, q + (t * L.n_head + h) * hd, S.kv.k + first, row, S.kv.v + first, row, scale, j0,
-                               S.n_tokens > 1, scratch.data(), out + (t * L.n_head + h) * hd);
+                               S.n_tokens > 1, work_buf, out + (t * L.n_head + h) * hd);
         }
     };
     // small attention spans are not worth waking the pool for
@@ -207,20 +227,23 @@ void glu(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* gate,
 void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, const SeqSpan* seqs,
                     int64_t n_seq) {
     const int64_t d = L.n_embd, hd = L.head_dim, nq = L.n_head * hd, nkv = L.n_head_kv * hd;
-    std::vector<float> xn(T * d), q(T * nq), k(T * nkv), v(T * nkv), att(T * nq), o(T * d);
-    rms_norm(x, L.attn_norm.f32(), xn.data(), T, d, L.norm_eps);
-    const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[0], xn.data(), T);
+    float *xn = scratch<0>(T * d), *q = scratch<1>(T * nq), *k = scratch<2>(T * nkv), *v = scratch<3>(T * nkv),
+          *att = scratch<4>(T * nq), *o = scratch<5>(T * d);
+    RowSpans spans;
+    for (int64_t s = 0; s < n_seq; s++) spans.emplace_back(seqs[s].row0, seqs[s].n_tokens);
+    rms_norm(x, L.attn_norm.f32(), xn, T, d, L.norm_eps);
+    const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[0], xn, T);
     const float* axp = ax.empty() ? nullptr : ax.data();
-    linear(ks, pool, L.wq, L.bq, xn.data(), T, q.data(), L.lora[PROJ_Q], axp);  // [T, n_head * hd]
-    linear(ks, pool, L.wk, L.bk, xn.data(), T, k.data(), L.lora[PROJ_K], axp);  // [T, n_head_kv * hd]
-    linear(ks, pool, L.wv, L.bv, xn.data(), T, v.data(), L.lora[PROJ_V], axp);  // [T, n_head_kv * hd]
-    if (L.q_norm.present()) rms_norm(q.data(), L.q_norm.f32(), q.data(), T * L.n_head, hd, L.norm_eps);
-    if (L.k_norm.present()) rms_norm(k.data(), L.k_norm.f32(), k.data(), T * L.n_head_kv, hd, L.norm_eps);
+    linear(ks, pool, L.wq, L.bq, xn, T, q, L.lora[PROJ_Q], axp, &spans);  // [T, n_head * hd]
+    linear(ks, pool, L.wk, L.bk, xn, T, k, L.lora[PROJ_K], axp, &spans);  // [T, n_head_kv * hd]
+    linear(ks, pool, L.wv, L.bv, xn, T, v, L.lora[PROJ_V], axp, &spans);  // [T, n_head_kv * hd]
+    if (L.q_norm.present()) rms_norm(q, L.q_norm.f32(), q, T * L.n_head, hd, L.norm_eps);
+    if (L.k_norm.present()) rms_norm(k, L.k_norm.f32(), k, T * L.n_head_kv, hd, L.norm_eps);
     for (int64_t s = 0; s < n_seq; s++) {
         const SeqSpan& S = seqs[s];
         const std::vector<float> cs = rope_angles(L, S.n_tokens, S.pos0);  // q's and k's
-        rope(L, cs, q.data() + S.row0 * nq, S.n_tokens, L.n_head);
-        rope(L, cs, k.data() + S.row0 * nkv, S.n_tokens, L.n_head_kv);
+        rope(L, cs, q + S.row0 * nq, S.n_tokens, L.n_head);
+        rope(L, cs, k + S.row0 * nkv, S.n_tokens, L.n_head_kv);
     }
     // llama.cpp's gemma graph scales q, in float32, before q is rounded to fp16
     // for q·K (scaling the scores instead differs where q/sqrt(hd) is an fp16 subnormal)
@@ -230,26 +253,27 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
     }
     for (int64_t s = 0; s < n_seq; s++) {
         const SeqSpan& S = seqs[s];
-        store_kv(L, S.kv, k.data() + S.row0 * nkv, v.data() + S.row0 * nkv, S.n_tokens, S.pos0);
+        store_kv(L, S.kv, k + S.row0 * nkv, v + S.row0 * nkv, S.n_tokens, S.pos0);
     }
-    attention(ks, pool, L, seqs, n_seq, q.data(), att.data(), T);  // [T, n_head * hd]
-    linear(ks, pool, L.wo, TensorRef{}, att.data(), T, o.data(), L.lora[PROJ_O]);  // [T, d]
-    if (L.attn_post_norm.present()) rms_norm(o.data(), L.attn_post_norm.f32(), o.data(), T, d, L.norm_eps);
+    attention(ks, pool, L, seqs, n_seq, q, att, T);  // [T, n_head * hd]
+    linear(ks, pool, L.wo, TensorRef{}, att, T, o, L.lora[PROJ_O], nullptr, &spans);  // [T, d]
+    if (L.attn_post_norm.present()) rms_norm(o, L.attn_post_norm.f32(), o, T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
 }
 
 // x = x + ffn(norm(x)) on T contiguous rows, ffn(h) = W_down · (act(W_gate · h) * (W_up · h)).
-void ffn_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T) {
+// spans: the rows of each sequence (null: one sequence).
+void ffn_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* x, int64_t T, const RowSpans* spans = nullptr) {
     const int64_t d = L.n_embd;
-    std::vector<float> xn(T * d), gate(T * L.n_ff), up(T * L.n_ff), o(T * d);
-    rms_norm(x, L.ffn_norm.f32(), xn.data(), T, d, L.norm_eps);
-    const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[1], xn.data(), T);
+    float *xn = scratch<0>(T * d), *gate = scratch<1>(T * L.n_ff), *up = scratch<2>(T * L.n_ff), *o = scratch<3>(T * d);
+    rms_norm(x, L.ffn_norm.f32(), xn, T, d, L.norm_eps);
+    const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[1], xn, T);
     const float* axp = ax.empty() ? nullptr : ax.data();
-    linear(ks, pool, L.w_gate, TensorRef{}, xn.data(), T, gate.data(), L.lora[PROJ_GATE], axp);  // [T, n_ff]
-    linear(ks, pool, L.w_up, TensorRef{}, xn.data(), T, up.data(), L.lora[PROJ_UP], axp);        // [T, n_ff]
-    glu(ks, pool, L, gate.data(), up.data(), T);
-    linear(ks, pool, L.w_down, TensorRef{}, gate.data(), T, o.data(), L.lora[PROJ_DOWN]);  // [T, d]
-    if (L.ffn_post_norm.present()) rms_norm(o.data(), L.ffn_post_norm.f32(), o.data(), T, d, L.norm_eps);
+    linear(ks, pool, L.w_gate, TensorRef{}, xn, T, gate, L.lora[PROJ_GATE], axp, spans);  // [T, n_ff]
+    linear(ks, pool, L.w_up, TensorRef{}, xn, T, up, L.lora[PROJ_UP], axp, spans);        // [T, n_ff]
+    glu(ks, pool, L, gate, up, T);
+    linear(ks, pool, L.w_down, TensorRef{}, gate, T, o, L.lora[PROJ_DOWN], nullptr, spans);  // [T, d]
+    if (L.ffn_post_norm.present()) rms_norm(o, L.ffn_post_norm.f32(), o, T, d, L.norm_eps);
     for (int64_t i = 0; i < T * d; i++) x[i] += o[i];
 }
 
@@ -273,17 +297,23 @@ void layer_forward_batch(const KernelSet& ks, ThreadPool& pool, const LayerSpec&
     for (int64_t s = 0; s < n_seq; s++)
         if (seqs[s].n_tokens > 0) rows.push_back(seqs[s].row0 + seqs[s].n_tokens - 1);
     if (!last_only || (int64_t)rows.size() == T) {
-        ffn_half(ks, pool, L, x, T);
+        RowSpans spans;
+        for (int64_t s = 0; s < n_seq; s++) spans.emplace_back(seqs[s].row0, seqs[s].n_tokens);
+        ffn_half(ks, pool, L, x, T, &spans);
         return;
     }
     // the output rows gathered in x's order, so one sequence alone gets
     // layer_forward's n_out = 1 pass
     std::sort(rows.begin(), rows.end());
     const int64_t d = L.n_embd, n = (int64_t)rows.size();
-    std::vector<float> h(n * d);
-    for (int64_t i = 0; i < n; i++) std::copy(x + rows[i] * d, x + (rows[i] + 1) * d, h.data() + i * d);
-    ffn_half(ks, pool, L, h.data(), n);
-    for (int64_t i = 0; i < n; i++) std::copy(h.data() + i * d, h.data() + (i + 1) * d, x + rows[i] * d);
+    float* h = scratch<6>(n * d);
+    RowSpans spans;  // one row of each sequence
+    for (int64_t i = 0; i < n; i++) {
+        std::copy(x + rows[i] * d, x + (rows[i] + 1) * d, h + i * d);
+        spans.emplace_back(i, 1);
+    }
+    ffn_half(ks, pool, L, h, n, &spans);
+    for (int64_t i = 0; i < n; i++) std::copy(h + i * d, h + (i + 1) * d, x + rows[i] * d);
 }
 
 }  // namespace ll

@@ -202,6 +202,32 @@ def _merged_vs_runtime(model: Transformer, adapter: LoraAdapter, n_layer: int, u
     return out
 
 
+def test_sequences_batched_under_an_adapter_get_their_floats_alone(seed7):
+    """forward_batch with an adapter: a decode token of one sequence, another's
+    prompt chunk and a third's decode token in one pass give each the logits and
+    cache it gets alone (the adapter's F32 matmuls run per sequence: ggml sums one
+    row and several rows in different orders)."""
+    m = load_model(model_path(SMOLLM2), lora=[seed7[0]]).model
+    prompts = [[1, 504, 3575, 282, 4649], [1, 2043, 28240, 30, 94, 314], [1, 504, 1342, 282]]
+    chunk = [4649, 314, 2043, 30]  # the second sequence's next 4 tokens
+
+    def prefilled():
+        caches = [m.new_cache(64) for _ in prompts]
+        for ids, c in zip(prompts, caches):
+            m.forward(ids, c)
+        return caches
+
+    alone = prefilled()
+    want = [m.forward([7], alone[0]), m.forward(chunk, alone[1]), m.forward([9], alone[2])]
+    together = prefilled()
+    got = m.forward_batch([7, *chunk, 9], [0, 1, 1, 1, 1, 2], together)
+    for i in range(3):
+        assert np.array_equal(bits(got[i]), bits(want[i])), f"sequence {i}"
+        n = together[i].n_tokens
+        assert n == alone[i].n_tokens
+        assert all(np.array_equal(bits(a[:n]), bits(b[:n])) for a, b in zip(together[i].k + together[i].v, alone[i].k + alone[i].v))
+
+
 def test_runtime_adapter_equals_merged_weights_smollm2(seed7):
     """SmolLM2's first 4 layers, projections dequantized to F32: the seed-7 adapter at
     run time against the same adapter merged into the weights, at scale 0.7."""

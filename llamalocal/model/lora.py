@@ -21,6 +21,7 @@ or that cannot be adapted, a shape) is refused with the tensor's name.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,9 +52,13 @@ _PEFT_NAME = re.compile(r"(?:base_model\.model\.)?model\.layers\.(\d+)\.([a-z_]+
 _PERMUTED_ARCHS = {"llama"}
 
 
-@dataclass
+@dataclass(eq=False)
 class LoraAdapter:
-    """One adapter: base weight name (`blk.N.attn_q.weight`) -> (A, B), float32."""
+    """One adapter: base weight name (`blk.N.attn_q.weight`) -> (A, B), float32.
+
+    Compared and hashed by identity (eq=False): an adapter set's key
+    (lora_key) is its adapter objects and scales, two adapters read from one
+    file are two adapters, and comparing A and B arrays is never needed."""
 
     path: Path
     format: str  # "gguf" or "peft"
@@ -219,9 +224,12 @@ def _read_peft(path: Path, config: ModelConfig) -> LoraAdapter:
     return LoraAdapter(path, "peft", None, float(alpha), tensors)
 
 
-def load_adapters(lora: Sequence[Any] | None, config: ModelConfig) -> list[tuple[LoraAdapter, float]]:
+def load_adapters(lora: Sequence[Any] | None, config: ModelConfig,
+                  loaded: dict[Path, LoraAdapter] | None = None) -> list[tuple[LoraAdapter, float]]:
     """[(adapter, user scale), ...] from a list of adapter paths (scale 1), (path, scale)
-    pairs or LoraAdapter objects (also in pairs), each read once."""
+    pairs or LoraAdapter objects (also in pairs), each read once.  `loaded`
+    (resolved path -> adapter) is consulted and filled, so that naming one file
+    again gives the same adapter object, hence the same adapter set (lora_key)."""
     out = []
     for item in lora or ():
         scale = 1.0
@@ -231,8 +239,25 @@ def load_adapters(lora: Sequence[Any] | None, config: ModelConfig) -> list[tuple
             item, scale = item[0], float(item[1])
         if not math.isfinite(scale):
             raise InvalidArgumentError(f"lora: the scale of {item} must be a finite number, got {scale}")
-        out.append((item if isinstance(item, LoraAdapter) else load_adapter(item, config), scale))
+        if isinstance(item, LoraAdapter):
+            out.append((item, scale))
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise InvalidArgumentError(f"lora: expected an adapter path or an (adapter path, scale) pair, got {item!r}")
+        key = Path(item).resolve()
+        adapter = loaded.get(key) if loaded is not None else None
+        if adapter is None:
+            adapter = load_adapter(item, config)
+            if loaded is not None:
+                loaded[key] = adapter
+        out.append((adapter, scale))
     return out
+
+
+def lora_key(lora: Sequence[tuple[LoraAdapter, float]]) -> tuple:
+    """What makes two adapter sets the same computation: the same adapter objects
+    with the same scales, in the same order (the terms are summed in order)."""
+    return tuple((adapter, float(scale)) for adapter, scale in lora)
 
 
 def merge_into_checkpoint(ckpt: Any, lora: Sequence[Any]) -> list[str]:
@@ -287,4 +312,5 @@ def layer_lora(adapters: Sequence[tuple[LoraAdapter, float]], i: int) -> dict[st
     return out
 
 
-__all__ = ["PROJECTIONS", "LoraAdapter", "layer_lora", "load_adapter", "load_adapters", "merge_into_checkpoint"]
+__all__ = ["PROJECTIONS", "LoraAdapter", "layer_lora", "load_adapter", "load_adapters", "lora_key",
+           "merge_into_checkpoint"]

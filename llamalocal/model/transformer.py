@@ -7,21 +7,26 @@
     logits = norm(x) · W_outᵀ                           # [T, vocab]
 
 Weights stay where the loader put them (views into the memory-mapped file);
-the KV cache belongs to the caller.
+the KV cache belongs to the caller.  `with_lora` gives the same model under
+other LoRA adapters: only the layer objects differ, every weight is shared.
 """
 from __future__ import annotations
 
+import copy
+import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from .. import backend
-from ..errors import ContextFullError, UnsupportedModelError
+from ..errors import ContextFullError, InvalidArgumentError, UnsupportedModelError
 from ..formats import GGMLType
 from .config import ModelConfig
 from .kv_cache import DEFAULT_CONTEXT_CAP, KVCache
-from .lora import LoraAdapter, layer_lora
+from .lora import LoraAdapter, layer_lora, lora_key
 
 
 @dataclass
@@ -54,6 +59,9 @@ LAYER_TENSORS = {
 }
 MATRICES = {"wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"}
 BIASES = {"attn_q": "bq", "attn_k": "bk", "attn_v": "bv"}
+# with_lora views a model keeps (least recently used dropped first); a view a
+# session still holds lives on with it, this only bounds what is kept for reuse
+MAX_LORA_VIEWS = 8
 
 
 def gather_layer(i: int, find: Callable[[str], Optional[T]]) -> tuple[dict[str, T], dict[str, T]]:
@@ -100,6 +108,10 @@ class Transformer:
                                         **{k: t.vector() for k, t in vectors.items()}})
         self.lora: list[tuple[LoraAdapter, float]] = []
         self.layers = self._make_layers(self.lora)
+        # with_lora's views, by adapter set (lora_key), kept by the model they view
+        self._root = self
+        self._views: OrderedDict[tuple, Transformer] = OrderedDict()
+        self._views_lock = threading.Lock()
 
     def _make_layers(self, lora: Sequence[tuple[LoraAdapter, float]]) -> list:
         layers = []
@@ -117,10 +129,56 @@ class Transformer:
         current ones (none: the base model).  Refuses, by tensor name, an adapter
         that does not fit; the base weights are untouched.  KV caches filled under
         other adapters no longer match this model: start them again."""
+        if self._root is not self:
+            raise InvalidArgumentError("set_lora() on a with_lora() view, which other sessions may share: "
+                                       "call with_lora() on the loaded model instead")
         for adapter, _ in lora:
             adapter.check(self.tensors, self.config)
         self.layers = self._make_layers(lora)
         self.lora = list(lora)
+
+    @property
+    def lora_key(self) -> tuple:
+        """This model's adapter set, as lora.lora_key compares them."""
+        return lora_key(self.lora)
+
+    def with_lora(self, lora: Sequence[tuple[LoraAdapter, float]]) -> Transformer:
+        """This model with these (adapter, user scale) pairs applied unmerged instead
+        of its own (none: the base model), for sessions that each pick their own.
+        A view: it shares every weight tensor (the memory-mapped file), the
+        config and the output matrix with this model; only its layer objects
+        differ, which point at the same weights plus the adapters' A and B.
+        Views are kept by adapter set (the same adapter objects and scales), so
+        switching between sets already made costs nothing; the set this model
+        has itself gives this model.  Adapters that do not fit are refused by
+        tensor name, as set_lora refuses them."""
+        root = self._root
+        lora = [(adapter, float(scale)) for adapter, scale in lora]
+        key = lora_key(lora)
+        if key == root.lora_key:
+            return root
+        with root._views_lock:
+            view = root._views.get(key)
+            if view is not None:
+                root._views.move_to_end(key)
+                return view
+        for adapter, scale in lora:
+            if not math.isfinite(scale):
+                raise InvalidArgumentError(f"lora: the scale of {adapter.name} must be a finite number, got {scale}")
+            adapter.check(root.tensors, root.config)
+        # A shallow copy shares every attribute (weights, config, output, and
+        # whatever else the model holds); only the layers and the adapter list
+        # are the view's own.  Forward passes over views of one model are
+        # serialized by their callers' lock, as they are over the model itself.
+        view = copy.copy(root)
+        view.layers = root._make_layers(lora)
+        view.lora = lora
+        with root._views_lock:
+            view = root._views.setdefault(key, view)  # another thread may have made it meanwhile
+            root._views.move_to_end(key)
+            while len(root._views) > MAX_LORA_VIEWS:
+                root._views.popitem(last=False)
+        return view
 
     def new_cache(self, n_ctx: Optional[int] = None, dtype: str = "f16") -> KVCache:
         """A KV cache for n_ctx tokens (default: the training context, at most DEFAULT_CONTEXT_CAP)."""

@@ -1,4 +1,4 @@
-"""The ASGI application: the routes, the API key, /health."""
+"""The ASGI application: the routes, the API key, /health, /lora-adapters."""
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +39,8 @@ class ApiKey:
 def create_app(model: Model, *, name: str, n_slots: int = 1, n_ctx: Optional[int] = None,
                api_key: Optional[str] = None) -> Starlette:
     engine = Engine(model, n_slots=n_slots, n_ctx=n_ctx)
-    state = {"model": model, "engine": engine, "name": name}
+    # the adapters loaded at start (--lora), by id: what a request's `lora` field picks from
+    state = {"model": model, "engine": engine, "name": name, "adapters": list(model.lm.model.lora)}
 
     async def health(request: Request) -> JSONResponse:
         slots = [{"busy": s.job is not None, "cached_tokens": len(s.session.tokens),
@@ -50,6 +51,11 @@ def create_app(model: Model, *, name: str, n_slots: int = 1, n_ctx: Optional[int
                   "most_sequences_in_a_pass": engine.most_sequences}
         return JSONResponse({"status": "ok", "slots": slots, "engine": passes})
 
+    async def lora_adapters(request: Request, state: dict) -> JSONResponse:
+        """llama.cpp's server's list: each adapter's id, path and start scale."""
+        return JSONResponse([{"id": i, "path": str(adapter.path), "scale": scale}
+                             for i, (adapter, scale) in enumerate(state["adapters"])])
+
     def guarded(handler):
         async def route(request: Request):
             try:
@@ -59,7 +65,8 @@ def create_app(model: Model, *, name: str, n_slots: int = 1, n_ctx: Optional[int
         return route
 
     routes = [Route("/health", health)]
-    routes += [Route(path, guarded(h), methods=methods) for path, h, methods in openai_api.ROUTES + ollama_api.ROUTES]
+    routes += [Route(path, guarded(h), methods=methods) for path, h, methods in
+               openai_api.ROUTES + ollama_api.ROUTES + [("/lora-adapters", lora_adapters, ["GET"])]]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

@@ -11,6 +11,11 @@ prompt.  A request goes to the free slot whose cached tokens share the
 longest prefix with its prompt, so a client that resends the whole
 conversation each turn pays only for the new turn (the session layer does
 the reuse; this module only chooses the slot).
+
+A request may name its own LoRA adapters (scales of those loaded at start).
+Slots under different adapter sets run different layers, so a step makes one
+pass per set in use; and a slot's cache is reused only by a request under
+the set it was filled under.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import numpy as np
 from ..api import Model, sampler_config
 from ..chat import encode_chat
 from ..errors import Error, InvalidArgumentError
+from ..model.lora import LoraAdapter, lora_key
 from ..sampling import make_sampler
 from ..session import Forward, Session, common_prefix
 
@@ -50,6 +56,7 @@ class Job:
     stop: Sequence[str] = ()
     ignore_eos: bool = False
     logprobs: Optional[int] = None
+    lora: Optional[list[tuple[LoraAdapter, float]]] = None  # (adapter, scale) pairs; None: the model's own
     cancel: threading.Event = field(default_factory=threading.Event)
     n_prompt_tokens: int = 0  # filled in when the job starts
 
@@ -112,19 +119,25 @@ class Engine:
             if not ready:
                 self._wake.wait(0.5)
                 continue
-            try:
-                logits = self._forward(ready)
-            except (Error, ValueError) as e:  # a pass the sessions' own checks should have refused: fail its requests, not the server
-                for slot in ready:
-                    slot.steps.close()
-                    self._finish(slot, ("error", e))
-                continue
-            for slot, row in zip(ready, logits):
-                self._advance(slot, row)
+            # one pass per adapter set: a pass runs one set of layers over all its rows
+            groups: dict[tuple, list[Slot]] = {}
+            for slot in ready:
+                groups.setdefault(slot.session.model.lora_key, []).append(slot)
+            for group in groups.values():
+                try:
+                    logits = self._forward(group)
+                except (Error, ValueError) as e:  # a pass the sessions' own checks should have refused: fail its requests, not the server
+                    for slot in group:
+                        slot.steps.close()
+                        self._finish(slot, ("error", e))
+                    continue
+                for slot, row in zip(group, logits):
+                    self._advance(slot, row)
 
     def _forward(self, ready: list[Slot]) -> np.ndarray:
-        """One pass over every ready slot's tokens; row i: the logits of slot i's last token."""
-        model = self.model.lm.model
+        """One pass over the tokens of ready slots under one adapter set; row i: the
+        logits of slot i's last token."""
+        model = ready[0].session.model
         self.n_passes += 1
         self.n_batched_passes += len(ready) > 1
         self.most_sequences = max(self.most_sequences, len(ready))
@@ -149,7 +162,7 @@ class Engine:
             except Error as e:  # e.g. a template that refuses the conversation
                 job.sink(("error", e))
                 continue
-            slot = self._choose(ids)
+            slot = self._choose(ids, self.model.lm.model.lora_key if job.lora is None else lora_key(job.lora))
             job.n_prompt_tokens = len(ids)
             try:
                 self._start(slot, job)
@@ -157,10 +170,16 @@ class Engine:
                 job.sink(("error", e))
                 slot.job, slot.steps = None, None
 
-    def _choose(self, ids: list[int]) -> Slot:
-        """The free slot whose cache shares the longest prefix with the prompt `ids`; then the least recently used."""
+    def _choose(self, ids: list[int], lora: tuple) -> Slot:
+        """The free slot whose cache, filled under the adapter set `lora` (a lora_key),
+        shares the longest prefix with the prompt `ids`; then the least recently used.
+        A cache filled under other adapters counts as empty: the slot will start it again."""
         free = [s for s in self.slots if s.job is None]
-        return max(free, key=lambda s: (common_prefix(s.session.tokens, ids), -s.last_used))
+
+        def reusable(s: Slot) -> int:
+            return common_prefix(s.session.tokens, ids) if s.session.cache_lora == lora else 0
+
+        return max(free, key=lambda s: (reusable(s), -s.last_used))
 
     def _prompt_tokens(self, job: Job) -> list[int]:
         """The job's prompt as the slots' sessions tokenize it (they share the model's template)."""
@@ -171,6 +190,7 @@ class Engine:
 
     def _start(self, slot: Slot, job: Job) -> None:
         s = slot.session
+        s.set_lora(job.lora)  # the same set keeps the cache; another starts it again
         s.sample = make_sampler(sampler_config(**job.sampling))
         if job.messages is not None:
             steps = s.reply(job.messages, max_tokens=job.max_tokens, cancel=job.cancel, stop=job.stop,

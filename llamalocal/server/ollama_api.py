@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from .. import __version__
 from .openai_format import finish_reason
-from .protocol import ApiError, Stream, read_json
+from .protocol import ApiError, Stream, lora_arg, read_json
 
 # ollama's option names -> ours
 _OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
@@ -20,7 +20,8 @@ _OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "m
             "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
 
 
-def _job_args(body: dict[str, Any]) -> dict[str, Any]:
+def _job_args(body: dict[str, Any], state: dict) -> dict[str, Any]:
+    """Sampling and length from `options`; adapters from `lora`, as the OpenAI routes take it."""
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "options must be an object")
@@ -29,7 +30,8 @@ def _job_args(body: dict[str, Any]) -> dict[str, Any]:
     stop = options.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
-    return {"sampling": sampling, "max_tokens": -1 if n is None or n < 0 else int(n), "stop": list(stop)}
+    return {"sampling": sampling, "max_tokens": -1 if n is None or n < 0 else int(n), "stop": list(stop),
+            "lora": lora_arg(body, state["adapters"])}
 
 
 def _now() -> str:
@@ -72,7 +74,7 @@ async def chat(request: Request, state: dict) -> Any:
         messages.append({"role": m["role"], "content": str(m.get("content") or "")})
     if messages[-1]["role"] != "user":
         raise ApiError(400, "the last message must be the user's")
-    stream = Stream(state["engine"], {"messages": messages, **_job_args(body)})
+    stream = Stream(state["engine"], {"messages": messages, **_job_args(body, state)})
     name = body.get("model") or state["name"]
     return await _respond(body, stream, name, lambda text: {"message": {"role": "assistant", "content": text}})
 
@@ -82,7 +84,7 @@ async def generate(request: Request, state: dict) -> Any:
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
-    args = _job_args(body)
+    args = _job_args(body, state)
     if body.get("raw"):
         job = {"prompt": prompt, **args}
     else:  # as ollama does: the prompt is a user turn of the model's template

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .openai_format import Completion
-from .protocol import ApiError, Stream, read_json
+from .protocol import ApiError, Stream, lora_arg, read_json
 
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
              "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
@@ -100,7 +100,7 @@ async def _respond(body: dict[str, Any], stream: Stream, shape: Completion) -> A
 async def chat_completions(request: Request, state: dict) -> Any:
     body = await read_json(request)
     args = job_args(body, chat=True)
-    stream = Stream(state["engine"], {"messages": _messages(body), **args})
+    stream = Stream(state["engine"], {"messages": _messages(body), "lora": lora_arg(body, state["adapters"]), **args})
     return await _respond(body, stream, _shape(True, body, state, args))
 
 
@@ -112,7 +112,7 @@ async def completions(request: Request, state: dict) -> Any:
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string", param="prompt")
     args = job_args(body, chat=False)
-    stream = Stream(state["engine"], {"prompt": prompt, **args})
+    stream = Stream(state["engine"], {"prompt": prompt, "lora": lora_arg(body, state["adapters"]), **args})
     return await _respond(body, stream, _shape(False, body, state, args, offset=len(prompt)))
 
 

@@ -1,15 +1,18 @@
 """What every route shares: errors in OpenAI's JSON shape, reading a JSON body,
-and a job's events carried from the engine's thread into the request's loop."""
+a request's `lora` field, and a job's events carried from the engine's thread
+into the request's loop."""
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Optional
+import math
+from typing import Any, AsyncIterator, Optional, Sequence
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import ContextFullError, Error
+from ..model.lora import LoraAdapter
 from ..sampling import TokenLogprob
 from .engine import BusyError, Engine, Job
 
@@ -55,6 +58,38 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return data
+
+
+def lora_arg(body: dict[str, Any], adapters: Sequence[tuple[LoraAdapter, float]]
+             ) -> Optional[list[tuple[LoraAdapter, float]]]:
+    """A request's adapters, from its `lora` field as llama.cpp's server reads it:
+    [{"id": 0, "scale": 0.5}, ...], ids of the adapters loaded at start
+    (`adapters`, as GET /lora-adapters lists them); an adapter not named runs at
+    scale 0, that is not at all (llama.cpp skips those too).  The pairs come in id
+    order, the order the terms are summed in at start.  No field: None, the
+    adapters at their start scales."""
+    value = body.get("lora")
+    if value is None:
+        return None
+    shape = 'lora must be a list of {"id": adapter id, "scale": number} objects'
+    if not isinstance(value, list):
+        raise ApiError(400, f"{shape}, got {type(value).__name__}", param="lora")
+    scales: dict[int, float] = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or "id" not in item or "scale" not in item:
+            raise ApiError(400, f"lora[{i}]: {shape}", param="lora")
+        ident, scale = item["id"], item["scale"]
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident < len(adapters):
+            known = ("none: the server was started without --lora" if not adapters else
+                     "id 0" if len(adapters) == 1 else f"ids 0 to {len(adapters) - 1}")
+            raise ApiError(400, f"lora[{i}]: no adapter with id {ident!r} (loaded at start: {known}; "
+                                f"GET /lora-adapters lists them)", param="lora")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ApiError(400, f"lora[{i}]: the scale must be a finite number, got {scale!r}", param="lora")
+        if ident in scales:
+            raise ApiError(400, f"lora[{i}]: adapter {ident} is named twice", param="lora")
+        scales[ident] = float(scale)
+    return [(adapter, scales[i]) for i, (adapter, _) in enumerate(adapters) if scales.get(i, 0.0) != 0.0]
 
 
 class Stream:
