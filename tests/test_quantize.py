@@ -131,6 +131,9 @@ def test_existing_output_needs_force_and_input_is_never_the_output(tmp_path):
     r = cli(*args, "--force", "-q")
     assert r.returncode == 0, r.stderr
     assert GGUFFile(out).tensors["blk.0.attn_q.weight"].type == GGMLType.Q8_0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any tool's output, not a temp file's 0600
     src = tmp_path / "in.gguf"
     src.write_bytes(model_path("stories260K.gguf").read_bytes())
     r = cli("quantize", src, src, "--type", "Q8_0", "--force")

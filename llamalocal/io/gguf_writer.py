@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -43,10 +43,11 @@ def write_gguf(path: str | os.PathLike, arch: str, metadata: dict[str, MetaValue
         raise OutputExistsError(f"{path} already exists (use --force to overwrite it)")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory")
-    # Assembled hidden beside the output: same file system, so the final rename is atomic.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Assembled hidden beside the output: same file system, so the final rename is
+    # atomic.  Not mkstemp: its 0600 mode would stay on the model file; this honours
+    # the umask, as any file a tool writes does.
+    tmp = (path.parent or Path(".")) / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     w = None
     try:
         logging.getLogger("gguf.gguf_writer").setLevel(logging.WARNING)  # its plan printout is noise here
