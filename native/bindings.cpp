@@ -74,7 +74,31 @@ void weight_rows(const py::array& w, int type, int64_t k, int64_t* n_rows) {
     *n_rows = w.ndim() == 2 ? w.shape(0) : 1;
 }
 
-py::array_t<float> matmul_py(int type, const py::array& w, const py::array& x, const py::object& out, const py::object& isa) {
+// The weights' interleaved copy (blocks.h interleave_rows8): uint8 (rows, row_bytes), rows a multiple of 8.
+py::array_t<uint8_t> interleave_rows8_py(int type, const py::array& w, int64_t k) {
+    check_weight_type(type);
+    check_k(type, k, "k");
+    int64_t n_rows;
+    weight_rows(w, type, k, &n_rows);
+    if (n_rows % 8) throw py::value_error("w: " + std::to_string(n_rows) + " rows are not a multiple of 8");
+    py::array_t<uint8_t> out({(py::ssize_t)n_rows, (py::ssize_t)row_bytes(type, k)});
+    const uint8_t* src = static_cast<const uint8_t*>(w.data());
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        auto pool = global_pool();
+        const int64_t groups = n_rows / 8;
+        const size_t group_bytes = 8 * row_bytes(type, k);
+        pool->run([&](int ith, int nth) {
+            const int64_t g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
+            interleave_rows8(type, src + g0 * group_bytes, (g1 - g0) * 8, k, dst + g0 * group_bytes);
+        });
+    }
+    return out;
+}
+
+py::array_t<float> matmul_py(int type, const py::array& w, const py::array& x, const py::object& out, const py::object& isa,
+                             const py::object& w_il) {
     check_weight_type(type);
     check_array(x, "x", py::dtype::of<float>(), "float32", 1, 2);
     const int64_t k = x.shape(x.ndim() - 1);
@@ -98,12 +122,20 @@ py::array_t<float> matmul_py(int type, const py::array& w, const py::array& x, c
         y = py::cast<py::array_t<float>>(o);
     }
     const uint8_t* wp = static_cast<const uint8_t*>(w.data());
+    const uint8_t* ilp = nullptr;
+    if (!w_il.is_none()) {
+        py::array il = py::cast<py::array>(w_il);
+        int64_t il_rows;
+        weight_rows(il, type, k, &il_rows);
+        if (il_rows != n_rows) throw py::value_error("w_il: " + std::to_string(il_rows) + " rows, w has " + std::to_string(n_rows));
+        ilp = static_cast<const uint8_t*>(il.data());
+    }
     const float* xp = static_cast<const float*>(x.data());
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release release;
         auto pool = global_pool();
-        ll::matmul(ks, *pool, type, wp, n_rows, k, xp, batch, yp);
+        ll::matmul(ks, *pool, type, wp, n_rows, k, xp, batch, yp, ilp);
     }
     return y;
 }
@@ -171,7 +203,17 @@ PYBIND11_MODULE(_native, m) {
     m.doc() = "llamalocal native kernels: GGML block formats, SIMD dot products, thread pool";
 
     m.def("matmul", &matmul_py, py::arg("type"), py::arg("w"), py::arg("x"), py::arg("out") = py::none(), py::arg("isa") = py::none(),
-          "Y = X · Wᵀ. w: uint8 (N, row_bytes) weights of GGML `type`; x: float32 (K,) or (B, K). Returns float32 (N,) or (B, N).");
+          py::arg("w_il") = py::none(),
+          "Y = X · Wᵀ. w: uint8 (N, row_bytes) weights of GGML `type`; x: float32 (K,) or (B, K). Returns float32 (N,) or (B, N). "
+          "w_il: the same weights interleaved (interleave_rows8), read where the kernel set multiplies them so.");
+    m.def("interleave_rows8", &interleave_rows8_py, py::arg("type"), py::arg("w"), py::arg("k"),
+          "The weights' rows interleaved in groups of eight, block by block (the layout the interleaved kernels read).");
+    m.def("interleaved_types", [] {
+        std::vector<int> types;
+        for (int t = 0; t < TYPE_COUNT; t++)
+            if (active_kernels().dot_gemv_il[t]) types.push_back(t);
+        return types;
+    }, "Weight types the active kernel set multiplies from an interleaved copy (dot_gemv_il): layers keep one of those.");
     m.def("dequantize", &dequantize_py, py::arg("type"), py::arg("src"), py::arg("isa") = py::none(),
           "Dequantize uint8 rows (or one 1-D row) of GGML `type` to float32.");
     m.def("quantize_activations", &quantize_activations_py, py::arg("weight_type"), py::arg("x"), py::arg("isa") = py::none(),

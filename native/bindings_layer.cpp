@@ -227,7 +227,8 @@ private:
     TensorRef mat(const py::dict& t, const char* name, int64_t rows, int64_t cols) {
         if (!t.contains(name)) throw py::value_error(std::string("layer tensor '") + name + "' is missing");
         py::tuple tup = py::cast<py::tuple>(t[name]);
-        if (tup.size() != 2) throw py::value_error(std::string(name) + ": expected (type_id, uint8 array)");
+        if (tup.size() != 2 && tup.size() != 3)
+            throw py::value_error(std::string(name) + ": expected (type_id, uint8 array) or (type_id, uint8 array, interleaved copy)");
         const int type = py::cast<int>(tup[0]);
         py::array a = py::cast<py::array>(tup[1]);
         if (!is_weight_type(type)) throw py::value_error(std::string(name) + ": unsupported tensor type id " + std::to_string(type));
@@ -243,6 +244,14 @@ private:
         r.type = type;
         r.rows = rows;
         r.cols = cols;
+        if (tup.size() == 3 && !tup[2].is_none()) {
+            py::array il = py::cast<py::array>(tup[2]);
+            if (!il.dtype().is(py::dtype::of<uint8_t>()) || il.ndim() != 2 || !(il.flags() & py::array::c_style) ||
+                il.shape(0) != a.shape(0) || il.shape(1) != a.shape(1) || rows % 8)
+                throw py::value_error(std::string(name) + ": the interleaved copy must be C-contiguous uint8 of the weights' shape, rows a multiple of 8");
+            keep_.push_back(il);
+            r.il = static_cast<const uint8_t*>(il.data());
+        }
         return r;
     }
 

@@ -78,6 +78,15 @@ inline bool type_supported(int t) { return t >= 0 && t < TYPE_COUNT && TYPE_TRAI
 inline bool is_weight_type(int t) { return type_supported(t) && t != TYPE_Q8_1 && t != TYPE_Q8_K; }
 inline size_t row_bytes(int t, int64_t n) { return (size_t)(n / TYPE_TRAITS[t].block_size) * TYPE_TRAITS[t].type_size; }
 
+// Rows interleaved in groups of eight (rows % 8 == 0): each group stored block
+// by block, the eight rows' blocks side by side, so that a kernel over eight
+// rows reads one contiguous stream instead of eight strided ones (llama.cpp
+// repacks the same weights for the same reason).  Block i of row 8g + r is at
+// ((g * nb + i) * 8 + r) * type_size: a group starts where its first row
+// starts row-major, and the bytes are the same blocks, only reordered.
+void interleave_rows8(int t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
+void deinterleave_rows8(int t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
+
 // Scalar number conversions.  `static inline` on purpose: these are included by
 // translation units compiled for different ISAs, and an externally visible
 // inline copy built with AVX2 could be picked by the linker for baseline code.

@@ -74,6 +74,13 @@ struct KernelSet {
     // from the scalar set).
     dot_rows_fn dot_gemv[TYPE_COUNT];
     dot_rows_fn dot_gemm[TYPE_COUNT];
+    // dot_gemv over the weights' interleaved copy (blocks.h interleave_rows8),
+    // the same floats: w is a group's first byte, nrows a multiple of 8 (stride
+    // unused).  Where it is set, a layer keeps such a copy of the weights of
+    // that type (decode then streams one run of memory per eight rows); null:
+    // no copy, the mapped rows are read.  Not filled in from the scalar set:
+    // its reference is dot_gemv on the rows.
+    dot_rows_fn dot_gemv_il[TYPE_COUNT];
     // Whole batches through the repacked kernels, each token as matmul()
     // assigns it to dot_gemm or dot_gemv (bit for bit), a block unpacked once
     // for several tokens.  Null where there is none (gemm / gemv per token);

@@ -49,7 +49,7 @@ using RowSpans = std::vector<std::pair<int64_t, int64_t>>;
 // rounds each row alike at any batch size, so it runs once over all rows.)
 void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y,
             const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr, const RowSpans* spans = nullptr) {
-    matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y);
+    matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y, W.il);
     const RowSpans whole{{0, T}};
     for (const LoraRef& ad : lora) {
         const int64_t r = ad.a.rows;

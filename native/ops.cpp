@@ -54,7 +54,7 @@ void quantize_activations(const KernelSet& ks, ThreadPool& pool, int weight_type
 }
 
 void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, int64_t n_rows, int64_t k,
-            const float* x, int64_t batch, float* y) {
+            const float* x, int64_t batch, float* y, const uint8_t* w_il) {
     const int vdt = TYPE_TRAITS[type].vec_dot_type;
     const size_t w_rb = row_bytes(type, k);
     dot_rows_fn dot = ks.dot[type];
@@ -67,6 +67,16 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     if (!packed && batch >= 8 && ks.dot_tiled[type]) dot = ks.dot_tiled[type];
     if (batch >= 2 && k % ks.lanes == 0 && n_rows % 4 == 0 && ks.dot_sgemm[type]) dot = ks.dot_sgemm[type];
     auto dot_for = [&](int64_t b) { return !packed ? dot : b < n_gemm ? ks.dot_gemm[type] : ks.dot_gemv[type]; };
+    // The interleaved copy: its gemv for one token; batches (compute-bound)
+    // take each tile's rows back to row order, in cache, for the kernels above.
+    const dot_rows_fn gemv_il = packed && w_il ? ks.dot_gemv_il[type] : nullptr;
+    auto rows_of = [&](int64_t r0, int64_t r1) -> const uint8_t* {
+        if (!gemv_il) return w + r0 * w_rb;
+        thread_local std::vector<uint8_t> rows;
+        rows.resize((size_t)(r1 - r0) * w_rb);
+        deinterleave_rows8(type, w_il + r0 * w_rb, r1 - r0, k, rows.data());
+        return rows.data();
+    };
 
     // Integer weight types multiply int8 activations: convert X once, not per row.
     std::unique_ptr<uint8_t[]> xq_buf;
@@ -81,8 +91,12 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
 
     if (batch == 1) {
         const dot_rows_fn dot1 = dot_for(0);
-        parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
-                        [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
+        if (gemv_il)
+            parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
+                            [&](int64_t r0, int64_t r1) { gemv_il(k, r1 - r0, w_il + r0 * w_rb, w_rb, xq, y + r0); });
+        else
+            parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
+                            [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
         return;
     }
     // Batched: a tile of weight rows stays in L2 while every activation row
@@ -99,9 +113,10 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     }
     const dot_tile_fn dot_tile = packed ? ks.dot_tile_packed[type] : dot == ks.dot[type] ? ks.dot_tile[type] : nullptr;
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
-        if (dot_tile) dot_tile(k, r1 - r0, w + r0 * w_rb, w_rb, xq, x_rb, batch, y + r0, n_rows);
+        const uint8_t* wr = rows_of(r0, r1);
+        if (dot_tile) dot_tile(k, r1 - r0, wr, w_rb, xq, x_rb, batch, y + r0, n_rows);
         else
-            for (int64_t b = 0; b < batch; b++) dot_for(b)(k, r1 - r0, w + r0 * w_rb, w_rb, xq + b * x_rb, y + b * n_rows + r0);
+            for (int64_t b = 0; b < batch; b++) dot_for(b)(k, r1 - r0, wr, w_rb, xq + b * x_rb, y + b * n_rows + r0);
     });
 }
 

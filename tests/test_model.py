@@ -417,3 +417,57 @@ def test_layer_params_are_bound_field_by_field():
         _native.LayerParams(**kw, rope_freq_base=10000.0)
     with pytest.raises(ValueError, match="activation"):
         _native.Layer({}, _native.LayerParams(**{**kw, "activation": "relu"}))
+
+
+def test_q4_0_layers_keep_an_interleaved_copy_with_the_same_logits(tmp_path):
+    """A Q4_0 model's layers hold the interleaved copy where the kernels read
+    one, and give the logits of the mapped rows (LLAMALOCAL_REPACK=0) bit for
+    bit, prompt and decode."""
+    q = tmp_path / "q4_0.gguf"
+    r = cli("quantize", model_path("stories260K.gguf"), q, "--type", "Q4_0", "-q")
+    assert r.returncode == 0, r.stderr
+    code = ("import sys, numpy as np; from llamalocal.model.loader import load_model; from llamalocal import backend\n"
+            f"m = load_model({str(q)!r}).model; c = m.new_cache(32)\n"
+            "a = m.forward([1, 403, 407, 261], c, all_logits=True); b = m.forward([378], c)\n"
+            "copies = sum(len(v) == 3 for t in m._layer_tensors for v in t.values() if isinstance(v, tuple))\n"
+            "fit = sum(t.type == 2 and t.rows % 8 == 0 for n, t in m.tensors.items() if n.startswith('blk.'))\n"
+            "sys.stdout.write(f'{copies} {fit} {bool(backend.interleaved_types())} ' + np.concatenate([a.ravel(), b]).tobytes().hex())")
+    outs = {}
+    for repack in ("1", "0"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "LLAMALOCAL_REPACK": repack})
+        assert r.returncode == 0, r.stderr
+        outs[repack] = r.stdout.split()
+    copies, fit, kept, logits = outs["1"]
+    assert int(copies) == (int(fit) if kept == "True" else 0) and int(fit) >= 20  # Q4_0, rows a multiple of 8
+    assert outs["0"][0] == "0" and outs["0"][3] == logits
+
+
+def test_release_pages_drops_only_a_file_maps_whole_pages(tmp_path):
+    """release_pages takes a mapped array's pages out of the process (Rss of the
+    mapping falls) and leaves arrays in private memory untouched."""
+    import mmap
+
+    from llamalocal.io.gguf_reader import release_pages
+
+    path = tmp_path / "blob"
+    path.write_bytes(np.arange(4 << 20, dtype=np.uint8).tobytes())
+
+    def rss_kb() -> int:  # this mapping's resident size, from /proc/self/smaps
+        lines = open("/proc/self/smaps").read().splitlines()
+        for i, line in enumerate(lines):
+            if line.endswith(str(path)):
+                return next(int(l.split()[1]) for l in lines[i + 1:] if l.startswith("Rss:"))
+        raise AssertionError("mapping not found")
+
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    a = np.frombuffer(mm, dtype=np.uint8)[100:].reshape(-1, 4)
+    assert int(a.sum(dtype=np.uint64)) > 0 and rss_kb() >= 4000
+    release_pages(a)
+    assert rss_kb() <= 8  # the first, partial page may stay
+    assert np.array_equal(a[:4].ravel(), np.arange(100, 116, dtype=np.uint8))  # read back from the file
+    private = np.arange(1 << 20, dtype=np.uint8)
+    release_pages(private)
+    assert np.array_equal(private, np.arange(1 << 20, dtype=np.uint8))
+    del a

@@ -62,6 +62,21 @@ def matmul(qtype, w: np.ndarray, x: np.ndarray, out: Optional[np.ndarray] = None
     return _fallback.matmul(qtype, w, x, out)
 
 
+def interleaved_types() -> frozenset[int]:
+    """Weight type ids the kernels multiply fastest from an interleaved copy of the
+    rows (interleave_rows8): a layer keeps one of each such matrix.  None on the
+    numba backend, on ISA paths without such kernels, or with LLAMALOCAL_REPACK=0."""
+    if _native is None or os.environ.get("LLAMALOCAL_REPACK", "").strip() == "0":
+        return frozenset()
+    return frozenset(_native.interleaved_types())
+
+
+def interleave_rows8(qtype, w: np.ndarray, cols: int) -> np.ndarray:
+    """w's rows (uint8 (N, row_bytes), N a multiple of 8) in groups of eight stored
+    block by block, the eight rows' blocks side by side (native/blocks.h)."""
+    return _native.interleave_rows8(_type_id(qtype), w, cols)
+
+
 def dequantize(qtype, w: np.ndarray) -> np.ndarray:
     """Dequantize uint8 rows of `qtype` to float32."""
     if _native is not None:
@@ -72,7 +87,8 @@ def dequantize(qtype, w: np.ndarray) -> np.ndarray:
 def make_layer(params, tensors: dict):
     """One transformer block on this backend.  `params` is a model.config.LayerParams;
     `tensors` maps the layer's names (wq, ..., attn_norm, bq, ...) to (type id,
-    uint8 rows) for matrices and float32 vectors for the rest.  Raises ValueError
+    uint8 rows) or (type id, uint8 rows, interleaved copy) for matrices and
+    float32 vectors for the rest.  Raises ValueError
     when a tensor or a parameter does not fit."""
     if BACKEND == "native":
         return _native.Layer(tensors, _native.LayerParams(**params.as_kwargs()))

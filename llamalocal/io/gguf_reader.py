@@ -273,6 +273,24 @@ def close_map(mm: "mmap.mmap | None") -> None:
             pass
 
 
+def release_pages(a: np.ndarray) -> None:
+    """Drops the pages of `a`, a view of a file map, from this process's memory:
+    they stay in the page cache, and reading `a` maps them back in.  Arrays not
+    over a file map are left alone (on private memory MADV_DONTNEED would zero
+    them), as are the partial pages at either end, which neighbours share."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    mm = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or mm.closed:
+        return
+    start = a.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, (start + a.nbytes) // page * page
+    if 0 <= lo < hi <= len(mm):
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 class MappedFile:
     """A model file read through a memory map (`_mm`, and `_base`, the array over
     it): its lifetime and its metadata, GGUF's keys (`metadata`)."""

@@ -24,6 +24,7 @@ import numpy as np
 from .. import backend
 from ..errors import ContextFullError, InvalidArgumentError, UnsupportedModelError
 from ..formats import GGMLType
+from ..io.gguf_reader import release_pages
 from .config import ModelConfig
 from .kv_cache import DEFAULT_CONTEXT_CAP, KVCache
 from .lora import LoraAdapter, layer_lora, lora_key
@@ -80,6 +81,20 @@ def gather_layer(i: int, find: Callable[[str], Optional[T]]) -> tuple[dict[str, 
     return matrices, vectors
 
 
+def layer_matrix(t: QTensor, interleaved: frozenset[int]) -> tuple:
+    """A layer's matrix as the backend takes it: (type id, rows), plus the rows
+    interleaved where the kernels multiply that type fastest so (decode then
+    streams one run of memory per eight rows, as llama.cpp's repacked weights
+    do).  The copy takes the mapped rows' place in memory: their pages are
+    released (the file stays mapped, and whatever reads the rows again, e.g.
+    another ISA path, maps them back in), so the model stays at its file's size."""
+    if int(t.type) not in interleaved or t.rows % 8:
+        return (int(t.type), t.data)
+    copy = backend.interleave_rows8(t.type, t.data, t.cols)
+    release_pages(t.data)
+    return (int(t.type), t.data, copy)
+
+
 class Transformer:
     def __init__(self, config: ModelConfig, tensors: dict[str, QTensor], source: str = "model"):
         self.config = config
@@ -102,9 +117,10 @@ class Transformer:
 
         self.tensors = tensors
         self._layer_tensors = []
+        interleaved = backend.interleaved_types()
         for i in range(config.n_layer):
             matrices, vectors = gather_layer(i, tensors.get)
-            self._layer_tensors.append({**{k: (int(t.type), t.data) for k, t in matrices.items()},
+            self._layer_tensors.append({**{k: layer_matrix(t, interleaved) for k, t in matrices.items()},
                                         **{k: t.vector() for k, t in vectors.items()}})
         self.lora: list[tuple[LoraAdapter, float]] = []
         self.layers = self._make_layers(self.lora)

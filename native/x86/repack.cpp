@@ -169,16 +169,19 @@ inline __attribute__((always_inline)) __m256i sums_q4_0_rows8(const Q4Rows8& u, 
 // NT tokens (activation rows yb[t], prepared in prep[t]) over eight rows from
 // w; output t to out + t * out_stride, which holds the chains so far if add.
 // Per block the eight rows are unpacked once for all NT tokens.
+// `step`: from one block of a row to its next (row-major: one block; the
+// interleaved copy: eight).
 template <int NT, bool PREFETCH>
 inline void q4_0_packed_rows8(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
-                              float* out, size_t out_stride, bool add) {
+                              float* out, size_t out_stride, bool add, size_t step = sizeof(block_q4_0)) {
     // lane order of the sums and the chains: rows 0, 2, 4, 6, 1, 3, 5, 7
     __m256 acc[NT];
 #pragma GCC unroll 4
     for (int t = 0; t < NT; t++)
         acc[t] = add ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(out + t * out_stride), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
                      : _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
+    for (int64_t i = 0; i < nb; i++, w += step) {
+        if (step != sizeof(block_q4_0)) _mm_prefetch(reinterpret_cast<const char*>(w) + 1024, _MM_HINT_T0);  // the stream's next lines
         const Q4Rows8 u = unpack_q4_0_rows8<PREFETCH>(w, stride);
         const __m256 dw = halves8(w, stride);
 #pragma GCC unroll 4
@@ -218,6 +221,24 @@ void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
         for (; r + 16 <= nrows; r += 8) q4_0_packed_rows8<1, true>(ns, ps + r * stride, stride, &ys, &prep, y + r, 0, add);
         for (; r + 8 <= nrows; r += 8) q4_0_packed_rows8<1, false>(ns, ps + r * stride, stride, &ys, &prep, y + r, 0, add);
         for (; r < nrows; r++) q4_0_packed_row(ns, ps + r * stride, xb + s0, &prep, y + r, add);
+    }
+}
+
+// dot_q4_0_packed over the interleaved copy (KernelSet::dot_gemv_il): each
+// group of eight rows is one stream of 144-byte steps, the hardware
+// prefetcher's case (1.1B-shape decode on Zen 4: 26.4 -> 22.4 ms a token).
+void dot_q4_0_packed_il(int64_t n, int64_t nrows, const void* w, size_t, const void* x, float* y) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const block_q8_0* xb = static_cast<const block_q8_0*>(x);
+    const int64_t nb = n / QK;
+    constexpr size_t B = sizeof(block_q4_0), STEP = 8 * B;
+    PackedPrep prep;
+    for (int64_t s0 = 0; s0 < nb; s0 += SEG) {
+        const int64_t ns = nb - s0 < SEG ? nb - s0 : SEG;
+        prep_q4_0_packed(xb + s0, ns, &prep);
+        const block_q8_0* ys = xb + s0;
+        for (int64_t r = 0; r < nrows; r += 8)
+            q4_0_packed_rows8<1, false>(ns, p + r * nb * B + s0 * STEP, B, &ys, &prep, y + r, 0, s0 > 0, STEP);
     }
 }
 
@@ -639,6 +660,7 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
 
 void LL_REGISTER(repack)(KernelSet* ks) {
     ks->dot_gemv[TYPE_Q4_0] = ks->dot_gemm[TYPE_Q4_0] = dot_q4_0_packed;
+    ks->dot_gemv_il[TYPE_Q4_0] = dot_q4_0_packed_il;
     ks->dot_tile_packed[TYPE_Q4_0] = dot_tile_q4_0_packed;
     ks->dot_gemv[TYPE_Q4_K] = dot_q4_k_packed<4>;
     ks->dot_gemm[TYPE_Q4_K] = dot_q4_k_packed<1>;

@@ -116,7 +116,7 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
     const int vdt = tt.vec_dot_type;
     const int64_t bs = tt.block_size == 1 ? QK : tt.block_size;
     const int64_t ks_list[] = {bs, 3 * bs, 4096 + (bs == QK_K ? 0 : 96), 16 * bs + (t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 ? 7 : 0)};
-    const int64_t rows_list[] = {1, 3, 17};
+    const int64_t rows_list[] = {1, 3, 17, 24};  // 24: whole groups of eight (dot_gemv_il)
     const ScaleMode modes[] = {SCALES_NORMAL, SCALES_ZERO, SCALES_TINY, SCALES_HUGE};
     char detail[256];
     for (int64_t k : ks_list) {
@@ -194,6 +194,24 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                     for (int64_t r = 0; r < rows; r++) n_diff += std::memcmp(&y_ref[r], &y_isa[r], sizeof(float)) != 0;
                     std::snprintf(detail, sizeof detail, "%lld of %lld outputs differ", (long long)n_diff, (long long)rows);
                     check(n_diff == 0, ks.name, tt.name, packed_name[g], k, rows, detail);
+                }
+
+                // the gemv over the interleaved copy: the reference's gemv on the rows
+                if (ks.dot_gemv_il[t] && rows % 8 == 0) {
+                    if (!ref.dot_gemv[t]) {
+                        check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar gemv for dot_gemv_il");
+                    } else {
+                        std::vector<uint8_t> il(w.size()), back(w.size());
+                        interleave_rows8(t, w.data(), rows, k, il.data());
+                        deinterleave_rows8(t, il.data(), rows, k, back.data());
+                        ref.dot_gemv[t](k, rows, w.data(), rb, xq.data(), y_ref.data());
+                        ks.dot_gemv_il[t](k, rows, il.data(), rb, xq.data(), y_isa.data());
+                        int64_t n_diff = 0;
+                        for (int64_t r = 0; r < rows; r++) n_diff += std::memcmp(&y_ref[r], &y_isa[r], sizeof(float)) != 0;
+                        std::snprintf(detail, sizeof detail, "%lld of %lld outputs differ%s", (long long)n_diff, (long long)rows,
+                                      back == w ? "" : "; deinterleave_rows8 does not invert interleave_rows8");
+                        check(n_diff == 0 && back == w, ks.name, tt.name, "dot_gemv_il", k, rows, detail);
+                    }
                 }
 
                 // batch tiles: every output as the reference gives it one token at
