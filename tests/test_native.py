@@ -143,41 +143,42 @@ def test_repacked_q4_0_one_chain_per_output(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_interleaved_copy_gives_the_rows_floats(isa):
-    """The copy of Q4_0 weights a layer keeps (interleave_rows8: eight rows
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+def test_interleaved_copy_gives_the_rows_floats(isa, qtype):
+    """The copy of Q4_0 / Q4_K weights a layer keeps (interleave_rows8: eight rows
     block by block), read by the gemv over it where the ISA has one and taken
     back to row order for batches: the rows' floats bit for bit, for one token
     and batches, and for rows past a segment (the chain carried across)."""
     rng = np.random.default_rng(909)
-    for n, k in ((72, 4096), (16, 17 * 1024), (8, 64)):
-        w = random_blocks(rng, T.Q4_0, n, k)
-        il = _native.interleave_rows8(int(T.Q4_0), w, k)
+    for n, k in ((72, 4096), (16, 17 * 1024), (8, 512)):
+        w = random_blocks(rng, qtype, n, k)
+        il = _native.interleave_rows8(int(qtype), w, k)
         assert il.shape == w.shape and not np.array_equal(il, w)
         assert np.array_equal(np.sort(il, axis=None), np.sort(w, axis=None))  # the same bytes, reordered
         for batch in (1, 2, 5, 9):
             x = rng.standard_normal((batch, k)).astype(np.float32)
-            want = _native.matmul(int(T.Q4_0), w, x, isa=isa)
-            got = _native.matmul(int(T.Q4_0), w, x, isa=isa, w_il=il)
+            want = _native.matmul(int(qtype), w, x, isa=isa)
+            got = _native.matmul(int(qtype), w, x, isa=isa, w_il=il)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (n, k, batch)
     if isa in ("avx2", "avx512"):  # these read the copy: a changed copy changes the result
         bad = il.copy()
-        bad[0, 2] ^= 0xFF
-        x = rng.standard_normal(64).astype(np.float32)
-        assert not np.array_equal(_native.matmul(int(T.Q4_0), w, x, isa=isa, w_il=bad), _native.matmul(int(T.Q4_0), w, x, isa=isa))
+        bad[0, 20] ^= 0xFF
+        x = rng.standard_normal(512).astype(np.float32)
+        assert not np.array_equal(_native.matmul(int(qtype), w, x, isa=isa, w_il=bad), _native.matmul(int(qtype), w, x, isa=isa))
     with pytest.raises(ValueError, match="multiple of 8"):
-        _native.interleave_rows8(int(T.Q4_0), w[:7], 64)
+        _native.interleave_rows8(int(qtype), w[:7], 512)
     with pytest.raises(ValueError, match="rows"):
-        _native.matmul(int(T.Q4_0), w, x, w_il=il[:4])
+        _native.matmul(int(qtype), w, x, w_il=il[:4])
 
 
 def test_interleaved_types_follow_the_active_path():
-    """Layers keep copies only where the active kernels read them: Q4_0 on the
-    x86 paths, none on scalar or NEON, none with LLAMALOCAL_REPACK=0."""
+    """Layers keep copies only where the active kernels read them: Q4_0 and
+    Q4_K on the x86 paths, none on scalar or NEON, none with LLAMALOCAL_REPACK=0."""
     code = "from llamalocal import backend; print(sorted(backend.interleaved_types()))"
     for isa in ISAS:
         r = _run_python(code, LLAMALOCAL_ISA=isa)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == (f"[{int(T.Q4_0)}]" if isa in ("avx2", "avx512") else "[]"), isa
+        assert r.stdout.strip() == (f"[{int(T.Q4_0)}, {int(T.Q4_K)}]" if isa in ("avx2", "avx512") else "[]"), isa
     r = _run_python(code, LLAMALOCAL_REPACK="0")
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
 

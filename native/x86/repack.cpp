@@ -506,25 +506,38 @@ LL_INLINE void unpack_q4_k_row(const block_q4_K* b, __m256i sc, __m128i mins, Q4
 // Four rows at a time, one float lane each (lane-wise FMAs round as fmaf):
 // per block the gemv's single (scale, min) sum pair, or the gemm's four, one
 // per pair of sub-blocks (madd pairs the mins exactly so).
-template <int GROUP>
+// IL: w is the interleaved copy (KernelSet::dot_gemv_il): block i of row
+// 8g + j at ((g * nb + i) * 8 + j) blocks, one stream per eight rows, taken
+// as two groups of four per block (the activations arranged once for both).
+template <int GROUP, bool IL = false>
 void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* vx, float* out) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
     const block_q8_K* y = static_cast<const block_q8_K*>(vx);
     const int64_t nb = n / QK_K;
-    for (int64_t r = 0; r < nrows; r += 4) {
-        const block_q4_K* x[4];
-        for (int t = 0; t < 4; ++t) x[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
+    constexpr size_t B = sizeof(block_q4_K), STEP = IL ? 8 * B : B;  // from a row's block to its next
+    constexpr int H = IL ? 2 : 1;                                     // groups of four rows per pass
+    for (int64_t r = 0; r < nrows; r += 4 * H) {
+        const uint8_t* row[4 * H];
+        for (int t = 0; t < 4 * H; ++t)
+            row[t] = IL ? p + (r * nb + t) * B : p + std::min<int64_t>(r + t, nrows - 1) * stride;
+        auto blk = [&](int t, int64_t i) { return reinterpret_cast<const block_q4_K*>(row[t] + i * STEP); };
         // The same bytes of the next group's four rows are fetched into L1
         // while this group streams, as legacy.cpp's matvec does: measured at 2
         // threads, 30-33.5 GB/s against 28-30 for a fixed distance ahead in
-        // each row (kquants.cpp's LL_DOT_ROWS cursor).
+        // each row (kquants.cpp's LL_DOT_ROWS cursor).  The interleaved copy
+        // is one stream: its lines a few blocks ahead.
         const bool prefetch = r + 8 <= nrows;
-        __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+        __m128 acc[H], acc_min[H];
+        for (int h = 0; h < H; ++h) acc[h] = acc_min[h] = _mm_setzero_ps();
         for (int64_t i = 0; i < nb; ++i) {
-            if (prefetch) {
+            if (IL) {
+                const char* a = reinterpret_cast<const char*>(blk(0, i)) + 2 * STEP;
+                _Pragma("GCC unroll 18")
+                for (int o = 0; o < (int)STEP; o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
+            } else if (prefetch) {
                 _Pragma("GCC unroll 4")
                 for (int t = 0; t < 4; ++t) {
-                    const char* a = reinterpret_cast<const char*>(x[t] + i) + 4 * stride;
+                    const char* a = reinterpret_cast<const char*>(blk(t, i)) + 4 * stride;
                     _Pragma("GCC unroll 3")
                     for (int o = 0; o < (int)sizeof(block_q4_K); o += 64) _mm_prefetch(a + o, _MM_HINT_T0);
                 }
@@ -535,49 +548,54 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
 #else
             const int8_t* yz = y[i].qs;
 #endif
-            alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
-            __m128i sums[4], mins[4];  // per row
-            // loops over rows fully unrolled: sums and mins then live in
-            // registers (as arrays indexed at run time they went through the
-            // stack, with an accumulator spilled: a quarter of the kernel's time)
             _Pragma("GCC unroll 2")
-            for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
-                const ScalesK4x2 sc2 = scales_k4x2(x[t][i].scales, x[t + 1][i].scales);
-                mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc2.mins), bs32);  // min * bsum, paired: 4 lanes
-                mins[t + 1] = _mm_madd_epi16(_mm256_extracti128_si256(sc2.mins, 1), bs32);
+            for (int h = 0; h < H; ++h) {
+                alignas(16) half_t dm[8];  // d0, dmin0, d1, dmin1, ...
+                __m128i sums[4], mins[4];  // per row
+                // loops over rows fully unrolled: sums and mins then live in
+                // registers (as arrays indexed at run time they went through the
+                // stack, with an accumulator spilled: a quarter of the kernel's time)
                 _Pragma("GCC unroll 2")
-                for (int u = 0; u < 2; ++u) {
-                    const block_q4_K* b = x[t + u] + i;
-                    const __m256i sc = u ? sc2.sc1 : sc2.sc0;
-                    std::memcpy(dm + 2 * (t + u), &b->d, 4);
-                    if (GROUP == 4) {
+                for (int t = 0; t < 4; t += 2) {  // scales unpacked two rows at a time
+                    const ScalesK4x2 sc2 = scales_k4x2(blk(4 * h + t, i)->scales, blk(4 * h + t + 1, i)->scales);
+                    mins[t] = _mm_madd_epi16(_mm256_castsi256_si128(sc2.mins), bs32);  // min * bsum, paired: 4 lanes
+                    mins[t + 1] = _mm_madd_epi16(_mm256_extracti128_si256(sc2.mins, 1), bs32);
+                    _Pragma("GCC unroll 2")
+                    for (int u = 0; u < 2; ++u) {
+                        const block_q4_K* b = blk(4 * h + t + u, i);
+                        const __m256i sc = u ? sc2.sc1 : sc2.sc0;
+                        std::memcpy(dm + 2 * (t + u), &b->d, 4);
+                        if (GROUP == 4) {
 #if LL_REPACK_ZMM
-                        sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
+                            sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
 #else
-                        sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
+                            sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
 #endif
-                    } else {
-                        Q4KUnpacked o;
-                        unpack_q4_k_row(b, sc, u ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins), o);
-                        sums[t + u] = q4_k_pair_sums(o, yz);
+                        } else {
+                            Q4KUnpacked o;
+                            unpack_q4_k_row(b, sc, u ? _mm256_extracti128_si256(sc2.mins, 1) : _mm256_castsi256_si128(sc2.mins), o);
+                            sums[t + u] = q4_k_pair_sums(o, yz);
+                        }
                     }
                 }
-            }
-            const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
-            const __m128 lo = _mm256_castps256_ps128(dd), hi = _mm256_extractf128_ps(dd, 1);
-            const __m128 d = _mm_shuffle_ps(lo, hi, 0x88), dmin = _mm_shuffle_ps(lo, hi, 0xDD);  // per row
-            if (GROUP == 4) {  // one sum per row: horizontal sums of the four rows at once
-                const __m128i s = _mm_hadd_epi32(_mm_hadd_epi32(sums[0], sums[1]), _mm_hadd_epi32(sums[2], sums[3]));
-                const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0], mins[1]), _mm_hadd_epi32(mins[2], mins[3]));
-                acc = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc);
-                acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min);
-            } else {  // four per row, in order
-                gemm_chains(sums, mins, d, dmin, acc, acc_min);
+                const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dm))), _mm256_set1_ps(y[i].d));
+                const __m128 lo = _mm256_castps256_ps128(dd), hi = _mm256_extractf128_ps(dd, 1);
+                const __m128 d = _mm_shuffle_ps(lo, hi, 0x88), dmin = _mm_shuffle_ps(lo, hi, 0xDD);  // per row
+                if (GROUP == 4) {  // one sum per row: horizontal sums of the four rows at once
+                    const __m128i s = _mm_hadd_epi32(_mm_hadd_epi32(sums[0], sums[1]), _mm_hadd_epi32(sums[2], sums[3]));
+                    const __m128i m = _mm_hadd_epi32(_mm_hadd_epi32(mins[0], mins[1]), _mm_hadd_epi32(mins[2], mins[3]));
+                    acc[h] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), d, acc[h]);
+                    acc_min[h] = _mm_fmadd_ps(_mm_cvtepi32_ps(m), dmin, acc_min[h]);
+                } else {  // four per row, in order
+                    gemm_chains(sums, mins, d, dmin, acc[h], acc_min[h]);
+                }
             }
         }
-        alignas(16) float res[4];
-        _mm_store_ps(res, _mm_sub_ps(acc, acc_min));
-        for (int t = 0; t < 4 && r + t < nrows; ++t) out[r + t] = res[t];
+        for (int h = 0; h < H; ++h) {
+            alignas(16) float res[4];
+            _mm_store_ps(res, _mm_sub_ps(acc[h], acc_min[h]));
+            for (int t = 0; t < 4 && r + 4 * h + t < nrows; ++t) out[r + 4 * h + t] = res[t];
+        }
     }
 }
 
@@ -663,6 +681,7 @@ void LL_REGISTER(repack)(KernelSet* ks) {
     ks->dot_gemv_il[TYPE_Q4_0] = dot_q4_0_packed_il;
     ks->dot_tile_packed[TYPE_Q4_0] = dot_tile_q4_0_packed;
     ks->dot_gemv[TYPE_Q4_K] = dot_q4_k_packed<4>;
+    ks->dot_gemv_il[TYPE_Q4_K] = dot_q4_k_packed<4, true>;
     ks->dot_gemm[TYPE_Q4_K] = dot_q4_k_packed<1>;
     ks->dot_tile_packed[TYPE_Q4_K] = dot_tile_q4_k_packed;
 }
