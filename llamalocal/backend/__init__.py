@@ -88,8 +88,8 @@ def make_layer(params, tensors: dict):
     """One transformer block on this backend.  `params` is a model.config.LayerParams;
     `tensors` maps the layer's names (wq, ..., attn_norm, bq, ...) to (type id,
     uint8 rows) or (type id, uint8 rows, interleaved copy) for matrices and
-    float32 vectors for the rest.  Raises ValueError
-    when a tensor or a parameter does not fit."""
+    float32 vectors for the rest.  Raises ValueError when a tensor or a
+    parameter does not fit."""
     if BACKEND == "native":
         return _native.Layer(tensors, _native.LayerParams(**params.as_kwargs()))
     from .numba.layer import PyLayer

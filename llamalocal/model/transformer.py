@@ -6,9 +6,11 @@
         x = h + ffn(norm(h))
     logits = norm(x) · W_outᵀ                           # [T, vocab]
 
-Weights stay where the loader put them (views into the memory-mapped file);
-the KV cache belongs to the caller.  `with_lora` gives the same model under
-other LoRA adapters: only the layer objects differ, every weight is shared.
+Weights stay where the loader put them (views into the memory-mapped file),
+but for the interleaved copies of the layers' Q4_0 / Q4_K matrices that the
+x86 kernels read (layer_matrix); the KV cache belongs to the caller.
+`with_lora` gives the same model under other LoRA adapters: only the layer
+objects differ, every weight is shared.
 """
 from __future__ import annotations
 
