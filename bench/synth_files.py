@@ -50,7 +50,7 @@ from llamalocal.io.gguf_metadata import string, u32
 from llamalocal.io.gguf_writer import TensorSpec, write_gguf
 from llamalocal.tokenizer.to_gguf import spm_vocab
 
-# The repository sits beside shared/ (as /work/main and /work/shared, and in CI)
+# The repository sits beside shared/, its data folder (as in CI)
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "models" / "tokenizer.model"
 
 
