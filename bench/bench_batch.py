@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import platform
 import statistics
 import time
 
@@ -32,17 +31,7 @@ import numpy as np
 
 from llamalocal import backend
 from llamalocal.model.loader import load_model
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_name
 
 
 def prompt(s: int) -> list[int]:

@@ -11,7 +11,6 @@ Prints the CPU and the kernel path.
 from __future__ import annotations
 
 import argparse
-import platform
 import queue
 import statistics
 import sys
@@ -23,19 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llamalocal import backend  # noqa: E402
 from llamalocal.api import load  # noqa: E402
 from llamalocal.server.engine import Engine, Job  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 PROMPTS = ["Tell me about the sea.", "Write about a mountain.", "Describe a city at night.", "Explain how rain forms.",
            "Tell me a story about a fox.", "What is a star?", "Describe a forest.", "Write about a river."]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_round(engine: Engine, n: int, tokens: int) -> tuple[float, list[float]]:

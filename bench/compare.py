@@ -48,6 +48,7 @@ import numpy as np
 
 from llamalocal import backend
 from llamalocal.io.gguf_reader import GGUFFile
+from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ("llamalocal", "llama.cpp")
@@ -58,17 +59,6 @@ METRICS = (("pp", "pp{pp} t/s", "pp{pp}", "{:.1f}", True), ("tg", "tg{tg} t/s", 
            ("rss_mb", "peak RSS MB", "peak RSS", "{:.0f}", False))
 RATIO_KEYS = ("pp", "tg", "load_s", "rss_mb")  # summary and chart: bw_share's ratio is tg's (same round, same bandwidth)
 SETTLE_S = 0.1  # pause between engines: each pool spins a few ms after its last job before it sleeps
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bytes_per_token(path: Path) -> int:
