@@ -28,10 +28,10 @@ import statistics
 import time
 
 import numpy as np
+from machine import cpu_name
 
 from llamalocal import backend
 from llamalocal.model.loader import load_model
-from machine import cpu_name
 
 
 def prompt(s: int) -> list[int]:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import cpu_name  # noqa: E402
+
 from llamalocal import backend  # noqa: E402
 from llamalocal.api import load  # noqa: E402
 from llamalocal.server.engine import Engine, Job  # noqa: E402
-from machine import cpu_name  # noqa: E402
 
 PROMPTS = ["Tell me about the sea.", "Write about a mountain.", "Describe a city at night.", "Explain how rain forms.",
            "Tell me a story about a fox.", "What is a star?", "Describe a forest.", "Write about a river."]

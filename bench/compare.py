@@ -45,10 +45,10 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 from llamalocal import backend
 from llamalocal.io.gguf_reader import GGUFFile
-from machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ("llamalocal", "llama.cpp")
