@@ -8,7 +8,6 @@ import json
 import queue
 import re
 import threading
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -305,7 +304,7 @@ def test_server_requests_pick_their_adapters(seed7, tmp_path):
     different `lora` fields each get the text they get alone; bad fields get 400."""
     pytest.importorskip("openai", reason="the openai client is a test dependency ([test] extra)")
     import openai
-    from test_server import start
+    from test_server import post, start
 
     gguf_path, _ = seed7
     proc, base = start(tmp_path, "--parallel", "4", "--ctx", "512", "--lora", str(gguf_path), "--lora-scale", "1")
@@ -350,15 +349,6 @@ def test_server_requests_pick_their_adapters(seed7, tmp_path):
         assert got == want
         assert got[0] != got[1]  # the start-time adapter matters for that prompt
 
-        def post(body: dict, path: str = "/v1/chat/completions") -> tuple[int, dict]:
-            req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=120) as resp:
-                    return resp.status, json.load(resp)
-            except urllib.error.HTTPError as e:
-                return e.code, json.load(e)
-
         msgs = [{"role": "user", "content": "Hi"}]
         for lora, match in (("all", "must be a list"), ([{"id": 1, "scale": 1}], "no adapter with id 1"),
                             ([{"id": 0}], "lora\\[0\\]"), ([{"id": 0, "scale": "big"}], "finite number"),
@@ -366,11 +356,11 @@ def test_server_requests_pick_their_adapters(seed7, tmp_path):
                             ([{"id": 0, "scale": 1}, {"id": 0, "scale": 2}], "named twice")):
             for path, body in (("/v1/chat/completions", {"messages": msgs}), ("/v1/completions", {"prompt": "Hi"}),
                                ("/api/chat", {"model": "x", "messages": msgs, "stream": False})):
-                status, err = post({**body, "max_tokens": 2, "lora": lora}, path)
+                status, err = post(base, json.dumps({**body, "max_tokens": 2, "lora": lora}).encode(), path)
                 assert status == 400 and err["error"]["param"] == "lora", (path, lora, status, err)
                 assert err["error"]["type"] == "invalid_request_error"
                 assert re.search(match, err["error"]["message"]), (lora, err)
-        assert post({"messages": msgs, "max_tokens": 2, "lora": []})[0] == 200  # still up
+        assert post(base, json.dumps({"messages": msgs, "max_tokens": 2, "lora": []}).encode())[0] == 200  # still up
     finally:
         proc.terminate()
         proc.wait(30)

@@ -55,6 +55,16 @@ def server(tmp_path_factory):
     proc.wait(30)
 
 
+def post(base: str, data: bytes, path: str = "/v1/chat/completions") -> tuple[int, dict]:
+    """POSTs a JSON body; (status, the JSON answer), error statuses included."""
+    req = urllib.request.Request(base + path, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
 def oa(base: str):
     return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=120)
 
@@ -308,20 +318,12 @@ def test_disconnect_frees_the_slot_and_bad_requests_keep_it_up(tmp_path):
             time.sleep(0.05)
         assert not slot["busy"] and slot["last_stop"] == "cancelled" and slot["last_generated"] < 900, slot
 
-        def post(data: bytes, path="/v1/chat/completions") -> tuple[int, dict]:
-            req = urllib.request.Request(base + path, data=data, method="POST", headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=120) as resp:
-                    return resp.status, json.load(resp)
-            except urllib.error.HTTPError as e:
-                return e.code, json.load(e)
-
         msgs = [{"role": "user", "content": "Hi"}]
         for data, code in ((b"{not json", 400), (json.dumps({"messages": "hi"}).encode(), 400),
                            (json.dumps({"messages": msgs, "max_tokens": "ten"}).encode(), 400),
                            (json.dumps({"messages": msgs, "max_tokens": 5000}).encode(), 400),
                            (json.dumps({"messages": msgs, "n": 2}).encode(), 400)):
-            status, err = post(data)
+            status, err = post(base, data)
             assert status == code and err["error"]["message"], (data, status, err)
 
         # many requests at once: the slot and the queue take what they can, the rest get 503, all in JSON
@@ -329,7 +331,7 @@ def test_disconnect_frees_the_slot_and_bad_requests_keep_it_up(tmp_path):
         lock = threading.Lock()
 
         def one():
-            status, reply = post(json.dumps({"messages": msgs, "max_tokens": 2, "temperature": 0}).encode())
+            status, reply = post(base, json.dumps({"messages": msgs, "max_tokens": 2, "temperature": 0}).encode())
             with lock:
                 statuses.append((status, "error" in reply))
 
@@ -339,7 +341,7 @@ def test_disconnect_frees_the_slot_and_bad_requests_keep_it_up(tmp_path):
         for t in threads:
             t.join(300)
         assert {s for s, _ in statuses} <= {200, 503} and (503, True) in statuses and (200, False) in statuses
-        assert post(json.dumps({"messages": msgs, "max_tokens": 2}).encode())[0] == 200  # still up
+        assert post(base, json.dumps({"messages": msgs, "max_tokens": 2}).encode())[0] == 200  # still up
     finally:
         proc.terminate()
         proc.wait(30)
