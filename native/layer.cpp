@@ -38,6 +38,12 @@ float* scratch(size_t n) {
 // The rows of each sequence of a batch, as (first row, count).
 using RowSpans = std::vector<std::pair<int64_t, int64_t>>;
 
+RowSpans row_spans(const SeqSpan* seqs, int64_t n_seq) {
+    RowSpans spans;
+    for (int64_t s = 0; s < n_seq; s++) spans.emplace_back(seqs[s].row0, seqs[s].n_tokens);
+    return spans;
+}
+
 // y[T][rows] = x[T][cols] · Wᵀ (+ scale·B(A·x) per adapter) (+ b), in
 // llama.cpp's order (build_lora_mm): W·x, then each adapter's B·(A·x) scaled
 // and added, then the bias.  Without adapters: W·x (+ b) alone.
@@ -229,8 +235,7 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
     const int64_t d = L.n_embd, hd = L.head_dim, nq = L.n_head * hd, nkv = L.n_head_kv * hd;
     float *xn = scratch<0>(T * d), *q = scratch<1>(T * nq), *k = scratch<2>(T * nkv), *v = scratch<3>(T * nkv),
           *att = scratch<4>(T * nq), *o = scratch<5>(T * d);
-    RowSpans spans;
-    for (int64_t s = 0; s < n_seq; s++) spans.emplace_back(seqs[s].row0, seqs[s].n_tokens);
+    const RowSpans spans = row_spans(seqs, n_seq);
     rms_norm(x, L.attn_norm.f32(), xn, T, d, L.norm_eps);
     const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[0], xn, T);
     const float* axp = ax.empty() ? nullptr : ax.data();
@@ -297,8 +302,7 @@ void layer_forward_batch(const KernelSet& ks, ThreadPool& pool, const LayerSpec&
     for (int64_t s = 0; s < n_seq; s++)
         if (seqs[s].n_tokens > 0) rows.push_back(seqs[s].row0 + seqs[s].n_tokens - 1);
     if (!last_only || (int64_t)rows.size() == T) {
-        RowSpans spans;
-        for (int64_t s = 0; s < n_seq; s++) spans.emplace_back(seqs[s].row0, seqs[s].n_tokens);
+        const RowSpans spans = row_spans(seqs, n_seq);
         ffn_half(ks, pool, L, x, T, &spans);
         return;
     }

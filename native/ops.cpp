@@ -67,16 +67,8 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     if (!packed && batch >= 8 && ks.dot_tiled[type]) dot = ks.dot_tiled[type];
     if (batch >= 2 && k % ks.lanes == 0 && n_rows % 4 == 0 && ks.dot_sgemm[type]) dot = ks.dot_sgemm[type];
     auto dot_for = [&](int64_t b) { return !packed ? dot : b < n_gemm ? ks.dot_gemm[type] : ks.dot_gemv[type]; };
-    // The interleaved copy: its gemv for one token; batches (compute-bound)
-    // take each tile's rows back to row order, in cache, for the kernels above.
+    // The interleaved copy (where the kernels read one): its gemv for one token
     const dot_rows_fn gemv_il = packed && w_il ? ks.dot_gemv_il[type] : nullptr;
-    auto rows_of = [&](int64_t r0, int64_t r1) -> const uint8_t* {
-        if (!gemv_il) return w + r0 * w_rb;
-        thread_local std::vector<uint8_t> rows;
-        rows.resize((size_t)(r1 - r0) * w_rb);
-        deinterleave_rows8(type, w_il + r0 * w_rb, r1 - r0, k, rows.data());
-        return rows.data();
-    };
 
     // Integer weight types multiply int8 activations: convert X once, not per row.
     std::unique_ptr<uint8_t[]> xq_buf;
@@ -90,13 +82,10 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     }
 
     if (batch == 1) {
-        const dot_rows_fn dot1 = dot_for(0);
-        if (gemv_il)
-            parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
-                            [&](int64_t r0, int64_t r1) { gemv_il(k, r1 - r0, w_il + r0 * w_rb, w_rb, xq, y + r0); });
-        else
-            parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
-                            [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w + r0 * w_rb, w_rb, xq, y + r0); });
+        const dot_rows_fn dot1 = gemv_il ? gemv_il : dot_for(0);
+        const uint8_t* w1 = gemv_il ? w_il : w;
+        parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
+                        [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w1 + r0 * w_rb, w_rb, xq, y + r0); });
         return;
     }
     // Batched: a tile of weight rows stays in L2 while every activation row
@@ -112,6 +101,15 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
         tile = std::max(group, ((n_rows + n_tiles - 1) / n_tiles + group - 1) / group * group);
     }
     const dot_tile_fn dot_tile = packed ? ks.dot_tile_packed[type] : dot == ks.dot[type] ? ks.dot_tile[type] : nullptr;
+    // From the interleaved copy, batches (compute-bound) take each tile's rows
+    // back to row order, in cache, for the kernels above.
+    auto rows_of = [&](int64_t r0, int64_t r1) -> const uint8_t* {
+        if (!gemv_il) return w + r0 * w_rb;
+        thread_local std::vector<uint8_t> rows;
+        rows.resize((size_t)(r1 - r0) * w_rb);
+        deinterleave_rows8(type, w_il + r0 * w_rb, r1 - r0, k, rows.data());
+        return rows.data();
+    };
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
         const uint8_t* wr = rows_of(r0, r1);
         if (dot_tile) dot_tile(k, r1 - r0, wr, w_rb, xq, x_rb, batch, y + r0, n_rows);
