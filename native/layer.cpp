@@ -56,8 +56,8 @@ RowSpans row_spans(const SeqSpan* seqs, int64_t n_seq) {
 void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y,
             const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr, const RowSpans* spans = nullptr) {
     matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y, W.il);
-    const RowSpans whole{{0, T}};
     for (const LoraRef& ad : lora) {
+        const RowSpans whole{{0, T}};
         const int64_t r = ad.a.rows;
         std::vector<float> ax, bax(T * W.rows);
         const float* t = ax_fused && ad.fused_row >= 0 ? ax_fused + ad.fused_row : nullptr;
