@@ -95,14 +95,30 @@ struct Q4Rows8 {
 };
 
 #if LL_REPACK_ZMM
+// The 16 bytes at p + j * step in 128-bit lane j: four rows side by side.
+LL_INLINE __m512i rows4_128(const uint8_t* p, size_t step) {
+    __m512i v = _mm512_castsi128_si512(loadu128(p));
+    v = _mm512_inserti32x4(v, loadu128(p + step), 1);
+    v = _mm512_inserti32x4(v, loadu128(p + 2 * step), 2);
+    return _mm512_inserti32x4(v, loadu128(p + 3 * step), 3);
+}
+
+// In-lane 4x4 transposes of int32: int32 q of out[m], lane j = int32 m of v[q], lane j.
+// With v[q] = rows4_128(p + q * stride, 4 * stride), int32 4j + q of out[m]
+// is dword m of row 4j + q: one row per int32 lane, in order.
+LL_INLINE void transpose_lanes4x4(const __m512i v[4], __m512i out[4]) {
+    const __m512i a0 = _mm512_unpacklo_epi32(v[0], v[1]), a1 = _mm512_unpackhi_epi32(v[0], v[1]);
+    const __m512i a2 = _mm512_unpacklo_epi32(v[2], v[3]), a3 = _mm512_unpackhi_epi32(v[2], v[3]);
+    out[0] = _mm512_unpacklo_epi64(a0, a2);
+    out[1] = _mm512_unpackhi_epi64(a0, a2);
+    out[2] = _mm512_unpacklo_epi64(a1, a3);
+    out[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
 // The Q4_0 blocks of four rows, `step` bytes apart from `block`, one row to a
 // 128-bit lane: lo = weights 0-15, hi = 16-31 as unsigned nibbles.
-inline __attribute__((always_inline)) void nibbles_rows4(const uint8_t* block, size_t step, __m512i& lo, __m512i& hi) {
-    const uint8_t* c = block + offsetof(block_q4_0, qs);
-    __m512i qs = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + step)), 1);
-    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 2 * step)), 2);
-    qs = _mm512_inserti32x4(qs, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 3 * step)), 3);
+LL_INLINE void nibbles_rows4(const uint8_t* block, size_t step, __m512i& lo, __m512i& hi) {
+    const __m512i qs = rows4_128(block + offsetof(block_q4_0, qs), step);
     const __m512i mask = _mm512_set1_epi8(0x0F);
     lo = _mm512_and_si512(qs, mask);
     hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), mask);
@@ -259,17 +275,9 @@ inline void q4_0_tile_rows16(int64_t nb, const uint8_t* w, size_t stride, const 
         __m512i lo[4], hi[4];  // register q, lane j: row 4j + q
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) nibbles_rows4(w + q * stride, 4 * stride, lo[q], hi[q]);
-        __m512i wt[8];  // in-lane 4x4 transposes of int32: lane j, int32 q of wt[m] = int32 m of register q, lane j
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            const __m512i* v = h ? hi : lo;
-            const __m512i a0 = _mm512_unpacklo_epi32(v[0], v[1]), a1 = _mm512_unpackhi_epi32(v[0], v[1]);
-            const __m512i a2 = _mm512_unpacklo_epi32(v[2], v[3]), a3 = _mm512_unpackhi_epi32(v[2], v[3]);
-            wt[4 * h + 0] = _mm512_unpacklo_epi64(a0, a2);
-            wt[4 * h + 1] = _mm512_unpackhi_epi64(a0, a2);
-            wt[4 * h + 2] = _mm512_unpacklo_epi64(a1, a3);
-            wt[4 * h + 3] = _mm512_unpackhi_epi64(a1, a3);
-        }
+        __m512i wt[8];  // wt[m], int32 lane r: bytes 4m..4m+3 of row r's nibbles (m < 4 low, else high)
+        transpose_lanes4x4(lo, wt);
+        transpose_lanes4x4(hi, wt + 4);
         const __m512 dw = halves16(w, stride);
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) {
@@ -629,6 +637,100 @@ inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const float* d4, c
     }
 }
 
+#if LL_REPACK_ZMM
+// The avx512 build's gemm tokens, sixteen rows at a time, transposed as
+// q4_0_tile_rows16 has them: one row per int32 lane, so a token's exact
+// sub-block sums are eight VPDPBUSD against its activation bytes broadcast
+// four at a time, with no horizontal reduction per row and token (the
+// 4-row pass spends about as many instructions reducing as multiplying).
+// A super-block of sixteen rows, unpacked once per call for every token:
+struct alignas(64) Q4KRows16 {
+    __m512i w[4][16];  // pair g: [m] bytes 4m..4m+3 of sub-block 2g (low nibbles of qs[32g..]), [8 + m] of 2g + 1 (high)
+    __m512i sc[8];     // the int32 scale of sub-block j
+    __m512i mins[4];   // the int16 pair (min 2g, min 2g + 1)
+    __m512 d, dmin;
+};
+
+LL_INLINE void unpack_q4_k_rows16(const uint8_t* blk, size_t stride, Q4KRows16& o) {
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    _Pragma("GCC unroll 8")
+    for (int piece = 0; piece < 8; piece++) {  // qs[16 piece..]: dwords 4 piece.. of pair piece / 2
+        __m512i v[4], t[4];
+        for (int q = 0; q < 4; q++) v[q] = rows4_128(blk + offsetof(block_q4_K, qs) + 16 * piece + q * stride, 4 * stride);
+        transpose_lanes4x4(v, t);
+        for (int m = 0; m < 4; m++) {
+            o.w[piece / 2][4 * (piece % 2) + m] = _mm512_and_si512(t[m], m4);
+            o.w[piece / 2][8 + 4 * (piece % 2) + m] = _mm512_and_si512(_mm512_srli_epi16(t[m], 4), m4);
+        }
+    }
+    // each row's int16 scales and mins, then transposed as the nibbles are: dword g is the pair of 2g, 2g + 1
+    alignas(64) int16_t sm[2][16][8];
+    for (int r = 0; r < 16; r += 2) {
+        const ScalesK4x2 s2 = scales_k4x2(blk + r * stride + offsetof(block_q4_K, scales), blk + (r + 1) * stride + offsetof(block_q4_K, scales));
+        _mm_store_si128(reinterpret_cast<__m128i*>(sm[0][r]), _mm256_castsi256_si128(s2.sc0));
+        _mm_store_si128(reinterpret_cast<__m128i*>(sm[0][r + 1]), _mm256_castsi256_si128(s2.sc1));
+        _mm_store_si128(reinterpret_cast<__m128i*>(sm[1][r]), _mm256_castsi256_si128(s2.mins));
+        _mm_store_si128(reinterpret_cast<__m128i*>(sm[1][r + 1]), _mm256_extracti128_si256(s2.mins, 1));
+    }
+    __m512i v[4], t[4];
+    for (int q = 0; q < 4; q++) v[q] = rows4_128(reinterpret_cast<const uint8_t*>(sm[0][q]), 4 * sizeof sm[0][0]);
+    transpose_lanes4x4(v, t);
+    for (int g = 0; g < 4; g++) {
+        o.sc[2 * g] = _mm512_and_si512(t[g], _mm512_set1_epi32(0xFFFF));
+        o.sc[2 * g + 1] = _mm512_srli_epi32(t[g], 16);
+    }
+    for (int q = 0; q < 4; q++) v[q] = rows4_128(reinterpret_cast<const uint8_t*>(sm[1][q]), 4 * sizeof sm[1][0]);
+    transpose_lanes4x4(v, o.mins);
+    o.d = halves16(blk + offsetof(block_q4_K, d), stride);
+    o.dmin = halves16(blk + offsetof(block_q4_K, dmin), stride);
+}
+
+// NT tokens (activation rows x + t * x_stride) over sixteen rows unpacked in
+// u[0..nb): per block and pair g, sum(scale * dot) into the row's chain and
+// min * bsum into its min chain, in dot_q4_k_packed<1>'s order.
+template <int NT>
+inline void q4_k_tile_rows16(int64_t nb, const Q4KRows16* u, const uint8_t* x, size_t x_stride, float* out, size_t out_stride) {
+    const block_q8_K* y[NT];
+    __m512 acc[NT], acc_min[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = reinterpret_cast<const block_q8_K*>(x + t * x_stride);
+        acc[t] = acc_min[t] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const Q4KRows16& b = u[i];
+        _Pragma("GCC unroll 4")
+        for (int g = 0; g < 4; g++) {
+            __m512i lo[NT], hi[NT];
+            for (int t = 0; t < NT; t++) lo[t] = hi[t] = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8")
+            for (int m = 0; m < 8; m++) {
+                const __m512i wl = _mm512_load_si512(&b.w[g][m]), wh = _mm512_load_si512(&b.w[g][8 + m]);
+                _Pragma("GCC unroll 4")
+                for (int t = 0; t < NT; t++) {
+                    const uint8_t* q = reinterpret_cast<const uint8_t*>(y[t][i].qs) + 64 * g + 4 * m;
+                    lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_set1_epi32((int)load_u32(q)));
+                    hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_set1_epi32((int)load_u32(q + 32)));
+                }
+            }
+            _Pragma("GCC unroll 4")
+            for (int t = 0; t < NT; t++) {
+                const __m512i s = _mm512_add_epi32(_mm512_mullo_epi32(lo[t], b.sc[2 * g]), _mm512_mullo_epi32(hi[t], b.sc[2 * g + 1]));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(b.d, _mm512_set1_ps(y[t][i].d)), acc[t]);
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < NT; t++) {
+            alignas(16) int32_t bs[4];  // per pair the int16 sums of its two sub-blocks' activations
+            _mm_store_si128(reinterpret_cast<__m128i*>(bs), _mm_hadd_epi16(loadu128(y[t][i].bsums), loadu128(y[t][i].bsums + 8)));
+            const __m512 dmin = _mm512_mul_ps(b.dmin, _mm512_set1_ps(y[t][i].d));
+            for (int g = 0; g < 4; g++)
+                acc_min[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(b.mins[g], _mm512_set1_epi32(bs[g]))), dmin, acc_min[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * out_stride, _mm512_sub_ps(acc[t], acc_min[t]));
+}
+#endif
+
 void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
                           float* y, size_t y_stride) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
@@ -637,11 +739,20 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
     for (int64_t t = n_gemm; t < n_tok; t++) dot_q4_k_packed<4>(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
     if (n_gemm == 0) return;
     const int64_t nb = n / QK_K;
+    int64_t r = 0;
+#if LL_REPACK_ZMM
+    thread_local std::vector<Q4KRows16> rows16;
+    rows16.resize((size_t)nb);
+    for (; r + 16 <= nrows; r += 16) {
+        for (int64_t i = 0; i < nb; i++) unpack_q4_k_rows16(p + r * stride + i * sizeof(block_q4_K), stride, rows16[i]);
+        for (int64_t t = 0; t < n_gemm; t += 4) q4_k_tile_rows16<4>(nb, rows16.data(), xb + t * x_stride, x_stride, y + t * y_stride + r, y_stride);
+    }
+#endif
     thread_local std::vector<Q4KUnpacked> unpacked;
     thread_local std::vector<float> dm;  // per block the four rows' d, then per block their dmin
     unpacked.resize((size_t)(4 * nb));
     dm.resize((size_t)(8 * nb));
-    for (int64_t r = 0; r < nrows; r += 4) {
+    for (; r < nrows; r += 4) {
         const block_q4_K* xr[4];
         for (int t = 0; t < 4; ++t) xr[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
         for (int64_t i = 0; i < nb; ++i) {
