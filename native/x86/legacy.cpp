@@ -367,7 +367,10 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t* b = w + r * stride;
-            if (PREFETCH) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
+            if (PREFETCH) {  // the next pass into L1, and four passes ahead into L2
+                _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(b) + 4 * R * stride, _MM_HINT_T1);
+            }
             const __m256i qw = F::qh >= 0 ? q5_values(b + F::qs, b + F::qh) : nibbles32(b + F::qs);
             __m256i sum = MAC_U8S8(_mm256_setzero_si256(), qw, qy);  // sum(u * y) per 4-byte lane, exact
             if (F::m < 0) sum = _mm256_sub_epi32(sum, p->off[i]);   // sum((u - offset) * y): ggml's signed lanes
@@ -392,7 +395,10 @@ inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBL
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const uint8_t* b = w + r * stride;
-            if (PREFETCH) _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);  // next pass
+            if (PREFETCH) {  // the next pass into L1, and four passes ahead into L2
+                _mm_prefetch(reinterpret_cast<const char*>(b) + R * stride, _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(b) + 4 * R * stride, _MM_HINT_T1);
+            }
             const __m256i qw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + offsetof(block_q8_0, qs)));
             const __m256i sum = MAC_U8S8(_mm256_setzero_si256(), _mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qy, qw));
             acc[r] = _mm256_fmadd_ps(lane_of(sc, r), _mm256_cvtepi32_ps(sum), acc[r]);
