@@ -112,9 +112,11 @@ struct KernelSet {
 // Q5_1, Q8_0 and the Q8_0/Q8_1 activation quantizers; "kquants" = Q2_K..Q6_K and
 // the Q8_K activation quantizer; "attn" = attention over the KV cache and
 // SwiGLU (both built on ggml's vector expf).  The x86
-// ISAs have a fourth, "repack" = dot_gemv, dot_gemm and dot_tile_packed for the
-// weights llama.cpp's x86 build repacks (Q4_0, Q4_K); the scalar set registers
-// its references for those with legacy and kquants.
+// ISAs have two more: "repack" = dot_gemv, dot_gemm and dot_tile_packed for the
+// weights llama.cpp's x86 build repacks (Q4_0, Q4_K), whose references the
+// scalar set registers with legacy and kquants; and "tiles", registered after
+// it, = batch tiles that hold one weight row per lane and hand the rows and
+// tokens they leave to the entries registered before (x86/tiles.cpp).
 #define LL_DECLARE_FAMILIES(isa)             \
     void register_legacy_##isa(KernelSet* ks);  \
     void register_kquants_##isa(KernelSet* ks); \
@@ -125,6 +127,8 @@ LL_DECLARE_FAMILIES(avx2)
 LL_DECLARE_FAMILIES(avx512)
 void register_repack_avx2(KernelSet* ks);
 void register_repack_avx512(KernelSet* ks);
+void register_tiles_avx2(KernelSet* ks);
+void register_tiles_avx512(KernelSet* ks);
 #endif
 #if defined(__aarch64__)
 LL_DECLARE_FAMILIES(neon)

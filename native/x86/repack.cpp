@@ -9,7 +9,7 @@
 //
 // Compiled once per ISA like legacy.cpp and kquants.cpp: LL_ISA=avx2 and
 // LL_ISA=avx512.  Unlike theirs, the avx512 build's code here is its own
-// (512-bit registers, LL_REPACK_ZMM); the floats are the same in both builds.
+// (512-bit registers, LL_ZMM); the floats are the same in both builds.
 // Everything but the registration has internal linkage, so that the two
 // builds never share an inline symbol.
 #include <immintrin.h>
@@ -25,14 +25,7 @@
 #include "common.h"
 #include "int_macc.h"
 #include "q4_k.h"
-
-// The avx512 build uses 512-bit registers (SIMDe's emulated VNNI build keeps
-// the 256-bit code).
-#if defined(__AVX512F__) && defined(__AVX512VNNI__) && !defined(LL_VNNI_EMULATED)
-#define LL_REPACK_ZMM 1
-#else
-#define LL_REPACK_ZMM 0
-#endif
+#include "transpose.h"
 
 namespace ll {
 namespace {
@@ -87,34 +80,14 @@ inline __m256 halves8(const uint8_t* p, size_t stride) {
 // Sixteen rows to a pass unpack faster still, but from DRAM they streamed
 // 3-7 points less of the read bandwidth than eight.
 struct Q4Rows8 {
-#if LL_REPACK_ZMM
+#if LL_ZMM
     __m512i lo[2], hi[2];
 #else
     __m256i lo[4], hi[4];
 #endif
 };
 
-#if LL_REPACK_ZMM
-// The 16 bytes at p + j * step in 128-bit lane j: four rows side by side.
-LL_INLINE __m512i rows4_128(const uint8_t* p, size_t step) {
-    __m512i v = _mm512_castsi128_si512(loadu128(p));
-    v = _mm512_inserti32x4(v, loadu128(p + step), 1);
-    v = _mm512_inserti32x4(v, loadu128(p + 2 * step), 2);
-    return _mm512_inserti32x4(v, loadu128(p + 3 * step), 3);
-}
-
-// In-lane 4x4 transposes of int32: int32 q of out[m], lane j = int32 m of v[q], lane j.
-// With v[q] = rows4_128(p + q * stride, 4 * stride), int32 4j + q of out[m]
-// is dword m of row 4j + q: one row per int32 lane, in order.
-LL_INLINE void transpose_lanes4x4(const __m512i v[4], __m512i out[4]) {
-    const __m512i a0 = _mm512_unpacklo_epi32(v[0], v[1]), a1 = _mm512_unpackhi_epi32(v[0], v[1]);
-    const __m512i a2 = _mm512_unpacklo_epi32(v[2], v[3]), a3 = _mm512_unpackhi_epi32(v[2], v[3]);
-    out[0] = _mm512_unpacklo_epi64(a0, a2);
-    out[1] = _mm512_unpackhi_epi64(a0, a2);
-    out[2] = _mm512_unpacklo_epi64(a1, a3);
-    out[3] = _mm512_unpackhi_epi64(a1, a3);
-}
-
+#if LL_ZMM
 // The Q4_0 blocks of four rows, `step` bytes apart from `block`, one row to a
 // 128-bit lane: lo = weights 0-15, hi = 16-31 as unsigned nibbles.
 LL_INLINE void nibbles_rows4(const uint8_t* block, size_t step, __m512i& lo, __m512i& hi) {
@@ -128,7 +101,7 @@ LL_INLINE void nibbles_rows4(const uint8_t* block, size_t step, __m512i& lo, __m
 template <bool PREFETCH>
 inline __attribute__((always_inline)) Q4Rows8 unpack_q4_0_rows8(const uint8_t* w, size_t stride) {
     Q4Rows8 u;
-#if LL_REPACK_ZMM
+#if LL_ZMM
 #pragma GCC unroll 2
     for (int q = 0; q < 2; q++) {
         const uint8_t* b = w + q * stride;
@@ -160,7 +133,7 @@ inline __attribute__((always_inline)) Q4Rows8 unpack_q4_0_rows8(const uint8_t* w
 // 0, 2, 4, 6, 1, 3, 5, 7.
 inline __attribute__((always_inline)) __m256i sums_q4_0_rows8(const Q4Rows8& u, const int8_t* yqs) {
     const __m128i* yq = reinterpret_cast<const __m128i*>(yqs);
-#if LL_REPACK_ZMM
+#if LL_ZMM
     const __m512i y_lo = _mm512_broadcast_i32x4(_mm_loadu_si128(yq));      // y0..15 in every lane
     const __m512i y_hi = _mm512_broadcast_i32x4(_mm_loadu_si128(yq + 1));  // y16..31
     __m512i v[2];  // register q, lane j: row 2j + q's sum in 4 int32
@@ -249,15 +222,7 @@ void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
     }
 }
 
-#if LL_REPACK_ZMM
-// The fp16 at p + r * stride for rows r = 0..15, as 16 floats.
-inline __m512 halves16(const uint8_t* p, size_t stride) {
-    uint64_t h[4] = {0, 0, 0, 0};
-#pragma GCC unroll 16
-    for (int r = 0; r < 16; r++) h[r / 4] |= (uint64_t)load_u16(p + r * stride) << (16 * (r % 4));
-    return _mm512_cvtph_ps(_mm256_setr_epi64x((long long)h[0], (long long)h[1], (long long)h[2], (long long)h[3]));
-}
-
+#if LL_ZMM
 // The avx512 build's batch pass: sixteen rows, NT tokens.  Per block the
 // rows' nibbles are transposed once into eight registers, register m holding
 // weight bytes 4m..4m+3 (m < 4: low nibbles; else the high, 16 + 4(m - 4)..)
@@ -310,7 +275,7 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
         return;
     }
     // tokens per group: the avx512 pass keeps eight chains in registers
-    constexpr int GROUP = LL_REPACK_ZMM ? 8 : 4;
+    constexpr int GROUP = LL_ZMM ? 8 : 4;
     PackedPrep prep[GROUP];
     for (int64_t t0 = 0; t0 < n_tok; t0 += GROUP) {
         const int nt = n_tok - t0 < GROUP ? (int)(n_tok - t0) : GROUP;
@@ -321,7 +286,7 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
         }
         float* yt = y + t0 * y_stride;
         int64_t r = 0;
-#if LL_REPACK_ZMM
+#if LL_ZMM
         for (; r + 16 <= nrows; r += 16) {
             const uint8_t* wr = p + r * stride;
             switch (nt) {
@@ -360,7 +325,7 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
 // dot) and dmin * sum(min * bsum), subtracted at the end.  Same arithmetic as
 // the scalar reference's dot_q4_k_packed.
 
-#if LL_REPACK_ZMM
+#if LL_ZMM
 // A super-block's activations arranged for sumi_q4_k_zmm: vector 2h + n holds
 // sub-blocks 4h + n and 4h + n + 2 (n = 0: low nibbles, 1: high), a 256-bit
 // half each, matching the nibbles of qs[64h..64h+63] in one 512-bit load.
@@ -430,7 +395,7 @@ LL_INLINE void gemm_chains(const __m128i sums[4], const __m128i mins[4], __m128 
 
 // A row's block unpacked for the gemm (dot_q4_k_packed<1>, and once for
 // all of a batch's tokens in dot_tile_q4_k_packed).
-#if LL_REPACK_ZMM
+#if LL_ZMM
 // The avx512 build keeps two pairs to a 512-bit register: lo[h] holds the low
 // nibbles of qs[64h..64h+63] (pair 2h's sub-block 4h in the low half, pair
 // 2h+1's 4h+2 in the high), hi[h] the high nibbles (4h+1 | 4h+3), each with
@@ -449,7 +414,7 @@ struct alignas(32) Q4KUnpacked {
 #endif
 
 // Row b's four pair sums (lane j: pair j, exact) against one super-block of activations.
-#if LL_REPACK_ZMM
+#if LL_ZMM
 LL_INLINE __m128i q4_k_pair_sums(const Q4KUnpacked& b, const Q8KZmm& y) {
     __m512i p[2];  // p[h]: pair 2h in the low half's 8 lanes, 2h + 1 in the high half's
     _Pragma("GCC unroll 2")
@@ -478,7 +443,7 @@ LL_INLINE __m128i q4_k_pair_sums(const Q4KUnpacked& b, const int8_t* q8) {
 // Row b's block unpacked (sc: its int16 scales s0..s7 in both lanes, mins: m0..m7).
 LL_INLINE void unpack_q4_k_row(const block_q4_K* b, __m256i sc, __m128i mins, Q4KUnpacked& o) {
     o.mins = mins;
-#if LL_REPACK_ZMM
+#if LL_ZMM
     const __m512i m4 = _mm512_set1_epi8(0xF);
     const __m512i scz = _mm512_broadcast_i32x4(_mm256_castsi256_si128(sc));
     _Pragma("GCC unroll 2")
@@ -542,7 +507,7 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                 }
             }
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));  // per sub-block
-#if LL_REPACK_ZMM
+#if LL_ZMM
             const Q8KZmm yz = arrange_q8_k_zmm(y[i].qs);
 #else
             const int8_t* yz = y[i].qs;
@@ -565,7 +530,7 @@ void dot_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
                         const __m256i sc = u ? sc2.sc1 : sc2.sc0;
                         std::memcpy(dm + 2 * (t + u), &b->d, 4);
                         if (GROUP == 4) {
-#if LL_REPACK_ZMM
+#if LL_ZMM
                             sums[t + u] = sumi_q4_k_zmm(b, yz, sc);
 #else
                             sums[t + u] = halves(sumi_q4_k(b, y[i].qs, sc));
@@ -616,7 +581,7 @@ inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const float* d4, c
         __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
         for (int64_t i = 0; i < nb; ++i) {
             const __m128i bs32 = _mm_hadd_epi16(loadu128(y[i].bsums), loadu128(y[i].bsums + 8));
-#if LL_REPACK_ZMM
+#if LL_ZMM
             const Q8KZmm yq = arrange_q8_k_zmm(y[i].qs);
 #else
             const int8_t* yq = y[i].qs;
@@ -637,100 +602,6 @@ inline void q4_k_gemm_rows4(int64_t nb, const Q4KUnpacked* u, const float* d4, c
     }
 }
 
-#if LL_REPACK_ZMM
-// The avx512 build's gemm tokens, sixteen rows at a time, transposed as
-// q4_0_tile_rows16 has them: one row per int32 lane, so a token's exact
-// sub-block sums are eight VPDPBUSD against its activation bytes broadcast
-// four at a time, with no horizontal reduction per row and token (the
-// 4-row pass spends about as many instructions reducing as multiplying).
-// A super-block of sixteen rows, unpacked once per call for every token:
-struct alignas(64) Q4KRows16 {
-    __m512i w[4][16];  // pair g: [m] bytes 4m..4m+3 of sub-block 2g (low nibbles of qs[32g..]), [8 + m] of 2g + 1 (high)
-    __m512i sc[8];     // the int32 scale of sub-block j
-    __m512i mins[4];   // the int16 pair (min 2g, min 2g + 1)
-    __m512 d, dmin;
-};
-
-LL_INLINE void unpack_q4_k_rows16(const uint8_t* blk, size_t stride, Q4KRows16& o) {
-    const __m512i m4 = _mm512_set1_epi8(0xF);
-    _Pragma("GCC unroll 8")
-    for (int piece = 0; piece < 8; piece++) {  // qs[16 piece..]: dwords 4 piece.. of pair piece / 2
-        __m512i v[4], t[4];
-        for (int q = 0; q < 4; q++) v[q] = rows4_128(blk + offsetof(block_q4_K, qs) + 16 * piece + q * stride, 4 * stride);
-        transpose_lanes4x4(v, t);
-        for (int m = 0; m < 4; m++) {
-            o.w[piece / 2][4 * (piece % 2) + m] = _mm512_and_si512(t[m], m4);
-            o.w[piece / 2][8 + 4 * (piece % 2) + m] = _mm512_and_si512(_mm512_srli_epi16(t[m], 4), m4);
-        }
-    }
-    // each row's int16 scales and mins, then transposed as the nibbles are: dword g is the pair of 2g, 2g + 1
-    alignas(64) int16_t sm[2][16][8];
-    for (int r = 0; r < 16; r += 2) {
-        const ScalesK4x2 s2 = scales_k4x2(blk + r * stride + offsetof(block_q4_K, scales), blk + (r + 1) * stride + offsetof(block_q4_K, scales));
-        _mm_store_si128(reinterpret_cast<__m128i*>(sm[0][r]), _mm256_castsi256_si128(s2.sc0));
-        _mm_store_si128(reinterpret_cast<__m128i*>(sm[0][r + 1]), _mm256_castsi256_si128(s2.sc1));
-        _mm_store_si128(reinterpret_cast<__m128i*>(sm[1][r]), _mm256_castsi256_si128(s2.mins));
-        _mm_store_si128(reinterpret_cast<__m128i*>(sm[1][r + 1]), _mm256_extracti128_si256(s2.mins, 1));
-    }
-    __m512i v[4], t[4];
-    for (int q = 0; q < 4; q++) v[q] = rows4_128(reinterpret_cast<const uint8_t*>(sm[0][q]), 4 * sizeof sm[0][0]);
-    transpose_lanes4x4(v, t);
-    for (int g = 0; g < 4; g++) {
-        o.sc[2 * g] = _mm512_and_si512(t[g], _mm512_set1_epi32(0xFFFF));
-        o.sc[2 * g + 1] = _mm512_srli_epi32(t[g], 16);
-    }
-    for (int q = 0; q < 4; q++) v[q] = rows4_128(reinterpret_cast<const uint8_t*>(sm[1][q]), 4 * sizeof sm[1][0]);
-    transpose_lanes4x4(v, o.mins);
-    o.d = halves16(blk + offsetof(block_q4_K, d), stride);
-    o.dmin = halves16(blk + offsetof(block_q4_K, dmin), stride);
-}
-
-// NT tokens (activation rows x + t * x_stride) over sixteen rows unpacked in
-// u[0..nb): per block and pair g, sum(scale * dot) into the row's chain and
-// min * bsum into its min chain, in dot_q4_k_packed<1>'s order.
-template <int NT>
-inline void q4_k_tile_rows16(int64_t nb, const Q4KRows16* u, const uint8_t* x, size_t x_stride, float* out, size_t out_stride) {
-    const block_q8_K* y[NT];
-    __m512 acc[NT], acc_min[NT];
-    for (int t = 0; t < NT; t++) {
-        y[t] = reinterpret_cast<const block_q8_K*>(x + t * x_stride);
-        acc[t] = acc_min[t] = _mm512_setzero_ps();
-    }
-    for (int64_t i = 0; i < nb; i++) {
-        const Q4KRows16& b = u[i];
-        _Pragma("GCC unroll 4")
-        for (int g = 0; g < 4; g++) {
-            __m512i lo[NT], hi[NT];
-            for (int t = 0; t < NT; t++) lo[t] = hi[t] = _mm512_setzero_si512();
-            _Pragma("GCC unroll 8")
-            for (int m = 0; m < 8; m++) {
-                const __m512i wl = _mm512_load_si512(&b.w[g][m]), wh = _mm512_load_si512(&b.w[g][8 + m]);
-                _Pragma("GCC unroll 4")
-                for (int t = 0; t < NT; t++) {
-                    const uint8_t* q = reinterpret_cast<const uint8_t*>(y[t][i].qs) + 64 * g + 4 * m;
-                    lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_set1_epi32((int)load_u32(q)));
-                    hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_set1_epi32((int)load_u32(q + 32)));
-                }
-            }
-            _Pragma("GCC unroll 4")
-            for (int t = 0; t < NT; t++) {
-                const __m512i s = _mm512_add_epi32(_mm512_mullo_epi32(lo[t], b.sc[2 * g]), _mm512_mullo_epi32(hi[t], b.sc[2 * g + 1]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(b.d, _mm512_set1_ps(y[t][i].d)), acc[t]);
-            }
-        }
-        _Pragma("GCC unroll 4")
-        for (int t = 0; t < NT; t++) {
-            alignas(16) int32_t bs[4];  // per pair the int16 sums of its two sub-blocks' activations
-            _mm_store_si128(reinterpret_cast<__m128i*>(bs), _mm_hadd_epi16(loadu128(y[t][i].bsums), loadu128(y[t][i].bsums + 8)));
-            const __m512 dmin = _mm512_mul_ps(b.dmin, _mm512_set1_ps(y[t][i].d));
-            for (int g = 0; g < 4; g++)
-                acc_min[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(b.mins[g], _mm512_set1_epi32(bs[g]))), dmin, acc_min[t]);
-        }
-    }
-    for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * out_stride, _mm512_sub_ps(acc[t], acc_min[t]));
-}
-#endif
-
 void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok,
                           float* y, size_t y_stride) {
     const uint8_t* p = static_cast<const uint8_t*>(w);
@@ -739,20 +610,11 @@ void dot_tile_q4_k_packed(int64_t n, int64_t nrows, const void* w, size_t stride
     for (int64_t t = n_gemm; t < n_tok; t++) dot_q4_k_packed<4>(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
     if (n_gemm == 0) return;
     const int64_t nb = n / QK_K;
-    int64_t r = 0;
-#if LL_REPACK_ZMM
-    thread_local std::vector<Q4KRows16> rows16;
-    rows16.resize((size_t)nb);
-    for (; r + 16 <= nrows; r += 16) {
-        for (int64_t i = 0; i < nb; i++) unpack_q4_k_rows16(p + r * stride + i * sizeof(block_q4_K), stride, rows16[i]);
-        for (int64_t t = 0; t < n_gemm; t += 4) q4_k_tile_rows16<4>(nb, rows16.data(), xb + t * x_stride, x_stride, y + t * y_stride + r, y_stride);
-    }
-#endif
     thread_local std::vector<Q4KUnpacked> unpacked;
     thread_local std::vector<float> dm;  // per block the four rows' d, then per block their dmin
     unpacked.resize((size_t)(4 * nb));
     dm.resize((size_t)(8 * nb));
-    for (; r < nrows; r += 4) {
+    for (int64_t r = 0; r < nrows; r += 4) {
         const block_q4_K* xr[4];
         for (int t = 0; t < 4; ++t) xr[t] = reinterpret_cast<const block_q4_K*>(p + std::min<int64_t>(r + t, nrows - 1) * stride);
         for (int64_t i = 0; i < nb; ++i) {
