@@ -93,6 +93,10 @@ struct KernelSet {
     // d_act fused.  Null where there is none (dot is used); not filled in from
     // the scalar set either.
     dot_rows_fn dot_tiled[TYPE_COUNT];
+    // Whole batches through dot_tiled's arithmetic, every output as dot_tiled
+    // gives it one token at a time.  Null where there is none (dot_tiled per
+    // token); not filled in.
+    dot_tile_fn dot_tile_tiled[TYPE_COUNT];
     // llamafile's tinyBLAS, which ggml's mul_mat uses for F32 weights when the
     // batch has two or more rows, k is a multiple of `lanes` and the row count
     // a multiple of 4 (see ggml_math.h).  Null where unused; not filled in.

@@ -100,7 +100,10 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
         n_tiles += nth - n_tiles % nth;
         tile = std::max(group, ((n_rows + n_tiles - 1) / n_tiles + group - 1) / group * group);
     }
-    const dot_tile_fn dot_tile = packed ? ks.dot_tile_packed[type] : dot == ks.dot[type] ? ks.dot_tile[type] : nullptr;
+    const dot_tile_fn dot_tile = packed                    ? ks.dot_tile_packed[type]
+                                 : dot == ks.dot[type]       ? ks.dot_tile[type]
+                                 : dot == ks.dot_tiled[type] ? ks.dot_tile_tiled[type]
+                                                             : nullptr;
     // From the interleaved copy, batches (compute-bound) take each tile's rows
     // back to row order, in cache, for the kernels above.
     auto rows_of = [&](int64_t r0, int64_t r1) -> const uint8_t* {

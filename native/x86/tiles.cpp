@@ -255,13 +255,196 @@ void dot_tile_q4_k(int64_t n, int64_t nrows, const void* w, size_t stride, const
     if (rows < nrows) q4_k_rest(n, nrows - rows, p + rows * stride, stride, x, x_stride, n_tok, y + rows, y_stride);
 }
 
+// ---- Q6_K, llama.cpp's tiled k-quant matmul (dot_tiled in kquants.cpp) ----
+//
+// Per block s = sum(scale * dot(u, y)) - 32 * sum(scale * bsum) over the
+// sixteen sub-blocks of 16 (u the unsigned 6-bit values), then acc =
+// fma(d_w * s, d_y, acc).  Vector v of a block is weights 32v..32v+31, as
+// lanes_q6_k unpacks them: its sub-blocks are 2v (dwords 0..3) and 2v + 1.
+
+dot_rows_fn q6_k_rest = nullptr;  // kquants.cpp's dot_tiled: the rows these leave
+
+// The 32 bytes at p + off of each row of the group, dword m of every row in out[m].
+#if LL_ZMM
+constexpr int Q6K_ROWS = 16;
+LL_INLINE void row_dwords8(const uint8_t* p, size_t stride, __m512i out[8]) {
+    for (int piece = 0; piece < 2; piece++) {
+        __m512i v[4];
+        for (int q = 0; q < 4; q++) v[q] = rows4_128(p + 16 * piece + q * stride, 4 * stride);
+        transpose_lanes4x4(v, out + 4 * piece);
+    }
+}
+typedef __m512i VecI;
+typedef __m512 VecF;
+LL_INLINE VecI v_or(VecI a, VecI b) { return _mm512_or_si512(a, b); }
+LL_INLINE VecI v_and(VecI a, VecI b) { return _mm512_and_si512(a, b); }
+LL_INLINE VecI v_bytes(char c) { return _mm512_set1_epi8(c); }
+LL_INLINE VecI v_load(const void* p) { return _mm512_load_si512(p); }
+LL_INLINE VecF v_halves(const uint8_t* p, size_t stride) { return halves16(p, stride); }
+LL_INLINE VecI shl16(VecI a, int n) { return _mm512_slli_epi16(a, n); }
+LL_INLINE VecI shr16(VecI a, int n) { return _mm512_srli_epi16(a, n); }
+#else
+constexpr int Q6K_ROWS = 8;
+LL_INLINE void row_dwords8(const uint8_t* p, size_t stride, __m256i out[8]) {
+    __m256i v[8];
+    for (int r = 0; r < 8; r++) v[r] = loadu256(p + r * stride);
+    transpose8x8(v, out);
+}
+typedef __m256i VecI;
+typedef __m256 VecF;
+LL_INLINE VecI v_or(VecI a, VecI b) { return _mm256_or_si256(a, b); }
+LL_INLINE VecI v_and(VecI a, VecI b) { return _mm256_and_si256(a, b); }
+LL_INLINE VecI v_bytes(char c) { return _mm256_set1_epi8(c); }
+LL_INLINE VecI v_load(const void* p) { return _mm256_load_si256(static_cast<const __m256i*>(p)); }
+LL_INLINE VecF v_halves(const uint8_t* p, size_t stride) { return halves8_rows(p, stride); }
+LL_INLINE VecI shl16(VecI a, int n) { return _mm256_slli_epi16(a, n); }
+LL_INLINE VecI shr16(VecI a, int n) { return _mm256_srli_epi16(a, n); }
+#endif
+
+struct alignas(sizeof(VecI)) Q6KRows {
+    VecI w[8][8];  // w[v][m]: bytes 4m..4m+3 of vector v, the unsigned 6-bit values
+    VecI sc[16];   // the scale of sub-block k: int32 (avx512), or int16 twice in each int32 lane for VPMADDWD (avx2)
+    VecI scp[8];   // the int16 pair (scale 2j, scale 2j + 1), for the offset's sum
+    VecF d;
+};
+
+LL_INLINE void unpack_q6_k_rows(const uint8_t* blk, size_t stride, Q6KRows& o) {
+    const VecI m4 = v_bytes(0xF), m30 = v_bytes(0x30);
+    for (int h = 0; h < 2; h++) {
+        VecI ql0[8], ql1[8], qh[8];
+        row_dwords8(blk + offsetof(block_q6_K, ql) + 64 * h, stride, ql0);
+        row_dwords8(blk + offsetof(block_q6_K, ql) + 64 * h + 32, stride, ql1);
+        row_dwords8(blk + offsetof(block_q6_K, qh) + 32 * h, stride, qh);
+        for (int m = 0; m < 8; m++) {  // as lanes_q6_k, on whole dwords: the byte positions line up
+            const VecI a = ql0[m], b = ql1[m], c = qh[m];
+            o.w[4 * h + 0][m] = v_or(v_and(a, m4), v_and(shl16(c, 4), m30));
+            o.w[4 * h + 1][m] = v_or(v_and(b, m4), v_and(shl16(c, 2), m30));
+            o.w[4 * h + 2][m] = v_or(v_and(shr16(a, 4), m4), v_and(c, m30));
+            o.w[4 * h + 3][m] = v_or(v_and(shr16(b, 4), m4), v_and(shr16(c, 2), m30));
+        }
+    }
+    // per row its sixteen int8 scales, one row per lane
+    alignas(64) uint32_t sc[16][Q6K_ROWS], scp[8][Q6K_ROWS];
+    for (int r = 0; r < Q6K_ROWS; r++) {
+        const int8_t* s = reinterpret_cast<const int8_t*>(blk + r * stride + offsetof(block_q6_K, scales));
+        for (int k = 0; k < 16; k++) sc[k][r] = LL_ZMM ? (uint32_t)(int32_t)s[k] : (uint16_t)s[k] * 0x10001u;
+        for (int j = 0; j < 8; j++) scp[j][r] = (uint16_t)s[2 * j] | (uint32_t)(uint16_t)s[2 * j + 1] << 16;
+    }
+    for (int k = 0; k < 16; k++) o.sc[k] = v_load(sc[k]);
+    for (int j = 0; j < 8; j++) o.scp[j] = v_load(scp[j]);
+    o.d = v_halves(blk + offsetof(block_q6_K, d), stride);
+}
+
+
+// NT tokens over a group of rows unpacked in u[0..nb): each sub-block's
+// exact dot, scaled, into the block's sum s; the offset term from the
+// tokens' bsums; then dot_tiled's two float steps.
+template <int NT>
+inline void q6_k_tile_rows(int64_t nb, const Q6KRows* u, const uint8_t* x, size_t x_stride, float* out, size_t out_stride) {
+    const block_q8_K* y[NT];
+    VecF acc[NT];
+    for (int t = 0; t < NT; t++) {
+        y[t] = reinterpret_cast<const block_q8_K*>(x + t * x_stride);
+#if LL_ZMM
+        acc[t] = _mm512_setzero_ps();
+#else
+        acc[t] = _mm256_setzero_ps();
+#endif
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const Q6KRows& b = u[i];
+        VecI s[NT];
+        _Pragma("GCC unroll 8")
+        for (int v = 0; v < 8; v++) {
+            _Pragma("GCC unroll 2")
+            for (int h = 0; h < 2; h++) {  // sub-block 2v + h: dwords 4h..4h + 3
+                _Pragma("GCC unroll 4")
+                for (int t = 0; t < NT; t++) {
+                    const uint8_t* q = reinterpret_cast<const uint8_t*>(y[t][i].qs) + 32 * v + 16 * h;
+#if LL_ZMM
+                    __m512i a = _mm512_setzero_si512();
+                    _Pragma("GCC unroll 4")
+                    for (int m = 0; m < 4; m++) a = _mm512_dpbusd_epi32(a, b.w[v][4 * h + m], _mm512_set1_epi32((int)load_u32(q + 4 * m)));
+                    const __m512i sv = _mm512_mullo_epi32(a, b.sc[2 * v + h]);
+#else
+                    // int16 pair sums of at most 2 * 2 * 63 * 128 = 32256
+                    const __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(b.w[v][4 * h], _mm256_set1_epi32((int)load_u32(q))),
+                                                        _mm256_maddubs_epi16(b.w[v][4 * h + 1], _mm256_set1_epi32((int)load_u32(q + 4))));
+                    const __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(b.w[v][4 * h + 2], _mm256_set1_epi32((int)load_u32(q + 8))),
+                                                        _mm256_maddubs_epi16(b.w[v][4 * h + 3], _mm256_set1_epi32((int)load_u32(q + 12))));
+                    const __m256i sv = _mm256_add_epi32(_mm256_madd_epi16(p0, b.sc[2 * v + h]), _mm256_madd_epi16(p1, b.sc[2 * v + h]));
+#endif
+#if LL_ZMM
+                    s[t] = v + h ? _mm512_add_epi32(s[t], sv) : sv;
+#else
+                    s[t] = v + h ? _mm256_add_epi32(s[t], sv) : sv;
+#endif
+                }
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < NT; t++) {
+            const uint8_t* bs = reinterpret_cast<const uint8_t*>(y[t][i].bsums);
+#if LL_ZMM
+            __m512i off = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++) off = _mm512_add_epi32(off, _mm512_madd_epi16(b.scp[j], _mm512_set1_epi32((int)load_u32(bs + 4 * j))));
+            const __m512i st = _mm512_sub_epi32(s[t], _mm512_slli_epi32(off, 5));
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(b.d, _mm512_cvtepi32_ps(st)), _mm512_set1_ps(y[t][i].d), acc[t]);
+#else
+            __m256i off = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) off = _mm256_add_epi32(off, _mm256_madd_epi16(b.scp[j], _mm256_set1_epi32((int)load_u32(bs + 4 * j))));
+            const __m256i st = _mm256_sub_epi32(s[t], _mm256_slli_epi32(off, 5));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(b.d, _mm256_cvtepi32_ps(st)), _mm256_set1_ps(y[t][i].d), acc[t]);
+#endif
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+#if LL_ZMM
+        _mm512_storeu_ps(out + t * out_stride, acc[t]);
+#else
+        _mm256_storeu_ps(out + t * out_stride, acc[t]);
+#endif
+    }
+}
+
+// KernelSet::dot_tile_tiled for Q6_K: full groups of rows here, the rest
+// through q6_k_rest one token at a time.
+void dot_tile_q6_k(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok, float* y,
+                   size_t y_stride) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const uint8_t* xb = static_cast<const uint8_t*>(x);
+    const int64_t rows = nrows / Q6K_ROWS * Q6K_ROWS, nb = n / QK_K;
+    thread_local std::vector<Q6KRows> u;
+    u.resize((size_t)nb);
+    for (int64_t r = 0; r < rows; r += Q6K_ROWS) {
+        for (int64_t i = 0; i < nb; i++) unpack_q6_k_rows(p + r * stride + i * sizeof(block_q6_K), stride, u[i]);
+        int64_t t = 0;
+        for (; t + 4 <= n_tok; t += 4) q6_k_tile_rows<4>(nb, u.data(), xb + t * x_stride, x_stride, y + t * y_stride + r, y_stride);
+        const uint8_t* xt = xb + t * x_stride;
+        float* yt = y + t * y_stride + r;
+        switch (n_tok - t) {
+            case 3: q6_k_tile_rows<3>(nb, u.data(), xt, x_stride, yt, y_stride); break;
+            case 2: q6_k_tile_rows<2>(nb, u.data(), xt, x_stride, yt, y_stride); break;
+            case 1: q6_k_tile_rows<1>(nb, u.data(), xt, x_stride, yt, y_stride); break;
+            default: break;
+        }
+    }
+    if (rows < nrows)
+        for (int64_t t = 0; t < n_tok; t++) q6_k_rest(n, nrows - rows, p + rows * stride, stride, xb + t * x_stride, y + t * y_stride + rows);
+}
+
 }  // namespace
 
 // After repack's registration, whose tile serves what these leave.
 void LL_REGISTER(tiles)(KernelSet* ks) {
-    if (!ks->dot_tile_packed[TYPE_Q4_K]) return;
-    q4_k_rest = ks->dot_tile_packed[TYPE_Q4_K];
-    ks->dot_tile_packed[TYPE_Q4_K] = dot_tile_q4_k;
+    if (ks->dot_tile_packed[TYPE_Q4_K]) {
+        q4_k_rest = ks->dot_tile_packed[TYPE_Q4_K];
+        ks->dot_tile_packed[TYPE_Q4_K] = dot_tile_q4_k;
+    }
+    if (ks->dot_tiled[TYPE_Q6_K]) {
+        q6_k_rest = ks->dot_tiled[TYPE_Q6_K];
+        ks->dot_tile_tiled[TYPE_Q6_K] = dot_tile_q6_k;
+    }
 }
 
 }  // namespace ll

@@ -215,15 +215,22 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                 }
 
                 // batch tiles: every output as the reference gives it one token at
-                // a time: its dot (dot_tile), or, for the repacked kernels
+                // a time: its dot (dot_tile), its tiled k-quant kernel
+                // (dot_tile_tiled), or, for the repacked kernels
                 // (dot_tile_packed), matmul's rule: the gemm for tokens in full
                 // groups of four, the gemv for the rest
-                for (int packed_tile = 0; packed_tile < 2; packed_tile++) {
-                    const dot_tile_fn tile_fn = packed_tile ? ks.dot_tile_packed[t] : ks.dot_tile[t];
-                    const char* tile_name = packed_tile ? "dot_tile_packed" : "dot_tile";
+                enum { PLAIN, PACKED, TILED };
+                for (int kind : {PLAIN, PACKED, TILED}) {
+                    const bool packed_tile = kind == PACKED;
+                    const dot_tile_fn tile_fn = kind == PACKED ? ks.dot_tile_packed[t] : kind == TILED ? ks.dot_tile_tiled[t] : ks.dot_tile[t];
+                    const char* tile_name = kind == PACKED ? "dot_tile_packed" : kind == TILED ? "dot_tile_tiled" : "dot_tile";
                     if (!tile_fn || vdt == TYPE_F32) continue;
                     if (packed_tile && (!ref.dot_gemm[t] || !ref.dot_gemv[t])) {
                         check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar gemm / gemv for the packed tile");
+                        continue;
+                    }
+                    if (kind == TILED && !ref.dot_tiled[t]) {
+                        check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar tiled kernel for dot_tile_tiled");
                         continue;
                     }
                     const size_t xrb = row_bytes(vdt, k);
@@ -236,7 +243,7 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                         std::vector<float> y_one(n_tok * rows), y_tile(n_tok * rows);
                         const int64_t n_gemm = n_tok > 3 ? n_tok - n_tok % 4 : 0;
                         for (int64_t j = 0; j < n_tok; j++) {
-                            const dot_rows_fn one = !packed_tile ? ref.dot[t] : j < n_gemm ? ref.dot_gemm[t] : ref.dot_gemv[t];
+                            const dot_rows_fn one = kind == TILED ? ref.dot_tiled[t] : !packed_tile ? ref.dot[t] : j < n_gemm ? ref.dot_gemm[t] : ref.dot_gemv[t];
                             one(k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
                         }
                         tile_fn(k, rows, w.data(), rb, xs.data(), xrb, n_tok, y_tile.data(), rows);
