@@ -37,7 +37,7 @@ dot_tile_fn q4_k_rest = nullptr;  // repack.cpp's tile: the rows and tokens thes
 #if LL_ZMM
 constexpr int Q4K_ROWS = 16;
 
-// A super-block of sixteen rows, unpacked once per call for every token:
+// A super-block of sixteen rows, unpacked once per call for every token.
 struct alignas(64) Q4KRows16 {
     __m512i w[4][16];  // pair g: [m] bytes 4m..4m+3 of sub-block 2g (low nibbles of qs[32g..]), [8 + m] of 2g + 1 (high)
     __m512i sc[8];     // the int32 scale of sub-block j
