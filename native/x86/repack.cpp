@@ -224,41 +224,71 @@ void dot_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride, con
 
 #if LL_ZMM
 // The avx512 build's batch pass: sixteen rows, NT tokens.  Per block the
-// rows' nibbles are transposed once into eight registers, register m holding
+// rows' nibbles are transposed into eight registers, register m holding
 // weight bytes 4m..4m+3 (m < 4: low nibbles; else the high, 16 + 4(m - 4)..)
-// of row l in int32 lane l.  A token then needs only eight VPDPBUSD against
-// its activation bytes broadcast four at a time, which leave each row's exact
+// of row l in int32 lane l, once per call for every group of tokens
+// (unpack_q4_0_rows16).  A token then needs only eight VPDPBUSD against its
+// activation bytes broadcast four at a time, which leave each row's exact
 // sum in its own lane, where the one-token pass spends a horizontal
 // reduction per token.  The chains and floats are dot_q4_0_packed's.
-template <int NT>
-inline void q4_0_tile_rows16(int64_t nb, const uint8_t* w, size_t stride, const block_q8_0* const* yb, const PackedPrep* prep,
-                             float* out, size_t out_stride) {
-    __m512 acc[NT];
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+struct alignas(64) Q40Rows16 {
+    __m512i wt[8];  // wt[m], int32 lane r: bytes 4m..4m+3 of row r's nibbles (m < 4 low, else high)
+    __m512 d;       // the rows' scales
+};
+
+LL_INLINE void unpack_q4_0_rows16(int64_t nb, const uint8_t* w, size_t stride, Q40Rows16* u) {
     for (int64_t i = 0; i < nb; i++, w += sizeof(block_q4_0)) {
         __m512i lo[4], hi[4];  // register q, lane j: row 4j + q
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) nibbles_rows4(w + q * stride, 4 * stride, lo[q], hi[q]);
-        __m512i wt[8];  // wt[m], int32 lane r: bytes 4m..4m+3 of row r's nibbles (m < 4 low, else high)
-        transpose_lanes4x4(lo, wt);
-        transpose_lanes4x4(hi, wt + 4);
-        const __m512 dw = halves16(w, stride);
+        transpose_lanes4x4(lo, u[i].wt);
+        transpose_lanes4x4(hi, u[i].wt + 4);
+        u[i].d = halves16(w, stride);
+    }
+}
+
+// The rows unpacked in u (AHEAD), or unpacked from w block by block, in registers.
+template <int NT, bool AHEAD>
+inline void q4_0_tile_rows16(int64_t nb, const Q40Rows16* u, const uint8_t* w, size_t stride, const block_q8_0* const* yb,
+                             const PackedPrep* prep, float* out, size_t out_stride) {
+    __m512 acc[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        Q40Rows16 b;  // the block of the sixteen rows, from u or unpacked here: in registers either way
+        if constexpr (AHEAD) b = u[i];
+        else unpack_q4_0_rows16(1, w + i * sizeof(block_q4_0), stride, &b);
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) {
             const uint8_t* yq = reinterpret_cast<const uint8_t*>(yb[t][i].qs);
             __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();  // two chains: lower latency
 #pragma GCC unroll 4
             for (int m = 0; m < 4; m++) {
-                s0 = _mm512_dpbusd_epi32(s0, wt[m], _mm512_set1_epi32((int)load_u32(yq + 4 * m)));
-                s1 = _mm512_dpbusd_epi32(s1, wt[4 + m], _mm512_set1_epi32((int)load_u32(yq + 16 + 4 * m)));
+                s0 = _mm512_dpbusd_epi32(s0, b.wt[m], _mm512_set1_epi32((int)load_u32(yq + 4 * m)));
+                s1 = _mm512_dpbusd_epi32(s1, b.wt[4 + m], _mm512_set1_epi32((int)load_u32(yq + 16 + 4 * m)));
             }
             const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(prep[t].off[i]));  // sum((u - 8) * y)
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(prep[t].d[i])), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(b.d, _mm512_set1_ps(prep[t].d[i])), acc[t]);
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * out_stride, acc[t]);
+}
+
+// A group of nt <= 8 tokens through q4_0_tile_rows16.
+template <bool AHEAD>
+inline void q4_0_tile_group(int nt, int64_t nb, const Q40Rows16* u, const uint8_t* w, size_t stride, const block_q8_0* const* yb,
+                            const PackedPrep* prep, float* out, size_t out_stride) {
+    switch (nt) {
+        case 8: return q4_0_tile_rows16<8, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        case 7: return q4_0_tile_rows16<7, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        case 6: return q4_0_tile_rows16<6, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        case 5: return q4_0_tile_rows16<5, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        case 4: return q4_0_tile_rows16<4, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        case 3: return q4_0_tile_rows16<3, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        case 2: return q4_0_tile_rows16<2, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+        default: return q4_0_tile_rows16<1, AHEAD>(nb, u, w, stride, yb, prep, out, out_stride);
+    }
 }
 #endif
 
@@ -276,6 +306,19 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
     }
     // tokens per group: the avx512 pass keeps eight chains in registers
     constexpr int GROUP = LL_ZMM ? 8 : 4;
+#if LL_ZMM
+    // Several groups of tokens: every group of sixteen rows unpacked once,
+    // first, for all of them.  One group (a decode step of a few sequences):
+    // each block unpacked into registers as the pass reaches it (3% faster
+    // than through memory).
+    const int64_t rows16 = nrows / 16 * 16;
+    const bool ahead = n_tok > GROUP;
+    thread_local std::vector<Q40Rows16> unpacked;
+    if (ahead) {
+        unpacked.resize((size_t)(rows16 / 16 * nb));
+        for (int64_t r = 0; r < rows16; r += 16) unpack_q4_0_rows16(nb, p + r * stride, stride, unpacked.data() + r / 16 * nb);
+    }
+#endif
     PackedPrep prep[GROUP];
     for (int64_t t0 = 0; t0 < n_tok; t0 += GROUP) {
         const int nt = n_tok - t0 < GROUP ? (int)(n_tok - t0) : GROUP;
@@ -287,18 +330,12 @@ void dot_tile_q4_0_packed(int64_t n, int64_t nrows, const void* w, size_t stride
         float* yt = y + t0 * y_stride;
         int64_t r = 0;
 #if LL_ZMM
-        for (; r + 16 <= nrows; r += 16) {
+        for (; r < rows16; r += 16) {
+            const Q40Rows16* u = ahead ? unpacked.data() + r / 16 * nb : nullptr;
             const uint8_t* wr = p + r * stride;
-            switch (nt) {
-                case 8: q4_0_tile_rows16<8>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 7: q4_0_tile_rows16<7>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 6: q4_0_tile_rows16<6>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 5: q4_0_tile_rows16<5>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 4: q4_0_tile_rows16<4>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 3: q4_0_tile_rows16<3>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                case 2: q4_0_tile_rows16<2>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-                default: q4_0_tile_rows16<1>(nb, wr, stride, yb, prep, yt + r, y_stride); break;
-            }
+            float* o = yt + r;
+            if (ahead) q4_0_tile_group<true>(nt, nb, u, wr, stride, yb, prep, o, y_stride);
+            else q4_0_tile_group<false>(nt, nb, u, wr, stride, yb, prep, o, y_stride);
         }
 #endif
         for (; r + 8 <= nrows; r += 8)
