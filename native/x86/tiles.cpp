@@ -264,9 +264,9 @@ void dot_tile_q4_k(int64_t n, int64_t nrows, const void* w, size_t stride, const
 
 dot_rows_fn q6_k_rest = nullptr;  // kquants.cpp's dot_tiled: the rows these leave
 
-// The 32 bytes at p + off of each row of the group, dword m of every row in out[m].
 #if LL_ZMM
 constexpr int Q6K_ROWS = 16;
+// The 32 bytes at p of each row of the group (rows stride apart): dword m of every row in out[m].
 LL_INLINE void row_dwords8(const uint8_t* p, size_t stride, __m512i out[8]) {
     for (int piece = 0; piece < 2; piece++) {
         __m512i v[4];
@@ -274,6 +274,7 @@ LL_INLINE void row_dwords8(const uint8_t* p, size_t stride, __m512i out[8]) {
         transpose_lanes4x4(v, out + 4 * piece);
     }
 }
+// The vector width's few operations that unpack_q6_k_rows uses in both builds.
 typedef __m512i VecI;
 typedef __m512 VecF;
 LL_INLINE VecI v_or(VecI a, VecI b) { return _mm512_or_si512(a, b); }
@@ -285,6 +286,7 @@ LL_INLINE VecI shl16(VecI a, int n) { return _mm512_slli_epi16(a, n); }
 LL_INLINE VecI shr16(VecI a, int n) { return _mm512_srli_epi16(a, n); }
 #else
 constexpr int Q6K_ROWS = 8;
+// The 32 bytes at p of each row of the group (rows stride apart): dword m of every row in out[m].
 LL_INLINE void row_dwords8(const uint8_t* p, size_t stride, __m256i out[8]) {
     __m256i v[8];
     for (int r = 0; r < 8; r++) v[r] = loadu256(p + r * stride);
