@@ -407,16 +407,6 @@ LL_INLINE __m128i sumi_q4_k_zmm(const block_q4_K* x, const Q8KZmm& a, __m256i sc
 }
 #endif
 
-// 4x4 transpose of int32 lanes: out[g] = [in0[g], in1[g], in2[g], in3[g]]
-LL_INLINE void transpose4(const __m128i in[4], __m128i out[4]) {
-    const __m128i t0 = _mm_unpacklo_epi32(in[0], in[1]), t1 = _mm_unpackhi_epi32(in[0], in[1]);
-    const __m128i t2 = _mm_unpacklo_epi32(in[2], in[3]), t3 = _mm_unpackhi_epi32(in[2], in[3]);
-    out[0] = _mm_unpacklo_epi64(t0, t2);
-    out[1] = _mm_unpackhi_epi64(t0, t2);
-    out[2] = _mm_unpacklo_epi64(t1, t3);
-    out[3] = _mm_unpackhi_epi64(t1, t3);
-}
-
 // The gemm's float steps for one block of four rows: sums[t] / mins[t] hold
 // row t's four per-pair integer sums; each pair in order into the row's two
 // chains (lane t).

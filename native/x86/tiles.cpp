@@ -337,7 +337,6 @@ LL_INLINE void unpack_q6_k_rows(const uint8_t* blk, size_t stride, Q6KRows& o) {
     o.d = v_halves(blk + offsetof(block_q6_K, d), stride);
 }
 
-
 // NT tokens over a group of rows unpacked in u[0..nb): each sub-block's
 // exact dot, scaled, into the block's sum s; the offset term from the
 // tokens' bsums; then dot_tiled's two float steps.

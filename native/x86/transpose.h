@@ -23,6 +23,16 @@
 namespace ll {
 namespace {
 
+// 4x4 transpose of int32 lanes: out[g] = [in0[g], in1[g], in2[g], in3[g]]
+LL_INLINE void transpose4(const __m128i in[4], __m128i out[4]) {
+    const __m128i t0 = _mm_unpacklo_epi32(in[0], in[1]), t1 = _mm_unpackhi_epi32(in[0], in[1]);
+    const __m128i t2 = _mm_unpacklo_epi32(in[2], in[3]), t3 = _mm_unpackhi_epi32(in[2], in[3]);
+    out[0] = _mm_unpacklo_epi64(t0, t2);
+    out[1] = _mm_unpackhi_epi64(t0, t2);
+    out[2] = _mm_unpacklo_epi64(t1, t3);
+    out[3] = _mm_unpackhi_epi64(t1, t3);
+}
+
 #if LL_ZMM
 // The 16 bytes at p + j * step in 128-bit lane j: four rows side by side.
 LL_INLINE __m512i rows4_128(const uint8_t* p, size_t step) {
