@@ -2,7 +2,8 @@
 // and transposes of the batch tiles that multiply a whole block of rows by
 // one broadcast activation dword per instruction (repack.cpp's Q4_0 tile,
 // tiles.cpp), leaving each row's exact sum in its own lane where a row-major
-// kernel spends a horizontal reduction per row and token.
+// kernel spends a horizontal reduction per row and token; and the 4x4
+// transpose that turns repack.cpp's per-row gemm sums into per-lane chains.
 #pragma once
 
 #include <immintrin.h>
