@@ -23,7 +23,7 @@ over threads with numba's prange, as the native pool splits them.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from ...formats import (
     FORMATS,
@@ -37,12 +37,13 @@ from ...formats import (
 )
 from ...formats.fp16 import bits_f32, f16_to_f32, f32_to_f16, read_f16
 from ...formats.kquants import quant_q8_k
+from . import legacy
 from .ggml_math import F0, LANES, fma, hsum8, hsum16, reduce4
 
 __all__ = ["matmul", "dequantize", "quantize_activations"]
 
 T = GGMLType
-_LEGACY = {T.Q4_0: 0, T.Q4_1: 1, T.Q5_0: 2, T.Q5_1: 3, T.Q8_0: 4}
+_LEGACY = {T.Q4_0: legacy.Q4_0, T.Q4_1: legacy.Q4_1, T.Q5_0: legacy.Q5_0, T.Q5_1: legacy.Q5_1, T.Q8_0: legacy.Q8_0}
 _KQUANT = {T.Q2_K: 0, T.Q3_K: 1, T.Q4_K: 2, T.Q5_K: 3, T.Q6_K: 4}
 _Q2_K, _Q3_K, _Q4_K, _Q5_K, _Q6_K = range(5)
 
@@ -126,85 +127,6 @@ class _Activations:
             halves = [self.dh, self.sh] if self.vtype == T.Q8_1 else [self.dh]
             parts = [h.astype("<u2").reshape(B, -1, 1).view(np.uint8) for h in halves] + [qs]
         return np.concatenate(parts, axis=2).reshape(B, -1)
-
-
-# ----------------------------------------------------------------------------
-# legacy formats (native/scalar/legacy.cpp dot_blocks)
-# ----------------------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def _decode_legacy(kind, row, v, d, m):
-    """One row of 32-weight blocks -> integer values v (weight order; signed
-    for Q4_0/Q5_0/Q8_0, unsigned for Q4_1/Q5_1), scales d and mins m."""
-    affine = kind == 1 or kind == 3
-    five = kind == 2 or kind == 3
-    ts = 34 if kind == 4 else 18 + (2 if affine else 0) + (4 if five else 0)
-    hdr = 4 if affine else 2
-    offset = 0 if affine else (16 if five else 8)
-    for i in range(d.size):
-        o = i * ts
-        d[i] = read_f16(row, o)
-        if affine:
-            m[i] = read_f16(row, o + 2)
-        vb = v[i * QK:(i + 1) * QK]
-        if kind == 4:
-            for j in range(QK):
-                vb[j] = np.int8(row[o + 2 + j])  # the byte's signed value
-            continue
-        qh = 0
-        if five:
-            for t in range(4):
-                qh |= np.int64(row[o + hdr + t]) << (8 * t)
-        qs = o + hdr + (4 if five else 0)
-        for j in range(QK // 2):
-            b = np.int32(row[qs + j])
-            lo, hi = b & 0xF, b >> 4
-            if five:
-                lo |= ((qh >> j) << 4) & 0x10
-                hi |= (qh >> (j + 12)) & 0x10
-            vb[j] = lo - offset
-            vb[j + QK // 2] = hi - offset
-
-
-@njit(cache=True, parallel=True)
-def _mm_legacy(kind, w, xqs, xd, xs, packed, out):
-    """llama.cpp's x86 vec_dot: per block, 8 exact int32 lanes of 4 weights,
-    lane l into float chain l by acc = fma(d_w * d_x, lane, acc); the chains
-    meet in ggml's horizontal add; Q4_1/Q5_1 add min * s_x in a fused chain
-    of their own, added last (Q8_0's s is 0: fma(0, 0, c) = c).
-    packed (repacked Q4_0, dot_q4_0_packed): the block's exact sum into one
-    chain, acc = fma(sum, d_w * d_x, acc)."""
-    N = w.shape[0]
-    B, K = xqs.shape
-    nb = K // QK
-    for r in prange(N):
-        v = np.empty(K, np.int32)
-        d = np.empty(nb, np.float32)
-        m = np.zeros(nb, np.float32)
-        _decode_legacy(kind, w[r], v, d, m)
-        p = np.empty(K, np.int32)
-        lanes = np.empty(K // 4, np.int32)
-        acc = np.empty(8, np.float32)
-        for b in range(B):
-            _lanes_of_4(v, xqs[b], p, lanes)
-            if packed:
-                a1 = F0
-                for i in range(nb):
-                    s = 0
-                    for l in range(8):
-                        s += lanes[8 * i + l]
-                    a1 = fma(np.float32(s), d[i] * xd[b, i], a1)
-                out[b, r] = a1
-                continue
-            acc[:] = F0
-            c = F0
-            for i in range(nb):
-                db = d[i] * xd[b, i]
-                for l in range(8):
-                    acc[l] = fma(db, np.float32(lanes[8 * i + l]), acc[l])
-                c = fma(m[i], xs[b, i], c)
-            out[b, r] = hsum8(acc, 0) + c
 
 
 @njit(cache=True, nogil=True)
@@ -558,7 +480,7 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         _mm_half(w.view(np.uint16), t == T.BF16, x2, out2)
     elif t in _LEGACY:
         a = _Activations(fmt.vec_dot_type, x2)
-        _mm_legacy(_LEGACY[t], w, a.qs, a.d, a.s, bool(variant[0] == GEMV), out2)
+        legacy.mm_legacy(_LEGACY[t], bool(variant[0] == GEMV), w, a.qs, a.d, a.s, out2, min(get_num_threads(), N))
     else:
         a = _Activations(T.Q8_K, x2)
         qs = a.qs if t not in (T.Q2_K, T.Q3_K) else np.ascontiguousarray(
