@@ -37,13 +37,13 @@ from ...formats import (
 )
 from ...formats.fp16 import bits_f32, f16_to_f32, f32_to_f16, read_f16
 from ...formats.kquants import quant_q8_k
-from . import legacy
+from . import vecdot
 from .ggml_math import F0, LANES, fma, hsum8, hsum16, reduce4
 
 __all__ = ["matmul", "dequantize", "quantize_activations"]
 
 T = GGMLType
-_LEGACY = {T.Q4_0: legacy.Q4_0, T.Q4_1: legacy.Q4_1, T.Q5_0: legacy.Q5_0, T.Q5_1: legacy.Q5_1, T.Q8_0: legacy.Q8_0}
+_LEGACY = {T.Q4_0: vecdot.Q4_0, T.Q4_1: vecdot.Q4_1, T.Q5_0: vecdot.Q5_0, T.Q5_1: vecdot.Q5_1, T.Q8_0: vecdot.Q8_0}
 _KQUANT = {T.Q2_K: 0, T.Q3_K: 1, T.Q4_K: 2, T.Q5_K: 3, T.Q6_K: 4}
 _Q2_K, _Q3_K, _Q4_K, _Q5_K, _Q6_K = range(5)
 
@@ -480,9 +480,12 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         _mm_half(w.view(np.uint16), t == T.BF16, x2, out2)
     elif t in _LEGACY:
         a = _Activations(fmt.vec_dot_type, x2)
-        legacy.mm_legacy(_LEGACY[t], bool(variant[0] == GEMV), w, a.qs, a.d, a.s, out2, min(get_num_threads(), N))
+        vecdot.mm_vecdot(_LEGACY[t], bool(variant[0] == GEMV), w, a.qs, a.d, a.s, a.bsums, out2, min(get_num_threads(), N))
     else:
         a = _Activations(T.Q8_K, x2)
+        if t == T.Q6_K and variant[0] == VEC_DOT:  # below the tiled kernel's 8 rows
+            vecdot.mm_vecdot(vecdot.Q6_K, False, w, a.qs, a.d, a.s, a.bsums, out2, min(get_num_threads(), N))
+            return out
         qs = a.qs if t not in (T.Q2_K, T.Q3_K) else np.ascontiguousarray(
             a.qs.reshape(B, -1, QK_K)[:, :, _PAIRS_ORDER].reshape(B, K))
         _mm_kquant(_KQUANT[t], w, variant, qs, a.d, a.bsums, out2)

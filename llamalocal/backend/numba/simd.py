@@ -224,3 +224,48 @@ def f16(typingctx, row, o):
         return builder.fpext(half, _F32)
 
     return types.float32(row, o), codegen
+
+
+@intrinsic
+def sums_q6_k(typingctx, row, o, x, xo, bsums, bo):
+    """A Q6_K super-block (ql[128], qh[64], int8 scales[16], d at row[o:])
+    times the Q8_K quants x[xo:xo + 256] with their sums per 16,
+    bsums[bo:bo + 16]: dot_k's 8 exact lane sums, s[l] = sum over sub-blocks
+    c of scale[2c + l // 4] * lane l of c, minus the quants' offset 32
+    through the activation sums, 32 * (scale[2l] * bs[2l] + scale[2l + 1] *
+    bs[2l + 1])."""
+    def codegen(context, builder, sig, args):
+        row_t, _, x_t, _, bs_t, _ = sig.args
+        row, o, x, xo = args[0], args[1], args[2], args[3]
+
+        def at(offset):
+            return builder.add(o, ir.Constant(o.type, offset))
+
+        def bytes32(offset):
+            return _load(builder, _at(context, builder, row_t, row, at(offset)), _vt(32, _I8))
+
+        def u8(n):
+            return _splat(builder, ir.Constant(_I8, n), 32)
+
+        scales = builder.sext(_load(builder, _at(context, builder, row_t, row, at(192)), _vt(16, _I8)), _vt(16, _I32))
+        total = None
+        for h in range(2):
+            ql = (bytes32(64 * h), bytes32(64 * h + 32))
+            qh = bytes32(128 + 32 * h)
+            for q in range(4):
+                # sub-block c = 4h + q: weights 128h + 32q + l, l = 0..31
+                c = 4 * h + q
+                low = ql[q & 1]
+                low = builder.and_(low, u8(15)) if q < 2 else builder.lshr(low, u8(4))
+                high = builder.shl(builder.and_(builder.lshr(qh, u8(2 * q)), u8(3)), u8(4))
+                w16 = builder.zext(builder.or_(low, high), _vt(32, _I16))
+                xoc = builder.add(xo, ir.Constant(xo.type, 32 * c))
+                lanes = _lanes_of_4(context, builder, w16, x_t, x, xoc)
+                scale = builder.shuffle_vector(scales, scales, _consts(_I32, [2 * c] * 4 + [2 * c + 1] * 4))
+                term = builder.mul(scale, lanes)
+                total = term if total is None else builder.add(total, term)
+        bs = _load(builder, _at(context, builder, bs_t, args[4], args[5]), _vt(16, _I32))
+        offsets = _pair_sums(builder, builder.mul(scales, bs))
+        return builder.sub(total, builder.shl(offsets, _splat(builder, ir.Constant(_I32, 5), 8)))
+
+    return i32x8(row, o, x, xo, bsums, bo), codegen
