@@ -86,26 +86,59 @@ def _pair_sums(builder, v):
     return builder.add(even, odd)
 
 
-def _lanes_of_4(context, builder, w16, x_t, x, xo):
-    """32 weights (<32 x i16>) times the int8 activations x[xo:xo + 32]: the
-    8 sums of 4 consecutive products.  Every product fits int16 (|w| and |x|
-    are at most 128, so |w * x| <= 16384), the sums int32."""
-    xv = builder.sext(_load(builder, _at(context, builder, x_t, x, xo), _vt(32, _I8)), _vt(32, _I16))
-    products = builder.sext(builder.mul(w16, xv), _vt(32, _I32))
+def _features(context) -> set[str]:
+    """The CPU features numba compiles for (its target machine's, so that a
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES override is honoured)."""
+    return {f[1:] for f in (getattr(context.codegen(), "_tm_features", "") or "").split(",") if f.startswith("+")}
+
+
+def _has_vnni(context) -> bool:
+    f = _features(context)
+    return {"avx512vnni", "avx512vl"} <= f or "avxvnni" in f
+
+
+def _dpbusd(builder, acc, u8, s8):
+    """acc + the sums of 4 products of unsigned bytes u8 and signed bytes s8
+    (<32 x i8> each): x86's VPDPBUSD, a block's lanes in one instruction."""
+    vt = _vt(8, _I32)
+    fn = builder.module.declare_intrinsic("llvm.x86.avx512.vpdpbusd.256", (), ir.FunctionType(vt, [vt, vt, vt]))
+    return builder.call(fn, [acc, builder.bitcast(u8, vt), builder.bitcast(s8, vt)])
+
+
+def _lanes(context, builder, w8, signed: bool, bias, x_t, x, xo):
+    """32 weights (<32 x i8>: signed values, or unsigned ones minus `bias`,
+    an integer value or None) times the int8 activations x[xo:xo + 32]: the
+    8 exact sums of 4 consecutive products."""
+    xv = _load(builder, _at(context, builder, x_t, x, xo), _vt(32, _I8))
+    if _has_vnni(context):
+        # unsigned bytes only: a signed weight w goes in as w + 128, and the
+        # offset comes back out through the activations' own sums of 4
+        if signed:
+            w8 = builder.xor(w8, _splat(builder, ir.Constant(_I8, 0x80), 32))
+            bias = ir.Constant(_I32, 128)
+        zero = ir.Constant(_vt(8, _I32), [ir.Constant(_I32, 0)] * 8)
+        lanes = _dpbusd(builder, zero, w8, xv)
+        if bias is None:
+            return lanes
+        sums = _dpbusd(builder, zero, _splat(builder, ir.Constant(_I8, 1), 32), xv)
+        bias = builder.trunc(bias, _I32) if bias.type != _I32 else bias
+        return builder.sub(lanes, builder.mul(sums, _splat(builder, bias, 8)))
+    # Every product fits int16 (|w| and |x| are at most 128, so |w * x| <=
+    # 16384), the sums int32; on x86 LLVM makes this PMADDWD
+    w16 = builder.sext(w8, _vt(32, _I16)) if signed else builder.zext(w8, _vt(32, _I16))
+    if bias is not None:
+        w16 = builder.sub(w16, _splat(builder, builder.trunc(bias, _I16), 32))
+    products = builder.sext(builder.mul(w16, builder.sext(xv, _vt(32, _I16))), _vt(32, _I32))
     return _pair_sums(builder, _pair_sums(builder, products))
 
 
 def _nibbles(context, builder, row_t, row, o):
-    """The 16 bytes at row[o:] as 32 unsigned 4-bit weights (<32 x i16>):
+    """The 16 bytes at row[o:] as 32 unsigned 4-bit weights (<32 x i8>):
     the low nibbles are weights 0-15, the high ones 16-31 (ggml's order)."""
     q = _load(builder, _at(context, builder, row_t, row, o), _vt(16, _I8))
     lo = builder.and_(q, _splat(builder, ir.Constant(_I8, 15), 16))
     hi = builder.lshr(q, _splat(builder, ir.Constant(_I8, 4), 16))
-    return builder.zext(builder.shuffle_vector(lo, hi, _consts(_I32, range(32))), _vt(32, _I16))
-
-
-def _minus(builder, w16, bias):
-    return builder.sub(w16, _splat(builder, builder.trunc(bias, _I16), 32))
+    return builder.shuffle_vector(lo, hi, _consts(_I32, range(32)))
 
 
 # ----------------------------------------------------------------------------
@@ -118,8 +151,8 @@ def lanes_q4(typingctx, row, o, x, xo, bias):
     """Q4_0 / Q4_1 quants: the nibbles at row[o:o + 16] minus bias, times x[xo:xo + 32]."""
     def codegen(context, builder, sig, args):
         row_t, _, x_t, _, _ = sig.args
-        w16 = _minus(builder, _nibbles(context, builder, row_t, args[0], args[1]), args[4])
-        return _lanes_of_4(context, builder, w16, x_t, args[2], args[3])
+        w8 = _nibbles(context, builder, row_t, args[0], args[1])
+        return _lanes(context, builder, w8, False, args[4], x_t, args[2], args[3])
 
     return i32x8(row, o, x, xo, bias), codegen
 
@@ -134,9 +167,9 @@ def lanes_q5(typingctx, row, oh, o, x, xo, bias):
         qh = builder.load(builder.bitcast(_at(context, builder, row_t, args[0], args[1]), _I32.as_pointer()), align=1)
         bits = builder.and_(builder.lshr(_splat(builder, qh, 32), _consts(_I32, range(32))),
                             _splat(builder, ir.Constant(_I32, 1), 32))
-        high = builder.shl(builder.trunc(bits, _vt(32, _I16)), _splat(builder, ir.Constant(_I16, 4), 32))
-        w16 = builder.or_(_nibbles(context, builder, row_t, args[0], args[2]), high)
-        return _lanes_of_4(context, builder, _minus(builder, w16, args[5]), x_t, args[3], args[4])
+        high = builder.shl(builder.trunc(bits, _vt(32, _I8)), _splat(builder, ir.Constant(_I8, 4), 32))
+        w8 = builder.or_(_nibbles(context, builder, row_t, args[0], args[2]), high)
+        return _lanes(context, builder, w8, False, args[5], x_t, args[3], args[4])
 
     return i32x8(row, oh, o, x, xo, bias), codegen
 
@@ -146,8 +179,8 @@ def lanes_q8(typingctx, row, o, x, xo):
     """Q8_0 quants: the int8 bytes at row[o:o + 32] times x[xo:xo + 32]."""
     def codegen(context, builder, sig, args):
         row_t, _, x_t, _ = sig.args
-        w = _load(builder, _at(context, builder, row_t, args[0], args[1]), _vt(32, _I8))
-        return _lanes_of_4(context, builder, builder.sext(w, _vt(32, _I16)), x_t, args[2], args[3])
+        w8 = _load(builder, _at(context, builder, row_t, args[0], args[1]), _vt(32, _I8))
+        return _lanes(context, builder, w8, True, None, x_t, args[2], args[3])
 
     return i32x8(row, o, x, xo), codegen
 
@@ -258,9 +291,8 @@ def sums_q6_k(typingctx, row, o, x, xo, bsums, bo):
                 low = ql[q & 1]
                 low = builder.and_(low, u8(15)) if q < 2 else builder.lshr(low, u8(4))
                 high = builder.shl(builder.and_(builder.lshr(qh, u8(2 * q)), u8(3)), u8(4))
-                w16 = builder.zext(builder.or_(low, high), _vt(32, _I16))
                 xoc = builder.add(xo, ir.Constant(xo.type, 32 * c))
-                lanes = _lanes_of_4(context, builder, w16, x_t, x, xoc)
+                lanes = _lanes(context, builder, builder.or_(low, high), False, None, x_t, x, xoc)
                 scale = builder.shuffle_vector(scales, scales, _consts(_I32, [2 * c] * 4 + [2 * c + 1] * 4))
                 term = builder.mul(scale, lanes)
                 total = term if total is None else builder.add(total, term)
