@@ -349,7 +349,9 @@ def _attention_serial(f16, q, keys, values, pos0, window, group, scale, out):
 @njit(cache=True, parallel=True)
 def _attention_parallel(f16, q, keys, values, pos0, window, group, scale, out):
     for task in prange(q.shape[0] * q.shape[1]):
-        _attend(f16, q, keys, values, pos0, window, group, scale, task, out)
+        # prange's index is unsigned: as int64, _attend keeps the signature
+        # the serial loop compiled it for, rather than compiling again
+        _attend(f16, q, keys, values, pos0, window, group, scale, np.int64(task), out)
 
 
 def attention(f16: bool, q, keys, values, pos0: int, window: int, group: int, scale, out) -> None:

@@ -27,7 +27,6 @@ from numba import get_num_threads, njit, prange
 
 from ...formats import (
     FORMATS,
-    QK,
     QK_K,
     WEIGHT_TYPES,
     BlockFormat,
@@ -35,99 +34,23 @@ from ...formats import (
     block_format,
     quants,
 )
-from ...formats.fp16 import bits_f32, f16_to_f32, f32_to_f16, read_f16
-from ...formats.kquants import quant_q8_k
+from ...formats.fp16 import bits_f32, f16_to_f32, read_f16
 from . import vecdot
+from .activations import Activations
 from .ggml_math import F0, LANES, fma, hsum8, hsum16, reduce4
 
 __all__ = ["matmul", "dequantize", "quantize_activations"]
 
 T = GGMLType
-_LEGACY = {T.Q4_0: vecdot.Q4_0, T.Q4_1: vecdot.Q4_1, T.Q5_0: vecdot.Q5_0, T.Q5_1: vecdot.Q5_1, T.Q8_0: vecdot.Q8_0}
+# The one-call kernels of vecdot: type -> (vec_dot kernel, repacked gemv or None)
+_VECDOT = {T.Q4_0: (vecdot.mm_q4_0, vecdot.mm_q4_0_packed), T.Q4_1: (vecdot.mm_q4_1, None),
+           T.Q5_0: (vecdot.mm_q5_0, None), T.Q5_1: (vecdot.mm_q5_1, None), T.Q8_0: (vecdot.mm_q8_0, None),
+           T.Q6_K: (vecdot.mm_q6_k, None)}
 _KQUANT = {T.Q2_K: 0, T.Q3_K: 1, T.Q4_K: 2, T.Q5_K: 3, T.Q6_K: 4}
 _Q2_K, _Q3_K, _Q4_K, _Q5_K, _Q6_K = range(5)
 
 # The kernel an activation row gets (native/ops.cpp matmul, KernelSet)
 VEC_DOT, TILED, GEMV, GEMM, SGEMM = range(5)
-
-_MAGIC = np.float32(12582912.0)  # 1.5 * 2^23: x + _MAGIC rounds x to an integer, half to even
-_F127 = np.float32(127.0)
-
-
-# ----------------------------------------------------------------------------
-# activation quantizers (native/scalar/legacy.cpp quant_q8_0/_1, kquants.cpp quant_q8_k)
-# ----------------------------------------------------------------------------
-# On the calling thread: cheap next to the product, which reads every weight.
-
-
-@njit(cache=True, nogil=True)
-def _quant_q8(x, with_sum, qs, dh, sh, d, s):
-    """llama.cpp's runtime Q8_0/Q8_1 quantizer per block of 32: id = 127/amax,
-    qs = round_half_even(x * id), d = fp16(amax/127) and, for Q8_1, s =
-    fp16(d * sum(qs)); dh and sh get the fp16 bits, d and s their values (s
-    stays 0 for Q8_0, which has none)."""
-    B, K = x.shape
-    nb = K // QK
-    for task in range(B * nb):
-        r, i = task // nb, task % nb
-        xb = x[r, i * QK:(i + 1) * QK]
-        amax = F0
-        for j in range(QK):
-            amax = max(amax, abs(xb[j]))
-        inv = _F127 / amax if amax != F0 else F0
-        total = 0
-        for j in range(QK):
-            v = np.int64((xb[j] * inv + _MAGIC) - _MAGIC)
-            qs[r, i * QK + j] = v
-            total += v
-        dr = amax / _F127
-        dh[r, i] = f32_to_f16(dr)
-        d[r, i] = f16_to_f32(dh[r, i])
-        sh[r, i] = f32_to_f16(dr * np.float32(total)) if with_sum else 0
-        s[r, i] = f16_to_f32(sh[r, i])
-
-
-@njit(cache=True, nogil=True)
-def _quant_q8_k(x, qs, d, bsums):
-    """ggml's quantize_row_q8_K_ref (formats.kquants.quant_q8_k) of every row."""
-    for r in range(x.shape[0]):
-        quant_q8_k(x[r], d[r], qs[r], bsums[r])
-
-
-class _Activations:
-    """Quantized activation rows as the kernels read them: int8 quants qs
-    (B, K), float32 block scales d, and Q8_1's s (float32 per block) or
-    Q8_K's bsums (int32 per 16)."""
-
-    def __init__(self, vtype: GGMLType, x: np.ndarray):
-        B, K = x.shape
-        self.vtype = vtype
-        self.qs = np.empty((B, K), np.int8)
-        if vtype == T.Q8_K:
-            self.d = np.empty((B, K // QK_K), np.float32)
-            self.bsums = np.empty((B, K // 16), np.int32)
-            _quant_q8_k(x, self.qs, self.d, self.bsums)
-            self.s = np.zeros((B, 0), np.float32)
-        else:
-            self.dh = np.empty((B, K // QK), np.uint16)
-            self.sh = np.empty((B, K // QK), np.uint16)
-            self.d = np.empty((B, K // QK), np.float32)
-            self.s = np.empty((B, K // QK), np.float32)
-            _quant_q8(x, vtype == T.Q8_1, self.qs, self.dh, self.sh, self.d, self.s)
-            self.bsums = np.zeros((B, 0), np.int32)
-
-    def packed(self) -> np.ndarray:
-        """The rows as native/blocks.h lays the blocks out, uint8 (B, row_bytes)."""
-        B = self.qs.shape[0]
-        qs = self.qs.view(np.uint8).reshape(B, -1, QK_K if self.vtype == T.Q8_K else QK)
-        if self.vtype == T.Q8_K:
-            parts = [self.d.astype("<f4").reshape(B, -1, 1).view(np.uint8), qs,
-                     self.bsums.astype("<i2").reshape(B, -1, 16).view(np.uint8)]
-        else:
-            halves = [self.dh, self.sh] if self.vtype == T.Q8_1 else [self.dh]
-            parts = [h.astype("<u2").reshape(B, -1, 1).view(np.uint8) for h in halves] + [qs]
-        return np.concatenate(parts, axis=2).reshape(B, -1)
-
 
 @njit(cache=True, nogil=True)
 def _lanes_of_4(v, x, p, lanes):
@@ -414,7 +337,7 @@ def quantize_activations(qtype_of_weights, x) -> np.ndarray:
         raise ValueError(f"x: length {x2.shape[1]} is not a multiple of the {vfmt.name} block size {vfmt.block_size}")
     if vfmt.type == T.F32:
         return x.view(np.uint8).copy()
-    return _Activations(vfmt.type, x2).packed().reshape(*x.shape[:-1], -1)
+    return Activations(vfmt.type, x2).packed().reshape(*x.shape[:-1], -1)
 
 
 def dequantize(qtype, w) -> np.ndarray:
@@ -478,14 +401,11 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         _mm_f32(w.view(np.float32), variant, x2, out2)
     elif t in (T.F16, T.BF16):
         _mm_half(w.view(np.uint16), t == T.BF16, x2, out2)
-    elif t in _LEGACY:
-        a = _Activations(fmt.vec_dot_type, x2)
-        vecdot.mm_vecdot(_LEGACY[t], bool(variant[0] == GEMV), w, a.qs, a.d, a.s, a.bsums, out2, min(get_num_threads(), N))
+    elif t in _VECDOT and variant[0] in (VEC_DOT, GEMV):  # Q6_K: below the tiled kernel's 8 rows
+        kernel, packed = _VECDOT[t]
+        (packed if variant[0] == GEMV else kernel)(w, x2, out2, min(get_num_threads(), N))
     else:
-        a = _Activations(T.Q8_K, x2)
-        if t == T.Q6_K and variant[0] == VEC_DOT:  # below the tiled kernel's 8 rows
-            vecdot.mm_vecdot(vecdot.Q6_K, False, w, a.qs, a.d, a.s, a.bsums, out2, min(get_num_threads(), N))
-            return out
+        a = Activations(T.Q8_K, x2)
         qs = a.qs if t not in (T.Q2_K, T.Q3_K) else np.ascontiguousarray(
             a.qs.reshape(B, -1, QK_K)[:, :, _PAIRS_ORDER].reshape(B, K))
         _mm_kquant(_KQUANT[t], w, variant, qs, a.d, a.bsums, out2)

@@ -24,11 +24,19 @@ import numpy as np
 from numba import njit, prange
 
 from ...formats import QK, QK_K
+from .activations import quant_q8, quant_q8_k_rows
 from .ggml_math import F0, fma
-from .simd import f16, fma8, hsum8, isum8, lanes_q4, lanes_q5, lanes_q8, sums_q6_k, zeros8
-
-# Format codes of the kernels (matmul maps the GGMLTypes to them)
-Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q6_K = range(6)
+from .simd import (
+    f16,
+    fma8,
+    hsum8,
+    isum8,
+    lanes_q4,
+    lanes_q5,
+    lanes_q8,
+    sums_q6_k,
+    zeros8,
+)
 
 
 @njit(cache=True, nogil=True)
@@ -131,33 +139,87 @@ def _rows_q6_k(w, xq, xd, bsums, out, r0, r1):
             out[b, r] = hsum8(acc) + F0
 
 
+# ----------------------------------------------------------------------------
+# one parallel function per kernel
+# ----------------------------------------------------------------------------
+# Each takes the float activations (B, K) and quantizes them first, so a
+# matmul is one call from Python.  They are separate functions rather than
+# one with a format argument because numba compiles a function whole: this
+# way a model compiles only the kernels of the formats it has, and the
+# parallel region (slow to compile) holds one format's code.  `chunks` is
+# the thread count: numba's get_num_threads() inside would make the
+# functions uncacheable.
+
+
 @njit(cache=True, nogil=True)
-def _rows(kind, packed, w, xq, xd, xs, bsums, out, r0, r1):
-    if kind == Q4_0:
-        if packed:
-            _rows_q4_0_packed(w, xq, xd, out, r0, r1)
-        else:
-            _rows_q4_0(w, xq, xd, out, r0, r1)
-    elif kind == Q4_1:
-        _rows_q4_1(w, xq, xd, xs, out, r0, r1)
-    elif kind == Q5_0:
-        _rows_q5_0(w, xq, xd, out, r0, r1)
-    elif kind == Q5_1:
-        _rows_q5_1(w, xq, xd, xs, out, r0, r1)
-    elif kind == Q6_K:
-        _rows_q6_k(w, xq, xd, bsums, out, r0, r1)
-    else:
-        _rows_q8_0(w, xq, xd, out, r0, r1)
+def _q8(x):
+    """x (B, K) as Q8_1: quants, block scales, block sums.  Q8_0's quants and
+    scales are the same numbers: the kernels that take Q8_0 ignore the sums
+    (one compiled quantizer instead of one per flag value)."""
+    B, K = x.shape
+    qs = np.empty((B, K), np.int8)
+    bits = np.empty((B, K // QK), np.uint16)
+    d = np.empty((B, K // QK), np.float32)
+    s = np.empty((B, K // QK), np.float32)
+    quant_q8(x, True, qs, bits, bits, d, s)
+    return qs, d, s
 
 
 @njit(cache=True, parallel=True)
-def mm_vecdot(kind, packed, w, xq, xd, xs, bsums, out, chunks):
-    """out[b, r] = weight row r (format `kind`, the repacked Q4_0 kernel when
-    `packed`) . activation row b: int8 quants xq (B, K), block scales xd and,
-    for Q8_1, block sums xs (B, K // 32), for Q8_K its sums per 16 bsums
-    (B, K // 16); the rows in `chunks` contiguous
-    ranges, one per thread (numba's get_num_threads() in here would make the
-    function uncacheable)."""
+def mm_q4_0_packed(w, x, out, chunks):
+    qs, d, _ = _q8(x)
     n = w.shape[0]
     for t in prange(chunks):
-        _rows(kind, packed, w, xq, xd, xs, bsums, out, n * t // chunks, n * (t + 1) // chunks)
+        _rows_q4_0_packed(w, qs, d, out, n * t // chunks, n * (t + 1) // chunks)
+
+
+@njit(cache=True, parallel=True)
+def mm_q4_0(w, x, out, chunks):
+    qs, d, _ = _q8(x)
+    n = w.shape[0]
+    for t in prange(chunks):
+        _rows_q4_0(w, qs, d, out, n * t // chunks, n * (t + 1) // chunks)
+
+
+@njit(cache=True, parallel=True)
+def mm_q4_1(w, x, out, chunks):
+    qs, d, s = _q8(x)
+    n = w.shape[0]
+    for t in prange(chunks):
+        _rows_q4_1(w, qs, d, s, out, n * t // chunks, n * (t + 1) // chunks)
+
+
+@njit(cache=True, parallel=True)
+def mm_q5_0(w, x, out, chunks):
+    qs, d, _ = _q8(x)
+    n = w.shape[0]
+    for t in prange(chunks):
+        _rows_q5_0(w, qs, d, out, n * t // chunks, n * (t + 1) // chunks)
+
+
+@njit(cache=True, parallel=True)
+def mm_q5_1(w, x, out, chunks):
+    qs, d, s = _q8(x)
+    n = w.shape[0]
+    for t in prange(chunks):
+        _rows_q5_1(w, qs, d, s, out, n * t // chunks, n * (t + 1) // chunks)
+
+
+@njit(cache=True, parallel=True)
+def mm_q8_0(w, x, out, chunks):
+    qs, d, _ = _q8(x)
+    n = w.shape[0]
+    for t in prange(chunks):
+        _rows_q8_0(w, qs, d, out, n * t // chunks, n * (t + 1) // chunks)
+
+
+@njit(cache=True, parallel=True)
+def mm_q6_k(w, x, out, chunks):
+    B, K = x.shape
+    qs = np.empty((B, K), np.int8)
+    d = np.empty((B, K // QK_K), np.float32)
+    bsums = np.empty((B, K // 16), np.int32)
+    quant_q8_k_rows(x, qs, d, bsums)
+    n = w.shape[0]
+    for t in prange(chunks):
+        _rows_q6_k(w, qs, d, bsums, out, n * t // chunks, n * (t + 1) // chunks)
