@@ -197,15 +197,26 @@ def rope(x, pos0, rope_dim, base, pos_scale, freq_factors, neox):
 
 
 @njit(cache=True, nogil=True)
-def glu(gate, up, gelu):
-    """In place gate = act(gate) * up; SiLU takes ggml's expf on the first
-    n_ff & ~15 values of a row, libm's on the rest (layer.cpp's n_vec)."""
+def _glu_silu(gate, up):
     n_ff = gate.shape[1]
     n_vec = n_ff & ~(LANES - 1)
     for t in range(gate.shape[0]):
         for i in range(n_ff):
-            g = gate[t, i]
-            gate[t, i] = (gelu_tanh(g) if gelu else silu(g, i < n_vec)) * up[t, i]
+            gate[t, i] = silu(gate[t, i], i < n_vec) * up[t, i]
+
+
+@njit(cache=True, nogil=True)
+def _glu_gelu(gate, up):
+    for t in range(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            gate[t, i] = gelu_tanh(gate[t, i]) * up[t, i]
+
+
+def glu(gate, up, gelu: bool) -> None:
+    """In place gate = act(gate) * up; SiLU takes ggml's expf on the first
+    n_ff & ~15 values of a row, libm's on the rest (layer.cpp's n_vec).  One
+    compiled loop per activation: a model compiles only its own."""
+    (_glu_gelu if gelu else _glu_silu)(gate, up)
 
 
 # ----------------------------------------------------------------------------
@@ -329,29 +340,34 @@ def _attend_f32(q, keys, values, pos0, window, group, scale, task, out):
             out[t, h, d] += w[j] * values[j0 + j, g, d]
 
 
+# One loop over the (token, head) tasks per cache type, serial and
+# parallel: numba fixes parallel=True at compile time, and its thread
+# start-up costs more than a short attention span does.  Separate functions
+# rather than flags, so that a model compiles only its cache type's kernel.
 @njit(cache=True, nogil=True)
-def _attend(f16, q, keys, values, pos0, window, group, scale, task, out):
-    if f16:
+def _attention_serial_f16(q, keys, values, pos0, window, group, scale, out):
+    for task in range(q.shape[0] * q.shape[1]):
         _attend_f16(q, keys, values, pos0, window, group, scale, task, out)
-    else:
+
+
+@njit(cache=True, nogil=True)
+def _attention_serial_f32(q, keys, values, pos0, window, group, scale, out):
+    for task in range(q.shape[0] * q.shape[1]):
         _attend_f32(q, keys, values, pos0, window, group, scale, task, out)
 
 
-# One loop over the (token, head) tasks, compiled twice: numba fixes
-# parallel=True at compile time, and its thread start-up costs more than a
-# short attention span does.
-@njit(cache=True, nogil=True)
-def _attention_serial(f16, q, keys, values, pos0, window, group, scale, out):
-    for task in range(q.shape[0] * q.shape[1]):
-        _attend(f16, q, keys, values, pos0, window, group, scale, task, out)
+# prange's index is unsigned: as int64, the task kernels keep the signature
+# the serial loops compiled them for, rather than compiling again
+@njit(cache=True, parallel=True)
+def _attention_parallel_f16(q, keys, values, pos0, window, group, scale, out):
+    for task in prange(q.shape[0] * q.shape[1]):
+        _attend_f16(q, keys, values, pos0, window, group, scale, np.int64(task), out)
 
 
 @njit(cache=True, parallel=True)
-def _attention_parallel(f16, q, keys, values, pos0, window, group, scale, out):
+def _attention_parallel_f32(q, keys, values, pos0, window, group, scale, out):
     for task in prange(q.shape[0] * q.shape[1]):
-        # prange's index is unsigned: as int64, _attend keeps the signature
-        # the serial loop compiled it for, rather than compiling again
-        _attend(f16, q, keys, values, pos0, window, group, scale, np.int64(task), out)
+        _attend_f32(q, keys, values, pos0, window, group, scale, np.int64(task), out)
 
 
 def attention(f16: bool, q, keys, values, pos0: int, window: int, group: int, scale, out) -> None:
@@ -361,5 +377,8 @@ def attention(f16: bool, q, keys, values, pos0: int, window: int, group: int, sc
     only above the native layer's 64 KiB of K and V reads."""
     T, H, hd = q.shape
     read = T * H * (pos0 + T) * hd * (2 if f16 else 4) * 2 // group
-    run = _attention_serial if read < 64 * 1024 else _attention_parallel
-    run(f16, q, keys, values, pos0, window, group, np.float32(scale), out)
+    if read < 64 * 1024:
+        run = _attention_serial_f16 if f16 else _attention_serial_f32
+    else:
+        run = _attention_parallel_f16 if f16 else _attention_parallel_f32
+    run(q, keys, values, pos0, window, group, np.float32(scale), out)
