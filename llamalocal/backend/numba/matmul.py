@@ -49,6 +49,8 @@ _VECDOT = {T.Q4_0: (vecdot.mm_q4_0, vecdot.mm_q4_0_packed), T.Q4_1: (vecdot.mm_q
 _KQUANT = {T.Q2_K: 0, T.Q3_K: 1, T.Q4_K: 2, T.Q5_K: 3, T.Q6_K: 4}
 _Q2_K, _Q3_K, _Q4_K, _Q5_K, _Q6_K = range(5)
 
+_U8, _F32 = np.dtype(np.uint8), np.dtype(np.float32)  # dtype == dtype is quicker than dtype == type
+
 # The kernel an activation row gets (native/ops.cpp matmul, KernelSet)
 VEC_DOT, TILED, GEMV, GEMM, SGEMM = range(5)
 
@@ -301,15 +303,27 @@ def _mm_half(w, bf16, x, out):
 # ----------------------------------------------------------------------------
 
 
+# qtype (a GGMLType, its id or its name) -> its BlockFormat: a model's layers
+# make ~200 matmul calls per token, and block_format's lookup showed up
+_WEIGHT_FORMATS: dict = {}
+
+
 def _weight_format(qtype) -> BlockFormat:
+    try:
+        return _WEIGHT_FORMATS[qtype]
+    except (KeyError, TypeError):  # not seen yet, or unhashable (block_format says what is wrong)
+        pass
     fmt = block_format(qtype)
     if fmt.type not in WEIGHT_TYPES:
         raise ValueError(f"{fmt.name} is an activation format, not a weight type "
                          f"(weight types: {', '.join(t.name for t in WEIGHT_TYPES)})")
+    _WEIGHT_FORMATS[qtype] = fmt
     return fmt
 
 
 def _check_array(name: str, a, dtype, ndims: tuple[int, ...]) -> np.ndarray:
+    if isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim in ndims and a.flags.c_contiguous:
+        return a  # the common case in one test; the ones below say what is wrong
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -322,7 +336,7 @@ def _check_array(name: str, a, dtype, ndims: tuple[int, ...]) -> np.ndarray:
 
 
 def _check_activations(x) -> np.ndarray:
-    x = _check_array("x", x, np.float32, (1, 2))
+    x = _check_array("x", x, _F32, (1, 2))
     return x.reshape(1, -1) if x.ndim == 1 else x
 
 
@@ -372,7 +386,7 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
     shape (K,) or (B, K); returns float32 (N,) or (B, N), written into `out`
     when given."""
     fmt = _weight_format(qtype)
-    w = _check_array("w", w, np.uint8, (2,))
+    w = _check_array("w", w, _U8, (2,))
     x2 = _check_activations(x)
     N = w.shape[0]
     B, K = x2.shape
@@ -385,7 +399,7 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
     if out is None:
         out = np.empty(shape, np.float32)
     else:
-        _check_array("out", out, np.float32, (len(shape),))
+        _check_array("out", out, _F32, (len(shape),))
         if out.shape != shape:
             raise ValueError(f"out must have shape {shape}, got {out.shape}")
     out2 = out.reshape(B, N)
@@ -396,14 +410,17 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
         return out
 
     t = fmt.type
+    if t in _VECDOT and (B < 8 or t != T.Q6_K):  # Q6_K: below the tiled kernel's 8 rows
+        # kernel_variants' choice for these types, without its array
+        vec_dot, gemv = _VECDOT[t]
+        kernel = gemv if gemv is not None and N % 8 == 0 else vec_dot
+        kernel(w, x2, out2, min(get_num_threads(), N))
+        return out
     variant = kernel_variants(t, N, K, B)
     if t == T.F32:
         _mm_f32(w.view(np.float32), variant, x2, out2)
     elif t in (T.F16, T.BF16):
         _mm_half(w.view(np.uint16), t == T.BF16, x2, out2)
-    elif t in _VECDOT and variant[0] in (VEC_DOT, GEMV):  # Q6_K: below the tiled kernel's 8 rows
-        kernel, packed = _VECDOT[t]
-        (packed if variant[0] == GEMV else kernel)(w, x2, out2, min(get_num_threads(), N))
     else:
         a = Activations(T.Q8_K, x2)
         qs = a.qs if t not in (T.Q2_K, T.Q3_K) else np.ascontiguousarray(
