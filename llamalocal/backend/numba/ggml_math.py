@@ -122,6 +122,33 @@ def reduce4(acc):
     return (a0 + a2) + (a1 + a3)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _hsum16_columns(acc, y):
+    """y[d] = hsum16 of acc[0:16, d], for every d."""
+    for d in range(y.size):
+        a0 = (acc[0, d] + acc[8, d]) + (acc[4, d] + acc[12, d])
+        a1 = (acc[1, d] + acc[9, d]) + (acc[5, d] + acc[13, d])
+        a2 = (acc[2, d] + acc[10, d]) + (acc[6, d] + acc[14, d])
+        a3 = (acc[3, d] + acc[11, d]) + (acc[7, d] + acc[15, d])
+        y[d] = (a0 + a2) + (a1 + a3)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _lane4_column(acc, l, d):
+    return (acc[l, d] + acc[2 * LANES + l, d]) + (acc[LANES + l, d] + acc[3 * LANES + l, d])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _reduce4_columns(acc, y):
+    """y[d] = reduce4 of acc[0:64, d], for every d."""
+    for d in range(y.size):
+        a0 = (_lane4_column(acc, 0, d) + _lane4_column(acc, 8, d)) + (_lane4_column(acc, 4, d) + _lane4_column(acc, 12, d))
+        a1 = (_lane4_column(acc, 1, d) + _lane4_column(acc, 9, d)) + (_lane4_column(acc, 5, d) + _lane4_column(acc, 13, d))
+        a2 = (_lane4_column(acc, 2, d) + _lane4_column(acc, 10, d)) + (_lane4_column(acc, 6, d) + _lane4_column(acc, 14, d))
+        a3 = (_lane4_column(acc, 3, d) + _lane4_column(acc, 11, d)) + (_lane4_column(acc, 7, d) + _lane4_column(acc, 15, d))
+        y[d] = (a0 + a2) + (a1 + a3)
+
+
 @njit(cache=True, nogil=True)
 def silu(x, vector_lane):
     """ggml_silu: ggml's expf for whole groups of lanes, libm's for a row's tail."""
@@ -297,17 +324,22 @@ def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
     # outside [lead, lead + n) have v = w = 0, and fma(0, 0, acc) = acc (an
     # accumulator starting at +0 never becomes -0 when rounding to
     # nearest), so only the visible cells are visited.
-    v = values[j0:j0 + n, g]
+    # The accumulators are stored lane by lane (acc[lane, d]) so that a
+    # cell's update and the final sums run over d in contiguous rows, which
+    # LLVM vectorises; each d's own sums are unchanged.
     nacc = LANES if kqv_tiny else 4 * LANES
-    acc = np.zeros((hd, nacc), np.float32)
+    acc = np.zeros((nacc, hd), np.float32)
     for a in range(lead, lead + n):
         wa = w[a]
-        l = a % nacc
+        va = values[j0 + a - lead, g]
+        lane = acc[a % nacc]
         for d in range(hd):
-            acc[d, l] = fma(v[a - lead, d], wa, acc[d, l])
-    for d in range(hd):
-        # ggml_dot_f16 over a multiple of 64 cells has no double tail
-        out[t, h, d] = hsum16(acc[d], 0) if kqv_tiny else reduce4(acc[d])
+            lane[d] = fma(va[d], wa, lane[d])
+    # ggml_dot_f16 over a multiple of 64 cells has no double tail
+    if kqv_tiny:
+        _hsum16_columns(acc, out[t, h])
+    else:
+        _reduce4_columns(acc, out[t, h])
 
 
 @njit(cache=True, nogil=True)
