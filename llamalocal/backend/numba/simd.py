@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
-from ...formats.fp16 import read_f16
+from ...formats.fp16 import f16_to_f32, read_f16
 
 _I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
 
@@ -225,16 +225,6 @@ def hsum8(typingctx, acc):
     return types.float32(acc), codegen
 
 
-@intrinsic
-def isum8(typingctx, lanes):
-    """The exact int32 total of the 8 lanes (a whole block's sum)."""
-    def codegen(context, builder, sig, args):
-        fn = builder.module.declare_intrinsic("llvm.vector.reduce.add.v8i32", (), ir.FunctionType(_I32, [_vt(8, _I32)]))
-        return builder.call(fn, [args[0]])
-
-    return types.int32(lanes), codegen
-
-
 def _has_half_convert(context) -> bool:
     """Whether the target converts half to float in hardware (x86 F16C, any
     AArch64); elsewhere LLVM would call a runtime helper numba may lack."""
@@ -301,3 +291,104 @@ def sums_q6_k(typingctx, row, o, x, xo, bsums, bo):
         return builder.sub(total, builder.shl(offsets, _splat(builder, ir.Constant(_I32, 5), 8)))
 
     return i32x8(row, o, x, xo, bsums, bo), codegen
+
+
+# ----------------------------------------------------------------------------
+# eight weight rows at once (the repacked Q4_0 gemv: one exact sum per block)
+# ----------------------------------------------------------------------------
+
+
+def _row_ptr(context, builder, w_t, w, r, k, o):
+    """Pointer to w[r + k, o] of a C-contiguous 2-D uint8 array."""
+    a = context.make_array(w_t)(context, builder, w)
+    stride = builder.extract_value(a.strides, 0)
+    start = builder.add(builder.mul(builder.add(r, ir.Constant(r.type, k)), stride), o)
+    return builder.gep(a.data, [start])
+
+
+def _sums_of_rows(builder, vecs):
+    """Eight <8 x i32> vectors -> one whose lane k is the total of vecs[k]:
+    three rounds of pairwise adds of interleaved lanes."""
+    level = list(vecs)
+    # round 1: [a0+a1, b0+b1, a2+a3, b2+b3, ...]
+    even = [builder.shuffle_vector(level[2 * i], level[2 * i + 1], _consts(_I32, [0, 8, 2, 10, 4, 12, 6, 14])) for i in range(4)]
+    odd = [builder.shuffle_vector(level[2 * i], level[2 * i + 1], _consts(_I32, [1, 9, 3, 11, 5, 13, 7, 15])) for i in range(4)]
+    level = [builder.add(e, o) for e, o in zip(even, odd)]
+    # round 2: [a0-3, b0-3, c0-3, d0-3, a4-7, b4-7, c4-7, d4-7]
+    even = [builder.shuffle_vector(level[2 * i], level[2 * i + 1], _consts(_I32, [0, 1, 8, 9, 4, 5, 12, 13])) for i in range(2)]
+    odd = [builder.shuffle_vector(level[2 * i], level[2 * i + 1], _consts(_I32, [2, 3, 10, 11, 6, 7, 14, 15])) for i in range(2)]
+    level = [builder.add(e, o) for e, o in zip(even, odd)]
+    # round 3: the eight totals in order
+    lo = builder.shuffle_vector(level[0], level[1], _consts(_I32, [0, 1, 2, 3, 8, 9, 10, 11]))
+    hi = builder.shuffle_vector(level[0], level[1], _consts(_I32, [4, 5, 6, 7, 12, 13, 14, 15]))
+    return builder.add(lo, hi)
+
+
+@intrinsic
+def sums8_q4(typingctx, w, r, o, x, xo):
+    """Rows r .. r + 7 of w: the exact sum of each row's nibbles at [o, o + 16)
+    times x[xo:xo + 32] (unsigned quants, no offset), lane k for row r + k."""
+    def codegen(context, builder, sig, args):
+        w_t, _, _, x_t, _ = sig.args
+        w, r, o, x, xo = args
+        lanes = []
+        for k in range(8):
+            q = _load(builder, _row_ptr(context, builder, w_t, w, r, k, o), _vt(16, _I8))
+            lo = builder.and_(q, _splat(builder, ir.Constant(_I8, 15), 16))
+            hi = builder.lshr(q, _splat(builder, ir.Constant(_I8, 4), 16))
+            w8 = builder.shuffle_vector(lo, hi, _consts(_I32, range(32)))
+            lanes.append(_lanes(context, builder, w8, False, None, x_t, x, xo))
+        return _sums_of_rows(builder, lanes)
+
+    return i32x8(w, r, o, x, xo), codegen
+
+
+@intrinsic
+def scales8(typingctx, w, r, o):
+    """The halves at w[r + k, o:o + 2], k = 0 .. 7, as float32 (exact)."""
+    def codegen(context, builder, sig, args):
+        w_t = sig.args[0]
+        vec = ir.Constant(_vt(8, _F32), ir.Undefined)
+        hw = _has_half_convert(context)
+        for k in range(8):
+            p = _row_ptr(context, builder, w_t, args[0], args[1], k, args[2])
+            if hw:
+                v = builder.fpext(builder.load(builder.bitcast(p, ir.HalfType().as_pointer()), align=1), _F32)
+            else:
+                lo = builder.zext(builder.load(p), ir.IntType(64))
+                hi = builder.zext(builder.load(builder.gep(p, [ir.Constant(ir.IntType(64), 1)])), ir.IntType(64))
+                bits = builder.or_(lo, builder.shl(hi, ir.Constant(ir.IntType(64), 8)))
+                v = context.compile_internal(builder, lambda h: f16_to_f32(h), types.float32(types.int64), [bits])
+            vec = builder.insert_element(vec, v, ir.Constant(_I32, k))
+        return vec
+
+    return f32x8(w, r, o), codegen
+
+
+@intrinsic
+def fma8_rows(typingctx, sums, offset, scales, y, acc):
+    """acc[k] = fma(float32(sums[k] - offset), scales[k] * y, acc[k]): the
+    repacked Q4_0 gemv's step for eight rows, each lane rounded as the
+    scalar one (the product scales[k] * y rounded, then one fused op)."""
+    if y != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vt(8, _F32)
+        s = builder.sub(args[0], _splat(builder, builder.trunc(args[1], _I32), 8))
+        b = builder.fmul(args[2], _splat(builder, args[3], 8))
+        fn = builder.module.declare_intrinsic("llvm.fma.v8f32", (), ir.FunctionType(vt, [vt, vt, vt]))
+        return builder.call(fn, [builder.sitofp(s, vt), b, args[4]])
+
+    return f32x8(sums, offset, scales, y, acc), codegen
+
+
+@intrinsic
+def store8(typingctx, out, o, v):
+    """out[o:o + 8] = v (a 1-D float32 array)."""
+    def codegen(context, builder, sig, args):
+        p = _at(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, _vt(8, _F32).as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(out, o, v), codegen

@@ -29,11 +29,14 @@ from .ggml_math import F0, fma
 from .simd import (
     f16,
     fma8,
+    fma8_rows,
     hsum8,
-    isum8,
     lanes_q4,
     lanes_q5,
     lanes_q8,
+    scales8,
+    store8,
+    sums8_q4,
     sums_q6_k,
     zeros8,
 )
@@ -41,18 +44,18 @@ from .simd import (
 
 @njit(cache=True, nogil=True)
 def _rows_q4_0_packed(w, xq, xd, xsum, out, r0, r1):
-    # a block's sum of (q - 8) * x is sum(q * x) - 8 * sum(x), the latter
-    # the same for every row (xsum)
+    """Rows r0 .. r1 (multiples of 8) eight at a time, a lane per row, as
+    the interleaved gemv lays them out: each block's exact sum (sum(q * x)
+    minus 8 * sum(x), the latter per activation block in xsum) into the
+    row's chain, acc = fma(sum, d_w * d_x, acc)."""
     nb = xq.shape[1] // QK
-    for r in range(r0, r1):
-        row = w[r]
+    for r in range(r0, r1, 8):
         for b in range(xq.shape[0]):
             x, d, xs = xq[b], xd[b], xsum[b]
-            a = F0
+            acc = zeros8()
             for i in range(nb):
-                s = isum8(lanes_q4(row, 18 * i + 2, x, QK * i, 0)) - 8 * xs[i]
-                a = fma(np.float32(s), f16(row, 18 * i) * d[i], a)
-            out[b, r] = a
+                acc = fma8_rows(sums8_q4(w, r, 18 * i + 2, x, QK * i), 8 * xs[i], scales8(w, r, 18 * i), d[i], acc)
+            store8(out[b], r, acc)
 
 
 @njit(cache=True, nogil=True)
@@ -182,9 +185,9 @@ def _block_sums(qs):
 def mm_q4_0_packed(w, x, out, chunks):
     qs, d, _ = _q8(x)
     xsum = _block_sums(qs)
-    n = w.shape[0]
+    n8 = w.shape[0] // 8  # the repacked kernel's tensors have a multiple of 8 rows
     for t in prange(chunks):
-        _rows_q4_0_packed(w, qs, d, xsum, out, n * t // chunks, n * (t + 1) // chunks)
+        _rows_q4_0_packed(w, qs, d, xsum, out, 8 * (n8 * t // chunks), 8 * (n8 * (t + 1) // chunks))
 
 
 @njit(cache=True, parallel=True)
