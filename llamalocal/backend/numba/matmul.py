@@ -16,9 +16,11 @@ native/ops.cpp and native/scalar/*.cpp), bit for bit:
 
 Integer sums are exact, so only the float steps need the C++ order; those
 are written out here one operation at a time in float32 (see ggml_math).
-Weights are decoded one row at a time into small integer buffers (reused for
-every activation row), never into a float copy of the matrix; rows are spread
-over threads with numba's prange, as the native pool splits them.
+The legacy formats and Q6_K's vec_dot run on vector intrinsics straight
+from the blocks (vecdot, simd); the other k-quant kernels decode weights one
+row at a time into small integer buffers (reused for every activation row).
+Neither makes a float copy of the matrix; rows are spread over threads with
+numba's prange, as the native pool splits them.
 """
 from __future__ import annotations
 
