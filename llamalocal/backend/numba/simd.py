@@ -75,6 +75,8 @@ def _at(context, builder, aryty, ary, offset):
 
 
 def _load(builder, ptr, vt: ir.VectorType):
+    """An unaligned load (multi-byte fields are read little-endian, as every
+    target numba supports stores them)."""
     return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=1)
 
 
@@ -132,10 +134,10 @@ def _lanes(context, builder, w8, signed: bool, bias, x_t, x, xo):
     return _pair_sums(builder, _pair_sums(builder, products))
 
 
-def _nibbles(context, builder, row_t, row, o):
-    """The 16 bytes at row[o:] as 32 unsigned 4-bit weights (<32 x i8>):
-    the low nibbles are weights 0-15, the high ones 16-31 (ggml's order)."""
-    q = _load(builder, _at(context, builder, row_t, row, o), _vt(16, _I8))
+def _nibbles(builder, ptr):
+    """The 16 bytes at ptr as 32 unsigned 4-bit weights (<32 x i8>): the
+    low nibbles are weights 0-15, the high ones 16-31 (ggml's order)."""
+    q = _load(builder, ptr, _vt(16, _I8))
     lo = builder.and_(q, _splat(builder, ir.Constant(_I8, 15), 16))
     hi = builder.lshr(q, _splat(builder, ir.Constant(_I8, 4), 16))
     return builder.shuffle_vector(lo, hi, _consts(_I32, range(32)))
@@ -151,7 +153,7 @@ def lanes_q4(typingctx, row, o, x, xo, bias):
     """Q4_0 / Q4_1 quants: the nibbles at row[o:o + 16] minus bias, times x[xo:xo + 32]."""
     def codegen(context, builder, sig, args):
         row_t, _, x_t, _, _ = sig.args
-        w8 = _nibbles(context, builder, row_t, args[0], args[1])
+        w8 = _nibbles(builder, _at(context, builder, row_t, args[0], args[1]))
         return _lanes(context, builder, w8, False, args[4], x_t, args[2], args[3])
 
     return i32x8(row, o, x, xo, bias), codegen
@@ -168,7 +170,7 @@ def lanes_q5(typingctx, row, oh, o, x, xo, bias):
         bits = builder.and_(builder.lshr(_splat(builder, qh, 32), _consts(_I32, range(32))),
                             _splat(builder, ir.Constant(_I32, 1), 32))
         high = builder.shl(builder.trunc(bits, _vt(32, _I8)), _splat(builder, ir.Constant(_I8, 4), 32))
-        w8 = builder.or_(_nibbles(context, builder, row_t, args[0], args[2]), high)
+        w8 = builder.or_(_nibbles(builder, _at(context, builder, row_t, args[0], args[2])), high)
         return _lanes(context, builder, w8, False, args[5], x_t, args[3], args[4])
 
     return i32x8(row, oh, o, x, xo, bias), codegen
@@ -228,11 +230,9 @@ def hsum8(typingctx, acc):
 def _has_half_convert(context) -> bool:
     """Whether the target converts half to float in hardware (x86 F16C, any
     AArch64); elsewhere LLVM would call a runtime helper numba may lack."""
-    codegen = context.codegen()
-    triple = getattr(codegen, "_llvm_module", None)
-    triple = triple.triple if triple is not None else ""
-    features = getattr(codegen, "_tm_features", "") or ""
-    return triple.startswith(("aarch64", "arm64")) or "+f16c" in features.split(",")
+    module = getattr(context.codegen(), "_llvm_module", None)
+    triple = module.triple if module is not None else ""
+    return triple.startswith(("aarch64", "arm64")) or "f16c" in _features(context)
 
 
 @intrinsic
@@ -333,10 +333,7 @@ def sums8_q4(typingctx, w, r, o, x, xo):
         w, r, o, x, xo = args
         lanes = []
         for k in range(8):
-            q = _load(builder, _row_ptr(context, builder, w_t, w, r, k, o), _vt(16, _I8))
-            lo = builder.and_(q, _splat(builder, ir.Constant(_I8, 15), 16))
-            hi = builder.lshr(q, _splat(builder, ir.Constant(_I8, 4), 16))
-            w8 = builder.shuffle_vector(lo, hi, _consts(_I32, range(32)))
+            w8 = _nibbles(builder, _row_ptr(context, builder, w_t, w, r, k, o))
             lanes.append(_lanes(context, builder, w8, False, None, x_t, x, xo))
         return _sums_of_rows(builder, lanes)
 
