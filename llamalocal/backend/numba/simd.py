@@ -332,6 +332,17 @@ def sums8_q4(typingctx, w, r, o, x, xo):
         w_t, _, _, x_t, _ = sig.args
         w, r, o, x, xo = args
         lanes = []
+        prefetch = builder.module.declare_intrinsic(
+            "llvm.prefetch.p0", (), ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), _I32, _I32, _I32]))
+        # Eight rows read side by side are eight short memory streams, which
+        # the hardware prefetchers follow poorly; the next eight rows are one
+        # contiguous span, so ask for it in step, 8 * o bytes into it at
+        # block offset o (a prefetch never faults, past the matrix end either)
+        ahead = _row_ptr(context, builder, w_t, w, r, 8, builder.mul(o, ir.Constant(o.type, 8)))
+        for line in range(3):
+            p = builder.gep(ahead, [ir.Constant(ir.IntType(64), 64 * line)])
+            builder.call(prefetch, [builder.bitcast(p, ir.IntType(8).as_pointer()),
+                                    ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         for k in range(8):
             w8 = _nibbles(builder, _row_ptr(context, builder, w_t, w, r, k, o))
             lanes.append(_lanes(context, builder, w8, False, None, x_t, x, xo))
