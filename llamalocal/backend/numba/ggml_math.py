@@ -122,7 +122,7 @@ def reduce4(acc):
     return (a0 + a2) + (a1 + a3)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _hsum16_columns(acc, y):
     """y[d] = hsum16 of acc[0:16, d], for every d."""
     for d in range(y.size):
@@ -133,20 +133,15 @@ def _hsum16_columns(acc, y):
         y[d] = (a0 + a2) + (a1 + a3)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _lane4_column(acc, l, d):
-    return (acc[l, d] + acc[2 * LANES + l, d]) + (acc[LANES + l, d] + acc[3 * LANES + l, d])
-
-
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _reduce4_columns(acc, y):
-    """y[d] = reduce4 of acc[0:64, d], for every d."""
-    for d in range(y.size):
-        a0 = (_lane4_column(acc, 0, d) + _lane4_column(acc, 8, d)) + (_lane4_column(acc, 4, d) + _lane4_column(acc, 12, d))
-        a1 = (_lane4_column(acc, 1, d) + _lane4_column(acc, 9, d)) + (_lane4_column(acc, 5, d) + _lane4_column(acc, 13, d))
-        a2 = (_lane4_column(acc, 2, d) + _lane4_column(acc, 10, d)) + (_lane4_column(acc, 6, d) + _lane4_column(acc, 14, d))
-        a3 = (_lane4_column(acc, 3, d) + _lane4_column(acc, 11, d)) + (_lane4_column(acc, 7, d) + _lane4_column(acc, 15, d))
-        y[d] = (a0 + a2) + (a1 + a3)
+    """y[d] = reduce4 of acc[0:64, d], for every d: reduce4 is hsum16 of
+    its 16 lanes' sums over the four accumulators (_lane4)."""
+    lanes = np.empty((LANES, y.size), np.float32)
+    for l in range(LANES):
+        for d in range(y.size):
+            lanes[l, d] = (acc[l, d] + acc[2 * LANES + l, d]) + (acc[LANES + l, d] + acc[3 * LANES + l, d])
+    _hsum16_columns(lanes, y)
 
 
 @njit(cache=True, nogil=True)
