@@ -74,16 +74,27 @@ void weight_rows(const py::array& w, int type, int64_t k, int64_t* n_rows) {
     *n_rows = w.ndim() == 2 ? w.shape(0) : 1;
 }
 
-// The weights' interleaved copy (blocks.h interleave_rows8): uint8 (rows, row_bytes), rows a multiple of 8.
-py::array_t<uint8_t> interleave_rows8_py(int type, const py::array& w, int64_t k) {
+// The weights' interleaved copy (blocks.h interleave_rows8): uint8 (rows, row_bytes), rows a multiple of 8,
+// written into `out` (same shape, e.g. a slice of one huge-page buffer for all of a model's copies) or a new array.
+py::array interleave_rows8_py(int type, const py::array& w, int64_t k, const py::object& out) {
     check_weight_type(type);
     check_k(type, k, "k");
     int64_t n_rows;
     weight_rows(w, type, k, &n_rows);
     if (n_rows % 8) throw py::value_error("w: " + std::to_string(n_rows) + " rows are not a multiple of 8");
-    py::array_t<uint8_t> out({(py::ssize_t)n_rows, (py::ssize_t)row_bytes(type, k)});
+    py::array dest;
+    if (out.is_none()) {
+        dest = py::array_t<uint8_t>({(py::ssize_t)n_rows, (py::ssize_t)row_bytes(type, k)});
+    } else {
+        dest = py::cast<py::array>(out);
+        check_array(dest, "out", py::dtype::of<uint8_t>(), "uint8", 2, 2);
+        if (dest.shape(0) != n_rows || dest.shape(1) != (py::ssize_t)row_bytes(type, k))
+            throw py::value_error("out: expected shape (" + std::to_string(n_rows) + ", " + std::to_string(row_bytes(type, k)) +
+                                  "), got " + shape_str(dest));
+        if (!dest.writeable()) throw py::value_error("out: array is read-only");
+    }
     const uint8_t* src = static_cast<const uint8_t*>(w.data());
-    uint8_t* dst = out.mutable_data();
+    uint8_t* dst = static_cast<uint8_t*>(dest.mutable_data());
     {
         py::gil_scoped_release release;
         auto pool = global_pool();
@@ -94,7 +105,7 @@ py::array_t<uint8_t> interleave_rows8_py(int type, const py::array& w, int64_t k
             interleave_rows8(type, src + g0 * group_bytes, (g1 - g0) * 8, k, dst + g0 * group_bytes);
         });
     }
-    return out;
+    return dest;
 }
 
 py::array_t<float> matmul_py(int type, const py::array& w, const py::array& x, const py::object& out, const py::object& isa,
@@ -206,7 +217,7 @@ PYBIND11_MODULE(_native, m) {
           py::arg("w_il") = py::none(),
           "Y = X · Wᵀ. w: uint8 (N, row_bytes) weights of GGML `type`; x: float32 (K,) or (B, K). Returns float32 (N,) or (B, N). "
           "w_il: the same weights interleaved (interleave_rows8), read where the kernel set multiplies them so.");
-    m.def("interleave_rows8", &interleave_rows8_py, py::arg("type"), py::arg("w"), py::arg("k"),
+    m.def("interleave_rows8", &interleave_rows8_py, py::arg("type"), py::arg("w"), py::arg("k"), py::arg("out") = py::none(),
           "The weights' rows interleaved in groups of eight, block by block (the layout the interleaved kernels read).");
     m.def("interleaved_types", [] {
         std::vector<int> types;

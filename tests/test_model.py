@@ -18,6 +18,7 @@ import pytest
 
 from models import GEMMA3, SMOLLM2, TESTS_DIR, golden_path, model_path
 
+from llamalocal import backend
 from llamalocal.errors import ContextFullError, ModelFormatError
 from llamalocal.model.loader import load_model
 
@@ -431,6 +432,8 @@ def test_q4_0_layers_keep_an_interleaved_copy_with_the_same_logits(tmp_path):
             "a = m.forward([1, 403, 407, 261], c, all_logits=True); b = m.forward([378], c)\n"
             "copies = sum(len(v) == 3 for t in m._layer_tensors for v in t.values() if isinstance(v, tuple))\n"
             "fit = sum(t.type == 2 and t.rows % 8 == 0 for n, t in m.tensors.items() if n.startswith('blk.'))\n"
+            "bufs = {id(v[2].base) for t in m._layer_tensors for v in t.values() if isinstance(v, tuple) and len(v) == 3}\n"
+            "assert len(bufs) <= 1, bufs  # the copies are slices of one buffer\n"
             "sys.stdout.write(f'{copies} {fit} {bool(backend.interleaved_types())} ' + np.concatenate([a.ravel(), b]).tobytes().hex())")
     outs = {}
     for repack in ("1", "0"):
@@ -441,6 +444,27 @@ def test_q4_0_layers_keep_an_interleaved_copy_with_the_same_logits(tmp_path):
     copies, fit, kept, logits = outs["1"]
     assert int(copies) == (int(fit) if kept == "True" else 0) and int(fit) >= 20  # Q4_0, rows a multiple of 8
     assert outs["0"][0] == "0" and outs["0"][3] == logits
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_huge_page_buffer_is_private_aligned_and_advised():
+    """The interleaved copies' buffer: private memory starting on a 2 MiB
+    boundary, advised for huge pages (VmFlags 'hg' in /proc/self/smaps: the
+    kernel backs it with 2 MiB pages where it has them)."""
+    buf = backend.huge_page_buffer(5 << 20)
+    assert buf.nbytes == 5 << 20 and buf.flags.writeable and buf.ctypes.data % backend.HUGE_PAGE == 0
+    buf[:] = 7
+    addr = buf.ctypes.data
+    for line in open("/proc/self/smaps").read().split("\n"):
+        if "-" in line.split(" ")[0]:
+            lo, hi = (int(a, 16) for a in line.split(" ")[0].split("-"))
+            current = lo <= addr < hi
+            if current:
+                assert line.split()[1] == "rw-p", line  # private: shared anonymous memory is shmem, not advised
+        elif current and line.startswith("VmFlags:"):
+            assert "hg" in line.split(), line
+            return
+    pytest.fail("the buffer's mapping is not in /proc/self/smaps")
 
 
 def test_release_pages_drops_only_a_file_maps_whole_pages(tmp_path):

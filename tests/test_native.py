@@ -167,6 +167,15 @@ def test_interleaved_copy_gives_the_rows_floats(isa, qtype):
         assert not np.array_equal(_native.matmul(int(qtype), w, x, isa=isa, w_il=bad), _native.matmul(int(qtype), w, x, isa=isa))
     with pytest.raises(ValueError, match="multiple of 8"):
         _native.interleave_rows8(int(qtype), w[:7], 512)
+    # into a buffer given (a slice of the model's one buffer of copies): the same bytes
+    out = np.zeros(w.size + 64, np.uint8)[64:].reshape(w.shape)
+    assert _native.interleave_rows8(int(qtype), w, 512, out) is out and np.array_equal(out, _native.interleave_rows8(int(qtype), w, 512))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        _native.interleave_rows8(int(qtype), w, 512, np.zeros((w.shape[0] * 2, w.shape[1] // 2), np.uint8))
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.zeros_like(w)
+        ro.flags.writeable = False
+        _native.interleave_rows8(int(qtype), w, 512, ro)
     with pytest.raises(ValueError, match="rows"):
         _native.matmul(int(qtype), w, x, w_il=il[:4])
 

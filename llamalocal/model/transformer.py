@@ -8,7 +8,8 @@
 
 Weights stay where the loader put them (views into the memory-mapped file),
 but for the interleaved copies of the layers' Q4_0 / Q4_K matrices that the
-x86 kernels read (layer_matrix); the KV cache belongs to the caller.
+x86 kernels read (layer_matrix), all in one buffer of huge pages
+(InterleavedCopies); the KV cache belongs to the caller.
 `with_lora` gives the same model under other LoRA adapters: only the layer
 objects differ, every weight is shared.
 """
@@ -83,16 +84,40 @@ def gather_layer(i: int, find: Callable[[str], Optional[T]]) -> tuple[dict[str, 
     return matrices, vectors
 
 
-def layer_matrix(t: QTensor, interleaved: frozenset[int]) -> tuple:
+class InterleavedCopies:
+    """Where the layers' interleaved copies go: one buffer of huge pages for them
+    all (backend.huge_page_buffer), cut in the order the copies are made."""
+
+    ALIGN = 64
+
+    def __init__(self, matrices: Sequence[QTensor], interleaved: frozenset[int]):
+        self.interleaved = interleaved
+        sizes = [self._span(t) for t in matrices if self.wanted(t)]
+        self.buffer = backend.huge_page_buffer(sum(sizes)) if sizes else None
+        self.used = 0
+
+    def wanted(self, t: QTensor) -> bool:
+        return int(t.type) in self.interleaved and t.rows % 8 == 0
+
+    def _span(self, t: QTensor) -> int:
+        return -(-t.data.nbytes // self.ALIGN) * self.ALIGN
+
+    def take(self, t: QTensor) -> np.ndarray:
+        out = self.buffer[self.used:self.used + t.data.nbytes].reshape(t.data.shape)
+        self.used += self._span(t)
+        return out
+
+
+def layer_matrix(t: QTensor, copies: InterleavedCopies) -> tuple:
     """A layer's matrix as the backend takes it: (type id, rows), plus the rows
-    interleaved where the kernels multiply that type fastest so (decode then
+    interleaved where the kernels multiply that type fastest (decode then
     streams one run of memory per eight rows, as llama.cpp's repacked weights
     do).  The copy takes the mapped rows' place in memory: their pages are
     released (the file stays mapped, and whatever reads the rows again, e.g.
     another ISA path, maps them back in), so the model stays at its file's size."""
-    if int(t.type) not in interleaved or t.rows % 8:
+    if not copies.wanted(t):
         return (int(t.type), t.data)
-    copy = backend.interleave_rows8(t.type, t.data, t.cols)
+    copy = backend.interleave_rows8(t.type, t.data, t.cols, out=copies.take(t))
     release_pages(t.data)
     return (int(t.type), t.data, copy)
 
@@ -119,10 +144,10 @@ class Transformer:
 
         self.tensors = tensors
         self._layer_tensors = []
-        interleaved = backend.interleaved_types()
-        for i in range(config.n_layer):
-            matrices, vectors = gather_layer(i, tensors.get)
-            self._layer_tensors.append({**{k: layer_matrix(t, interleaved) for k, t in matrices.items()},
+        layers = [gather_layer(i, tensors.get) for i in range(config.n_layer)]
+        copies = InterleavedCopies([t for matrices, _ in layers for t in matrices.values()], backend.interleaved_types())
+        for matrices, vectors in layers:
+            self._layer_tensors.append({**{k: layer_matrix(t, copies) for k, t in matrices.items()},
                                         **{k: t.vector() for k, t in vectors.items()}})
         self.lora: list[tuple[LoraAdapter, float]] = []
         self.layers = self._make_layers(self.lora)
