@@ -32,6 +32,31 @@ void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, size_t work_byt
     });
 }
 
+// parallel_chunks for memory-bound jobs (a decode step's gemv): chunks shrink
+// as the rows run out (each a share of what is left, at least min_chunk), so
+// the threads finish together; a thread idle at the tail is bandwidth unused.
+template <typename F>
+void parallel_guided(ThreadPool& pool, int64_t n, int64_t min_chunk, size_t work_bytes, F&& body) {
+    if (n <= 0) return;
+    const int64_t nth = pool.size();
+    if (nth == 1 || n <= min_chunk || work_bytes < MIN_PARALLEL_BYTES) {
+        body(0, n);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
+        int64_t r0 = next.load(std::memory_order_relaxed);
+        while (r0 < n) {
+            const int64_t share = (n - r0) / (2 * nth) / min_chunk * min_chunk;
+            const int64_t r1 = std::min(n, r0 + std::max(min_chunk, share));
+            if (next.compare_exchange_weak(r0, r1, std::memory_order_relaxed)) {
+                body(r0, r1);
+                r0 = next.load(std::memory_order_relaxed);
+            }
+        }
+    });
+}
+
 // Rows per chunk: enough chunks for balance (about 8 per thread) but never so
 // small that the per-chunk overhead shows; a multiple of 8, the row group of
 // the repacked-weight kernels.
@@ -84,7 +109,7 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     if (batch == 1) {
         const dot_rows_fn dot1 = gemv_il ? gemv_il : dot_for(0);
         const uint8_t* w1 = gemv_il ? w_il : w;
-        parallel_chunks(pool, n_rows, row_chunk(n_rows, pool.size(), 16), n_rows * w_rb,
+        parallel_guided(pool, n_rows, 16, n_rows * w_rb,
                         [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w1 + r0 * w_rb, w_rb, xq, y + r0); });
         return;
     }
