@@ -115,12 +115,14 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     }
     // Batched: a tile of weight rows stays in L2 while every activation row
     // passes over it, so weights are read from memory once per call.
-    int64_t tile = std::max<int64_t>(8, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~int64_t(7)));
+    // Tiles are whole groups of 16 rows, the avx512 row-per-lane tiles' unit
+    // (tiles.cpp), which the others' (8 repacked rows, 4 or 2 plain) divide.
+    constexpr int64_t group = 16;
+    int64_t tile = std::max<int64_t>(group, std::min<int64_t>(64, (int64_t)((256 * 1024) / std::max<size_t>(w_rb, 1)) & ~(group - 1)));
     // Whole rounds of tiles for the threads: a decode step's small matrices
     // have few tiles (k and v of a small model: 3 of 64 rows), and one thread
-    // taking one more than the others leaves them idle for that long.  Tiles
-    // stay a multiple of the row group (8 repacked, else the tiles' 4 rows).
-    const int64_t nth = pool.size(), group = packed ? 8 : 4;
+    // taking one more than the others leaves them idle for that long.
+    const int64_t nth = pool.size();
     if (int64_t n_tiles = (n_rows + tile - 1) / tile; nth > 1 && n_tiles % nth) {
         n_tiles += nth - n_tiles % nth;
         tile = std::max(group, ((n_rows + n_tiles - 1) / n_tiles + group - 1) / group * group);

@@ -52,5 +52,19 @@ LL_INLINE __m256i nibbles32(const uint8_t* qs) {
     return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
+// Bit j of `bits` -> byte j = 0x10 if set, else 0 (the fifth bit of Q5 weights).
+LL_INLINE __m256i bits_to_0x10(uint32_t bits) {
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000ll, 0x0101010101010101ll, 0x0202020202020202ll,
+                                            0x0303030303030303ll);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);  // byte j = bits byte j/8
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfell));     // all bits but j%8
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+// Q5_0 / Q5_1: the 32 unsigned 5-bit values (0..31) in weight order.
+LL_INLINE __m256i q5_values(const uint8_t* qs, const uint8_t* qh) {
+    return _mm256_or_si256(nibbles32(qs), bits_to_0x10(load_u32(qh)));
+}
+
 }  // namespace
 }  // namespace ll

@@ -5,8 +5,9 @@
 // tiles spend about as many instructions on horizontal reductions and
 // transposes per row and token as on the products.  The float steps are the
 // replaced kernels' own, lane by lane, so every output is unchanged; rows
-// short of a full group and tokens outside the gemm's groups of four go to
-// the kernels registered before (repack.cpp).
+// short of a full group, tokens outside the gemm's groups of four and
+// decode steps of a few sequences go to the kernels registered before
+// (repack.cpp, legacy.cpp).
 //
 // Compiled once per ISA like the other x86 files: the avx512 build takes
 // sixteen rows to a 512-bit register and VPDPBUSD, the avx2 build (and the
@@ -434,6 +435,168 @@ void dot_tile_q6_k(int64_t n, int64_t nrows, const void* w, size_t stride, const
         for (int64_t t = 0; t < n_tok; t++) q6_k_rest(n, nrows - rows, p + rows * stride, stride, xb + t * x_stride, y + t * y_stride + rows);
 }
 
+
+// ---- Q4_1, Q5_0, Q5_1, Q8_0: what legacy.cpp's dot_tile gives ----
+//
+// ggml's vec_dot for these keeps eight float lanes per row: lane j is the
+// chain of d_w * d_y times the exact sum over weight bytes 4j..4j+3 with the
+// activation's, to which Q4_1 / Q5_1 add the chain of m_w * s_y after the
+// horizontal sum.  Here int32 lane l of register j holds row l's lane j: the
+// unsigned weights u (u - 16 the Q5_0 weight, u - 128 the Q8_0 one) take the
+// exact sums by VPDPBUSD, started at -offset * (sum of the activation bytes),
+// and each row's eight chains meet in hsum_ggml's order across registers.
+
+dot_tile_fn legacy_rest[TYPE_COUNT] = {};  // legacy.cpp's dot_tile: the rows these leave, long rows
+
+#if LL_ZMM
+constexpr int LEGACY_ROWS = 16, LEGACY_TOKS = 2;  // two tokens: sixteen chains plus their scales fill the registers
+
+struct alignas(32) Bytes32 {
+    uint8_t b[32];
+};
+
+struct alignas(64) LegacyRows16 {
+    __m512i w[8];  // [j], int32 lane l: u of weight bytes 4j..4j+3 of row l
+    __m512 d, m;   // the rows' scales and (Q4_1 / Q5_1) mins
+};
+
+template <int T> struct Legacy;
+template <> struct Legacy<TYPE_Q4_1> { typedef block_q4_1 W; typedef block_q8_1 Y; enum { offset = 0, min = 1 }; };
+template <> struct Legacy<TYPE_Q5_0> { typedef block_q5_0 W; typedef block_q8_0 Y; enum { offset = 16, min = 0 }; };
+template <> struct Legacy<TYPE_Q5_1> { typedef block_q5_1 W; typedef block_q8_1 Y; enum { offset = 0, min = 1 }; };
+template <> struct Legacy<TYPE_Q8_0> { typedef block_q8_0 W; typedef block_q8_0 Y; enum { offset = 128, min = 0 }; };
+
+// Sixteen rows' nb blocks: each row's values unpacked to bytes row by row
+// (one stream at a time, and the same row of the next sixteen prefetched:
+// sixteen rows read block by block outran the hardware prefetchers), then
+// each block's sixteen byte rows transposed a 16-byte half at a time.
+template <int T>
+inline void unpack_legacy_rows16(int64_t nb, const uint8_t* p, size_t stride, LegacyRows16* o) {
+    typedef typename Legacy<T>::W W;
+    thread_local std::vector<Bytes32> bytes;  // [nb r + i]
+    bytes.resize((size_t)(LEGACY_ROWS * nb));
+    for (int r = 0; r < LEGACY_ROWS; r++) {
+        const W* b = reinterpret_cast<const W*>(p + r * stride);
+        for (int64_t i = 0; i < nb; i++) {
+            _mm_prefetch(reinterpret_cast<const char*>(b + i) + LEGACY_ROWS * stride, _MM_HINT_T0);
+            __m256i u;
+            if constexpr (T == TYPE_Q8_0) u = _mm256_xor_si256(loadu256(b[i].qs), _mm256_set1_epi8((char)0x80));
+            else if constexpr (T == TYPE_Q4_1) u = nibbles32(b[i].qs);
+            else u = q5_values(b[i].qs, b[i].qh);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(bytes[nb * r + i].b), u);
+        }
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t* bi = bytes[i].b;
+        const size_t row = 32 * nb;
+        for (int h = 0; h < 2; h++) {
+            __m512i v[4];
+            for (int q = 0; q < 4; q++) v[q] = rows4_128(bi + row * q + 16 * h, 4 * row);
+            transpose_lanes4x4(v, o[i].w + 4 * h);
+        }
+        o[i].d = halves16(p + i * sizeof(W) + offsetof(W, d), stride);
+        if constexpr (Legacy<T>::min) o[i].m = halves16(p + i * sizeof(W) + offsetof(W, m), stride);
+    }
+}
+
+// A token's activation blocks as the tile reads them: d_y, s_y (Q8_1), and
+// -offset * (sum of bytes 4j..4j+3) per block.
+struct LegacyToken {
+    std::vector<float> d, s;
+    std::vector<int32_t> start;  // [8 i + j]
+};
+
+template <int T>
+void prep_legacy_token(const uint8_t* x, int64_t nb, LegacyToken& p) {
+    typedef typename Legacy<T>::Y Y;
+    const Y* y = reinterpret_cast<const Y*>(x);
+    p.d.resize(nb);
+    p.s.resize(nb);
+    p.start.resize(8 * nb);
+    for (int64_t i = 0; i < nb; i++) {
+        p.d[i] = h2f(y[i].d);
+        if constexpr (Legacy<T>::min) p.s[i] = h2f(y[i].s);
+        const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), loadu256(y[i].qs)), _mm256_set1_epi16(1));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(&p.start[8 * i]), _mm256_mullo_epi32(sums, _mm256_set1_epi32(-(int)Legacy<T>::offset)));
+    }
+}
+
+template <int T, int NT>
+inline void legacy_tile_rows16(int64_t nb, const LegacyRows16* u, const uint8_t* const* yq, const LegacyToken* const* tok, float* out,
+                               size_t out_stride) {
+    typedef typename Legacy<T>::Y Y;
+    __m512 acc[NT][8], macc[NT];
+    _Pragma("GCC unroll 2")
+    for (int t = 0; t < NT; t++) {
+        macc[t] = _mm512_setzero_ps();
+        _Pragma("GCC unroll 8")
+        for (int j = 0; j < 8; j++) acc[t][j] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < nb; i++) {
+        const LegacyRows16& b = u[i];
+        _Pragma("GCC unroll 2")
+        for (int t = 0; t < NT; t++) {
+            const uint8_t* q = reinterpret_cast<const uint8_t*>(reinterpret_cast<const Y*>(yq[t])[i].qs);
+            const int32_t* start = tok[t]->start.data() + 8 * i;
+            const __m512 dd = _mm512_mul_ps(b.d, _mm512_set1_ps(tok[t]->d[i]));  // d_w * d_y, as dot's row_scales
+            if constexpr (Legacy<T>::min) macc[t] = _mm512_fmadd_ps(b.m, _mm512_set1_ps(tok[t]->s[i]), macc[t]);
+            _Pragma("GCC unroll 8")
+            for (int j = 0; j < 8; j++) {
+                const __m512i s0 = Legacy<T>::offset ? _mm512_set1_epi32(start[j]) : _mm512_setzero_si512();
+                const __m512i s = _mm512_dpbusd_epi32(s0, b.w[j], _mm512_set1_epi32((int)load_u32(q + 4 * j)));
+                acc[t][j] = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(s), acc[t][j]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 2")
+    for (int t = 0; t < NT; t++) {
+        // hsum_ggml: lanes j + (j + 4), then (0 + 2) and (1 + 3), then those two
+        const __m512 h0 = _mm512_add_ps(acc[t][4], acc[t][0]), h1 = _mm512_add_ps(acc[t][5], acc[t][1]);
+        const __m512 h2 = _mm512_add_ps(acc[t][6], acc[t][2]), h3 = _mm512_add_ps(acc[t][7], acc[t][3]);
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(h0, h2), _mm512_add_ps(h1, h3));
+        // the min chain (zero but for Q4_1 / Q5_1) added as dot_q45_pass adds it; Q8_0's dot adds nothing
+        _mm512_storeu_ps(out + t * out_stride, T != TYPE_Q8_0 ? _mm512_add_ps(sum, macc[t]) : sum);
+    }
+}
+
+// KernelSet::dot_tile for these types: full groups of sixteen rows here,
+// the rest (and rows longer than a segment) through legacy.cpp's.
+template <int T>
+void dot_tile_legacy(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, size_t x_stride, int64_t n_tok, float* y,
+                     size_t y_stride) {
+    const uint8_t* p = static_cast<const uint8_t*>(w);
+    const uint8_t* xb = static_cast<const uint8_t*>(x);
+    // A decode step of up to four sequences stays with legacy.cpp's tile,
+    // which unpacks as it computes: here the unpacking, which reads the
+    // weights from memory, is a phase of its own, and with four tokens or
+    // fewer to share it that came out slower (SmolLM2, 4 sequences: 310 vs
+    // 285 tok/s; 8 sequences: 366 vs 389).
+    const int64_t nb = n / QK, rows = nb > SEG || n_tok <= 4 ? 0 : nrows / LEGACY_ROWS * LEGACY_ROWS;
+    if (rows) {
+        // the whole tile into L2 at once (ops.cpp keeps tiles within it): its rows'
+        // lines are fetched side by side rather than a row's worth at a time
+        for (int64_t r = 0; r < nrows; r++)
+            for (size_t o = 0; o < (size_t)nb * sizeof(typename Legacy<T>::W); o += 64)
+                _mm_prefetch(reinterpret_cast<const char*>(p + r * stride + o), _MM_HINT_T1);
+        thread_local std::vector<LegacyToken> toks;
+        thread_local std::vector<LegacyRows16> u;
+        if ((int64_t)toks.size() < n_tok) toks.resize(n_tok);
+        for (int64_t t = 0; t < n_tok; t++) prep_legacy_token<T>(xb + t * x_stride, nb, toks[t]);
+        u.resize((size_t)nb);
+        for (int64_t r = 0; r < rows; r += LEGACY_ROWS) {
+            unpack_legacy_rows16<T>(nb, p + r * stride, stride, u.data());
+            for (int64_t t = 0; t < n_tok; t += LEGACY_TOKS) {
+                const uint8_t* yq[LEGACY_TOKS] = {xb + t * x_stride, xb + (t + 1) * x_stride};
+                const LegacyToken* tk[LEGACY_TOKS] = {&toks[t], &toks[t + 1 < n_tok ? t + 1 : t]};
+                if (t + 1 < n_tok) legacy_tile_rows16<T, 2>(nb, u.data(), yq, tk, y + t * y_stride + r, y_stride);
+                else legacy_tile_rows16<T, 1>(nb, u.data(), yq, tk, y + t * y_stride + r, y_stride);
+            }
+        }
+    }
+    if (rows < nrows) legacy_rest[T](n, nrows - rows, p + rows * stride, stride, x, x_stride, n_tok, y + rows, y_stride);
+}
+#endif
+
 }  // namespace
 
 // After repack's registration, whose tile serves what these leave.
@@ -446,6 +609,16 @@ void LL_REGISTER(tiles)(KernelSet* ks) {
         q6_k_rest = ks->dot_tiled[TYPE_Q6_K];
         ks->dot_tile_tiled[TYPE_Q6_K] = dot_tile_q6_k;
     }
+#if LL_ZMM
+    const int legacy_types[] = {TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0};
+    const dot_tile_fn legacy_tiles[] = {dot_tile_legacy<TYPE_Q4_1>, dot_tile_legacy<TYPE_Q5_0>, dot_tile_legacy<TYPE_Q5_1>,
+                                        dot_tile_legacy<TYPE_Q8_0>};
+    for (int i = 0; i < 4; i++)
+        if (ks->dot_tile[legacy_types[i]]) {
+            legacy_rest[legacy_types[i]] = ks->dot_tile[legacy_types[i]];
+            ks->dot_tile[legacy_types[i]] = legacy_tiles[i];
+        }
+#endif
 }
 
 }  // namespace ll
