@@ -25,7 +25,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ...formats.fp16 import round_f16
+from ...formats.fp16 import f16_to_f32, round_f16
 
 LANES = 16  # KernelSet::lanes of the native scalar path
 KV_ALIGN = 64  # ggml_math.h: the attention's KV range is aligned to 64 cells
@@ -292,8 +292,10 @@ def softmax_cells(s, n, lead, cells, w):
 @njit(cache=True, nogil=True)
 def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
     """attn_f16<16> for query row t and head h (task = t * n_head + h).
-    q [T, n_head, hd] float32; keys, values [n_ctx, n_head_kv, hd] float32
-    (the fp16 cache's values); out [T, n_head, hd].  The products follow
+    q [T, n_head, hd] float32; keys, values [n_ctx, n_head_kv, hd] uint16
+    (the fp16 cache's bits: numba has no float16, and converting the whole
+    cache in numpy each step cost a third of a small model's decode; each row
+    is converted here as it is read, exactly); out [T, n_head, hd].  The products follow
     ggml's choice: tinyBLAS when the batch has two or more tokens (and hd
     suits it), ggml_vec_dot_f16 otherwise."""
     T, H, hd = q.shape
@@ -310,8 +312,11 @@ def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
         qh[d] = round_f16(q[t, h, d])
     k = keys[j0:j0 + n, g]
     s = np.empty(n, np.float32)
+    row = np.empty(hd, np.float32)
     for i in range(n):
-        dot = tinyblas_dot(k[i], qh) if kq_tiny else dot_f16(k[i], qh)
+        for d in range(hd):
+            row[d] = f16_to_f32(k[i, d])
+        dot = tinyblas_dot(row, qh) if kq_tiny else dot_f16(row, qh)
         s[i] = dot * scale
     w = np.empty(cells, np.float32)
     softmax_cells(s, n, lead, cells, w)
@@ -329,7 +334,7 @@ def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
         va = values[j0 + a - lead, g]
         lane = acc[a % nacc]
         for d in range(hd):
-            lane[d] = fma(va[d], wa, lane[d])
+            lane[d] = fma(f16_to_f32(va[d]), wa, lane[d])
     # ggml_dot_f16 over a multiple of 64 cells has no double tail
     if kqv_tiny:
         _hsum16_columns(acc, out[t, h])

@@ -24,6 +24,8 @@ numba's prange, as the native pool splits them.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -381,6 +383,19 @@ def kernel_variants(qtype, n_rows: int, k: int, batch: int) -> np.ndarray:
     elif t == T.F32 and batch >= 2 and k % LANES == 0 and n_rows % 4 == 0:
         v[:] = SGEMM
     return v
+
+
+def row_kernel(qtype, w) -> Optional[Callable]:
+    """The kernel matmul() runs on one activation row for these weights (rows of
+    a format with a one-call kernel in vecdot.py), as f(x (1, K), out (1, N),
+    chunks), for callers that have checked the shapes once already (the
+    layer's decode step); None for the formats matmul() runs otherwise."""
+    t = _weight_format(qtype).type
+    if t not in _VECDOT:
+        return None
+    vec_dot, gemv = _VECDOT[t]
+    kernel = gemv if gemv is not None and len(w) % 8 == 0 else vec_dot
+    return lambda x, out, chunks: kernel(w, x, out, chunks)
 
 
 def matmul(qtype, w, x, out=None) -> np.ndarray:
