@@ -43,6 +43,18 @@ def bits_f32(typingctx, u):
     return types.float32(types.int64), codegen
 
 
+@intrinsic
+def bits_f64(typingctx, u):
+    """The float64 whose IEEE bits are int64 u."""
+    if u != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def f16_to_f32(h):
     w = np.int64(h) << 16

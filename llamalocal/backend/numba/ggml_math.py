@@ -25,7 +25,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ...formats.fp16 import f16_to_f32, round_f16
+from ...formats.fp16 import bits_f64, f16_to_f32, round_f16
+from .simd import fma16, reduce4_16, zeros16
 
 LANES = 16  # KernelSet::lanes of the native scalar path
 KV_ALIGN = 64  # ggml_math.h: the attention's KV range is aligned to 64 cells
@@ -82,8 +83,9 @@ def expf512(x):
     j = fma(fma(fma(_EXP_C5, b, _EXP_C4), u, fma(_EXP_C3, b, _EXP_C2)), u, fma(_EXP_C1, b, F1))
     if abs(n) > _F192:
         return F0 if n <= F0 else np.float32(np.inf)
-    # ldexp: j * 2^n is exact in float64, so narrowing rounds once, as ldexpf does
-    return np.float32(np.float64(j) * math.ldexp(1.0, int(n)))
+    # j * 2^n is exact in float64, so narrowing rounds once, as ldexpf does;
+    # 2^n from its bits (|n| <= 192) rather than a libm ldexp per element
+    return np.float32(np.float64(j) * bits_f64((np.int64(n) + 1023) << 52))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -249,23 +251,28 @@ def glu(gate, up, gelu: bool) -> None:
 @njit(cache=True, nogil=True)
 def dot_f16(x, y):
     """ggml_dot_f16<16>: four 16-lane FMA accumulators over chunks of 64,
-    ggml_reduce4, the tail added in double."""
+    ggml_reduce4, the tail added in double; x, y contiguous float32."""
     n = x.size
     np_ = n & ~(4 * LANES - 1)
-    acc = np.zeros(4 * LANES, np.float32)
+    a0 = a1 = a2 = a3 = zeros16()
     for i in range(0, np_, 4 * LANES):
-        for a in range(4 * LANES):
-            acc[a] = fma(x[i + a], y[i + a], acc[a])
-    s = np.float64(reduce4(acc))
+        a0 = fma16(x, y, i, a0)
+        a1 = fma16(x, y, i + LANES, a1)
+        a2 = fma16(x, y, i + 2 * LANES, a2)
+        a3 = fma16(x, y, i + 3 * LANES, a3)
+    s = np.float64(reduce4_16(a0, a1, a2, a3))
     for i in range(np_, n):
         s += np.float64(x[i] * y[i])
     return np.float32(s)
 
 
 @njit(cache=True, nogil=True)
-def tinyblas_dot(x, y):
-    """llamafile's tinyBLAS (tinyblas_dot<16>): one 16-lane FMA accumulator, lane = index mod 16."""
-    acc = np.zeros(LANES, np.float32)
+def tinyblas_dot(x, y, acc):
+    """llamafile's tinyBLAS (tinyblas_dot<16>): one 16-lane FMA accumulator
+    (acc[:16], the caller's: an allocation per key cost more than the dot),
+    lane = index mod 16."""
+    for a in range(LANES):
+        acc[a] = F0
     for i in range(x.size):
         acc[i % LANES] = fma(x[i], y[i], acc[i % LANES])
     return hsum16(acc, 0)
@@ -313,10 +320,11 @@ def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
     k = keys[j0:j0 + n, g]
     s = np.empty(n, np.float32)
     row = np.empty(hd, np.float32)
+    acc_dot = np.empty(LANES, np.float32)
     for i in range(n):
         for d in range(hd):
             row[d] = f16_to_f32(k[i, d])
-        dot = tinyblas_dot(row, qh) if kq_tiny else dot_f16(row, qh)
+        dot = tinyblas_dot(row, qh, acc_dot) if kq_tiny else dot_f16(row, qh)
         s[i] = dot * scale
     w = np.empty(cells, np.float32)
     softmax_cells(s, n, lead, cells, w)
@@ -332,9 +340,11 @@ def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
     for a in range(lead, lead + n):
         wa = w[a]
         va = values[j0 + a - lead, g]
+        for d in range(hd):
+            row[d] = f16_to_f32(va[d])
         lane = acc[a % nacc]
         for d in range(hd):
-            lane[d] = fma(f16_to_f32(va[d]), wa, lane[d])
+            lane[d] = fma(row[d], wa, lane[d])
     # ggml_dot_f16 over a multiple of 64 cells has no double tail
     if kqv_tiny:
         _hsum16_columns(acc, out[t, h])

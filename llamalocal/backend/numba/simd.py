@@ -10,7 +10,8 @@ so that the 8 float accumulators of a row stay in one register:
 
 - `i32x8`: the 8 exact int32 lane sums of a 32-weight block, lane l holding
   weights 4l .. 4l + 3 (llama.cpp's x86 vec_dot lanes);
-- `f32x8`: the 8 float chains that those lanes go into.
+- `f32x8`: the 8 float chains that those lanes go into;
+- `f32x16`: 16 float chains of ggml_vec_dot_f16 (attention's q·k).
 
 Only exact integer work is reorganised here.  The float steps are lane-wise
 and single: `fma8` is acc = fma(a, float(lane), acc) per lane (llvm.fma, one
@@ -39,6 +40,7 @@ class VecType(types.Type):
 
 f32x8 = VecType("f32x8", _F32, 8)
 i32x8 = VecType("i32x8", _I32, 8)
+f32x16 = VecType("f32x16", _F32, 16)
 
 
 @register_model(VecType)
@@ -400,3 +402,44 @@ def store8(typingctx, out, o, v):
         return context.get_dummy_value()
 
     return types.none(out, o, v), codegen
+
+
+# ----------------------------------------------------------------------------
+# ggml_vec_dot_f16's four 16-lane accumulators (attention, native attn_f16)
+# ----------------------------------------------------------------------------
+
+
+@intrinsic
+def zeros16(typingctx):
+    """Sixteen +0 accumulators."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_vt(16, _F32), [ir.Constant(_F32, 0.0)] * 16)
+
+    return f32x16(), codegen
+
+
+@intrinsic
+def fma16(typingctx, x, y, o, acc):
+    """acc[l] = fma(x[o + l], y[o + l], acc[l]) for l < 16 (float32 arrays), one rounding per lane."""
+    def codegen(context, builder, sig, args):
+        vt = _vt(16, _F32)
+        a = _load(builder, _at(context, builder, sig.args[0], args[0], args[2]), vt)
+        b = _load(builder, _at(context, builder, sig.args[1], args[1], args[2]), vt)
+        fn = builder.module.declare_intrinsic("llvm.fma.v16f32", (), ir.FunctionType(vt, [vt, vt, vt]))
+        return builder.call(fn, [a, b, args[3]])
+
+    return f32x16(x, y, o, acc), codegen
+
+
+@intrinsic
+def reduce4_16(typingctx, a0, a1, a2, a3):
+    """ggml_reduce4<16> of the accumulators a0..a3 (acc[0:16] .. acc[48:64]):
+    a2 and a3 into a0 and a1, a1 into a0, then hsum16 of the lanes."""
+    def codegen(context, builder, sig, args):
+        v0, v1, v2, v3 = args
+        lanes = builder.fadd(builder.fadd(v0, v2), builder.fadd(v1, v3))
+        e = [builder.extract_element(lanes, ir.Constant(_I32, i)) for i in range(16)]
+        a = [builder.fadd(builder.fadd(e[j], e[j + 8]), builder.fadd(e[j + 4], e[j + 12])) for j in range(4)]
+        return builder.fadd(builder.fadd(a[0], a[2]), builder.fadd(a[1], a[3]))
+
+    return types.float32(a0, a1, a2, a3), codegen
