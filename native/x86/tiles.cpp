@@ -435,7 +435,6 @@ void dot_tile_q6_k(int64_t n, int64_t nrows, const void* w, size_t stride, const
         for (int64_t t = 0; t < n_tok; t++) q6_k_rest(n, nrows - rows, p + rows * stride, stride, xb + t * x_stride, y + t * y_stride + rows);
 }
 
-
 // ---- Q4_1, Q5_0, Q5_1, Q8_0: what legacy.cpp's dot_tile gives ----
 //
 // ggml's vec_dot for these keeps eight float lanes per row: lane j is the

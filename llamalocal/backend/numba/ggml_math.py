@@ -299,10 +299,10 @@ def softmax_cells(s, n, lead, cells, w):
 @njit(cache=True, nogil=True)
 def _attend_f16(q, keys, values, pos0, window, group, scale, task, out):
     """attn_f16<16> for query row t and head h (task = t * n_head + h).
-    q [T, n_head, hd] float32; keys, values [n_ctx, n_head_kv, hd] uint16
-    (the fp16 cache's bits: numba has no float16, and converting the whole
-    cache in numpy each step cost a third of a small model's decode; each row
-    is converted here as it is read, exactly); out [T, n_head, hd].  The products follow
+    q [T, n_head, hd] float32; keys, values [n_ctx, n_head_kv, hd] uint16,
+    the fp16 cache's bits, each row converted exactly as it is read (numba
+    has no float16, and converting the whole cache in numpy every step took
+    a sixth of SmolLM2's decode); out [T, n_head, hd].  The products follow
     ggml's choice: tinyBLAS when the batch has two or more tokens (and hd
     suits it), ggml_vec_dot_f16 otherwise."""
     T, H, hd = q.shape

@@ -420,7 +420,11 @@ def zeros16(typingctx):
 
 @intrinsic
 def fma16(typingctx, x, y, o, acc):
-    """acc[l] = fma(x[o + l], y[o + l], acc[l]) for l < 16 (float32 arrays), one rounding per lane."""
+    """acc[l] = fma(x[o + l], y[o + l], acc[l]) for l < 16 (contiguous float32
+    arrays), one rounding per lane."""
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float32 for a in (x, y)):
+        return None
+
     def codegen(context, builder, sig, args):
         vt = _vt(16, _F32)
         a = _load(builder, _at(context, builder, sig.args[0], args[0], args[2]), vt)
