@@ -52,6 +52,11 @@ LL_INLINE __m256i nibbles32(const uint8_t* qs) {
     return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
+// One block's 32 weights unpacked to a byte each (the batch tiles' staging).
+struct alignas(32) Bytes32 {
+    uint8_t b[32];
+};
+
 // Bit j of `bits` -> byte j = 0x10 if set, else 0 (the fifth bit of Q5 weights).
 LL_INLINE __m256i bits_to_0x10(uint32_t bits) {
     const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000ll, 0x0101010101010101ll, 0x0202020202020202ll,

@@ -456,10 +456,6 @@ constexpr bool Q8_UNSIGNED = true;  // MAC_U8S8 is VPDPBUSD: w + 128 (up to 255)
 constexpr bool Q8_UNSIGNED = false;
 #endif
 
-struct alignas(32) Bytes32 {  // one block's weights unpacked, one byte each
-    uint8_t b[32];
-};
-
 // The activation scales of TILE_TOKS tokens, converted once per token group:
 // d[i][t] = d_y of token t's block i, and s[i][t] its Q8_1 sum.
 struct TileScales {

@@ -450,10 +450,6 @@ dot_tile_fn legacy_rest[TYPE_COUNT] = {};  // legacy.cpp's dot_tile: the rows th
 #if LL_ZMM
 constexpr int LEGACY_ROWS = 16, LEGACY_TOKS = 2;  // two tokens: sixteen chains plus their scales fill the registers
 
-struct alignas(32) Bytes32 {
-    uint8_t b[32];
-};
-
 struct alignas(64) LegacyRows16 {
     __m512i w[8];  // [j], int32 lane l: u of weight bytes 4j..4j+3 of row l
     __m512 d, m;   // the rows' scales and (Q4_1 / Q5_1) mins
@@ -574,6 +570,7 @@ void dot_tile_legacy(int64_t n, int64_t nrows, const void* w, size_t stride, con
     if (rows) {
         // the whole tile into L2 at once (ops.cpp keeps tiles within it): its rows'
         // lines are fetched side by side rather than a row's worth at a time
+        // (SmolLM2, 8 sequences a step: +5%; prompts: no difference)
         for (int64_t r = 0; r < nrows; r++)
             for (size_t o = 0; o < (size_t)nb * sizeof(typename Legacy<T>::W); o += 64)
                 _mm_prefetch(reinterpret_cast<const char*>(p + r * stride + o), _MM_HINT_T1);
