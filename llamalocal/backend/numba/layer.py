@@ -9,7 +9,6 @@ which rounds each of them exactly as C++ does.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads
 
 from ...formats import GGMLType, block_format
 from . import ggml_math as gn
@@ -71,7 +70,7 @@ class PyLayer:
         kernel = self._row_kernels.get(name)
         if kernel is not None and len(x) == 1:
             y = np.empty((1, len(w)), np.float32)
-            kernel(x, y, min(get_num_threads(), len(w)))
+            kernel(x, y)
         else:
             y = matmul(qtype, w, x)
         for a, b, scale in (self.t.get("lora") or {}).get(name, ()):

@@ -385,17 +385,23 @@ def kernel_variants(qtype, n_rows: int, k: int, batch: int) -> np.ndarray:
     return v
 
 
+def _run_vecdot(t, w, x2, out2) -> None:
+    """A format's one-call kernel of vecdot.py (kernel_variants' choice for it,
+    without its array) on rows (B, K) of activations, over the threads."""
+    vec_dot, gemv = _VECDOT[t]
+    kernel = gemv if gemv is not None and len(w) % 8 == 0 else vec_dot
+    kernel(w, x2, out2, min(get_num_threads(), len(w)))
+
+
 def row_kernel(qtype, w) -> Optional[Callable]:
-    """The kernel matmul() runs on one activation row for these weights (rows of
-    a format with a one-call kernel in vecdot.py), as f(x (1, K), out (1, N),
-    chunks), for callers that have checked the shapes once already (the
-    layer's decode step); None for the formats matmul() runs otherwise."""
+    """What matmul() runs on one activation row for these weights (rows of a
+    format with a one-call kernel in vecdot.py), as f(x (1, K), out (1, N)),
+    for callers that have checked the shapes once already (the layer's decode
+    step); None for the formats matmul() runs otherwise."""
     t = _weight_format(qtype).type
     if t not in _VECDOT:
         return None
-    vec_dot, gemv = _VECDOT[t]
-    kernel = gemv if gemv is not None and len(w) % 8 == 0 else vec_dot
-    return lambda x, out, chunks: kernel(w, x, out, chunks)
+    return lambda x, out: _run_vecdot(t, w, x, out)
 
 
 def matmul(qtype, w, x, out=None) -> np.ndarray:
@@ -428,10 +434,7 @@ def matmul(qtype, w, x, out=None) -> np.ndarray:
 
     t = fmt.type
     if t in _VECDOT and (B < 8 or t != T.Q6_K):  # Q6_K: below the tiled kernel's 8 rows
-        # kernel_variants' choice for these types, without its array
-        vec_dot, gemv = _VECDOT[t]
-        kernel = gemv if gemv is not None and N % 8 == 0 else vec_dot
-        kernel(w, x2, out2, min(get_num_threads(), N))
+        _run_vecdot(t, w, x2, out2)
         return out
     variant = kernel_variants(t, N, K, B)
     if t == T.F32:
