@@ -74,14 +74,17 @@ void weight_rows(const py::array& w, int type, int64_t k, int64_t* n_rows) {
     *n_rows = w.ndim() == 2 ? w.shape(0) : 1;
 }
 
-// The weights' interleaved copy (blocks.h interleave_rows8): uint8 (rows, row_bytes), rows a multiple of 8,
-// written into `out` (same shape, e.g. a slice of one huge-page buffer for all of a model's copies) or a new array.
-py::array interleave_rows8_py(int type, const py::array& w, int64_t k, const py::object& out) {
+// The weights' interleaved copy (blocks.h interleave_rows): uint8 (rows, row_bytes), rows a multiple of
+// interleave_group(type), written into `out` (same shape, e.g. a slice of one huge-page buffer for all of a
+// model's copies) or a new array.
+py::array interleave_rows_py(int type, const py::array& w, int64_t k, const py::object& out) {
     check_weight_type(type);
     check_k(type, k, "k");
     int64_t n_rows;
     weight_rows(w, type, k, &n_rows);
-    if (n_rows % 8) throw py::value_error("w: " + std::to_string(n_rows) + " rows are not a multiple of 8");
+    const int group = interleave_group(type);
+    if (n_rows % group)
+        throw py::value_error("w: " + std::to_string(n_rows) + " rows are not a multiple of " + std::to_string(group));
     py::array dest;
     if (out.is_none()) {
         dest = py::array_t<uint8_t>({(py::ssize_t)n_rows, (py::ssize_t)row_bytes(type, k)});
@@ -98,11 +101,11 @@ py::array interleave_rows8_py(int type, const py::array& w, int64_t k, const py:
     {
         py::gil_scoped_release release;
         auto pool = global_pool();
-        const int64_t groups = n_rows / 8;
-        const size_t group_bytes = 8 * row_bytes(type, k);
+        const int64_t groups = n_rows / group;
+        const size_t group_bytes = group * row_bytes(type, k);
         pool->run([&](int ith, int nth) {
             const int64_t g0 = groups * ith / nth, g1 = groups * (ith + 1) / nth;
-            interleave_rows8(type, src + g0 * group_bytes, (g1 - g0) * 8, k, dst + g0 * group_bytes);
+            interleave_rows(type, src + g0 * group_bytes, (g1 - g0) * group, k, dst + g0 * group_bytes);
         });
     }
     return dest;
@@ -216,9 +219,13 @@ PYBIND11_MODULE(_native, m) {
     m.def("matmul", &matmul_py, py::arg("type"), py::arg("w"), py::arg("x"), py::arg("out") = py::none(), py::arg("isa") = py::none(),
           py::arg("w_il") = py::none(),
           "Y = X · Wᵀ. w: uint8 (N, row_bytes) weights of GGML `type`; x: float32 (K,) or (B, K). Returns float32 (N,) or (B, N). "
-          "w_il: the same weights interleaved (interleave_rows8), read where the kernel set multiplies them so.");
-    m.def("interleave_rows8", &interleave_rows8_py, py::arg("type"), py::arg("w"), py::arg("k"), py::arg("out") = py::none(),
-          "The weights' rows interleaved in groups of eight, block by block (the layout the interleaved kernels read).");
+          "w_il: the same weights interleaved (interleave_rows), read where the kernel set multiplies them so.");
+    m.def("interleave_rows", &interleave_rows_py, py::arg("type"), py::arg("w"), py::arg("k"), py::arg("out") = py::none(),
+          "The weights' rows interleaved in groups of interleave_group(type), block by block (the layout the interleaved kernels read).");
+    m.def("interleave_group", [](int type) {
+        check_weight_type(type);
+        return interleave_group(type);
+    }, py::arg("type"), "Rows per group of the type's interleaved copy (interleave_rows): its row count must be a multiple.");
     m.def("interleaved_types", [] {
         std::vector<int> types;
         for (int t = 0; t < TYPE_COUNT; t++)

@@ -247,8 +247,9 @@ private:
         if (tup.size() == 3 && !tup[2].is_none()) {
             py::array il = py::cast<py::array>(tup[2]);
             if (!il.dtype().is(py::dtype::of<uint8_t>()) || il.ndim() != 2 || !(il.flags() & py::array::c_style) ||
-                il.shape(0) != a.shape(0) || il.shape(1) != a.shape(1) || rows % 8)
-                throw py::value_error(std::string(name) + ": the interleaved copy must be C-contiguous uint8 of the weights' shape, rows a multiple of 8");
+                il.shape(0) != a.shape(0) || il.shape(1) != a.shape(1) || rows % interleave_group(type))
+                throw py::value_error(std::string(name) + ": the interleaved copy must be C-contiguous uint8 of the weights' shape, rows a multiple of " +
+                                      std::to_string(interleave_group(type)));
             keep_.push_back(il);
             r.il = static_cast<const uint8_t*>(il.data());
         }

@@ -78,14 +78,36 @@ inline bool type_supported(int t) { return t >= 0 && t < TYPE_COUNT && TYPE_TRAI
 inline bool is_weight_type(int t) { return type_supported(t) && t != TYPE_Q8_1 && t != TYPE_Q8_K; }
 inline size_t row_bytes(int t, int64_t n) { return (size_t)(n / TYPE_TRAITS[t].block_size) * TYPE_TRAITS[t].type_size; }
 
-// Rows interleaved in groups of eight (rows % 8 == 0): each group stored block
-// by block, the eight rows' blocks side by side, so that a kernel over eight
-// rows reads one contiguous stream instead of eight strided ones (llama.cpp
-// repacks the same weights for the same reason).  Block i of row 8g + r is at
-// ((g * nb + i) * 8 + r) * type_size: a group starts where its first row
-// starts row-major, and the bytes are the same blocks, only reordered.
-void interleave_rows8(int t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
-void deinterleave_rows8(int t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
+// Interleaved copies of weight rows: the layouts the interleaved kernels read
+// (KernelSet::dot_gemv_il), the same bytes reordered so that a kernel over a
+// group of rows reads one contiguous stream instead of one per row (llama.cpp
+// repacks the same weights for the same reason).  A group starts where its
+// first row starts row-major.
+//
+// Groups of eight (Q4_0, Q4_K and any other type): each group stored block by
+// block, the eight rows' blocks side by side: block i of row 8g + r is at
+// ((g * nb + i) * 8 + r) * type_size.
+//
+// Groups of sixteen (Q4_1, Q5_0, Q5_1, Q8_0), for kernels that hold one row per
+// int32 lane of a 512-bit register (x86/lanes16.cpp): each group stored block
+// by block, block i of the sixteen rows one x16 block below.  Byte 4l + b of
+// qs[c] is byte 4c + b of row l's qs, so one load gives every row's bytes
+// 4c..4c+3 (Q4_1 / Q5: the low nibbles are weights 4c.., the high ones
+// 16 + 4c..); bit 4l + b of qh[j] is row l's fifth bit of weight 4j + b.
+struct block_q4_1x16 { half_t d[16]; half_t m[16]; uint8_t qs[4][64]; };
+struct block_q5_0x16 { half_t d[16]; uint64_t qh[8]; uint8_t qs[4][64]; };
+struct block_q5_1x16 { half_t d[16]; half_t m[16]; uint64_t qh[8]; uint8_t qs[4][64]; };
+struct block_q8_0x16 { half_t d[16]; int8_t qs[8][64]; };
+static_assert(sizeof(block_q4_1x16) == 16 * sizeof(block_q4_1), "block_q4_1x16 size");
+static_assert(sizeof(block_q5_0x16) == 16 * sizeof(block_q5_0), "block_q5_0x16 size");
+static_assert(sizeof(block_q5_1x16) == 16 * sizeof(block_q5_1), "block_q5_1x16 size");
+static_assert(sizeof(block_q8_0x16) == 16 * sizeof(block_q8_0), "block_q8_0x16 size");
+
+// Rows per group of a type's interleaved copy.
+inline int interleave_group(int t) { return t == TYPE_Q4_1 || t == TYPE_Q5_0 || t == TYPE_Q5_1 || t == TYPE_Q8_0 ? 16 : 8; }
+// A type's interleaved copy and back (rows a multiple of interleave_group(t)).
+void interleave_rows(int t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
+void deinterleave_rows(int t, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* dst);
 
 // Scalar number conversions.  `static inline` on purpose: these are included by
 // translation units compiled for different ISAs, and an externally visible

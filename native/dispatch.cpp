@@ -63,7 +63,7 @@ struct IsaEntry {
     const char* name;
     bool (*supported)(const Features&);
     int lanes;  // KernelSet::lanes before registration (the x86 ones set their own)
-    register_fn families[5];  // the ISA's families (kernels.h) in registration order, null after the last
+    register_fn families[6];  // the ISA's families (kernels.h) in registration order, null after the last
 };
 
 const IsaEntry ISAS[] = {
@@ -73,9 +73,9 @@ const IsaEntry ISAS[] = {
 #else
     {"avx512", [](const Features& f) { return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.avx2 && f.fma && f.f16c; }, 16,
 #endif
-     {register_legacy_avx512, register_kquants_avx512, register_repack_avx512, register_tiles_avx512, register_attn_avx512}},
+     {register_legacy_avx512, register_kquants_avx512, register_repack_avx512, register_tiles_avx512, register_lanes16_avx512, register_attn_avx512}},
     {"avx2", [](const Features& f) { return f.avx2 && f.fma && f.f16c; }, 16,
-     {register_legacy_avx2, register_kquants_avx2, register_repack_avx2, register_tiles_avx2, register_attn_avx2}},
+     {register_legacy_avx2, register_kquants_avx2, register_repack_avx2, register_tiles_avx2, register_lanes16_avx2, register_attn_avx2}},
 #endif
 #if defined(__aarch64__)
     {"dotprod", [](const Features& f) { return f.dotprod; }, 8, {register_legacy_dotprod, register_kquants_dotprod, register_attn_dotprod}},

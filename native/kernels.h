@@ -74,13 +74,20 @@ struct KernelSet {
     // from the scalar set).
     dot_rows_fn dot_gemv[TYPE_COUNT];
     dot_rows_fn dot_gemm[TYPE_COUNT];
-    // dot_gemv over the weights' interleaved copy (blocks.h interleave_rows8),
-    // the same floats: w is a group's first byte, nrows a multiple of 8 (stride
-    // unused).  Where it is set, a layer keeps such a copy of the weights of
-    // that type (decode then streams one run of memory per eight rows); null:
-    // no copy, the mapped rows are read.  Not filled in from the scalar set:
-    // its reference is dot_gemv on the rows.
+    // One token against the weights' interleaved copy (blocks.h
+    // interleave_rows; w is a group's first byte, nrows a multiple of
+    // interleave_group, stride the row bytes), the same floats as dot_gemv
+    // on the rows where the type is repacked, else as dot.  Where it is set,
+    // a layer keeps such a copy of the weights of that type (decode then
+    // streams one run of memory per group of rows); null: no copy, the
+    // mapped rows are read.  Not filled in from the scalar set: its reference
+    // is dot_gemv or dot on the rows.
     dot_rows_fn dot_gemv_il[TYPE_COUNT];
+    // Whole batches against the interleaved copy, every output as dot gives
+    // it one token at a time.  Null where there is none (matmul takes a
+    // tile's rows back to row order for the kernels that read rows); not
+    // filled in.
+    dot_tile_fn dot_tile_il[TYPE_COUNT];
     // Whole batches through the repacked kernels, each token as matmul()
     // assigns it to dot_gemm or dot_gemv (bit for bit), a block unpacked once
     // for several tokens.  Null where there is none (gemm / gemv per token);
@@ -120,7 +127,9 @@ struct KernelSet {
 // weights llama.cpp's x86 build repacks (Q4_0, Q4_K), whose references the
 // scalar set registers with legacy and kquants; and "tiles", registered after
 // it, = batch tiles that hold one weight row per lane and hand the rows and
-// tokens they leave to the entries registered before (x86/tiles.cpp).
+// tokens they leave to the entries registered before (x86/tiles.cpp); and
+// "lanes16" = dot_gemv_il and dot_tile_il for the x16 copies of the 32-weight
+// formats (x86/lanes16.cpp; avx512 only).
 #define LL_DECLARE_FAMILIES(isa)             \
     void register_legacy_##isa(KernelSet* ks);  \
     void register_kquants_##isa(KernelSet* ks); \
@@ -133,6 +142,8 @@ void register_repack_avx2(KernelSet* ks);
 void register_repack_avx512(KernelSet* ks);
 void register_tiles_avx2(KernelSet* ks);
 void register_tiles_avx512(KernelSet* ks);
+void register_lanes16_avx2(KernelSet* ks);
+void register_lanes16_avx512(KernelSet* ks);
 #endif
 #if defined(__aarch64__)
 LL_DECLARE_FAMILIES(neon)

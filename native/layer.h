@@ -16,7 +16,7 @@ struct TensorRef {
     int type = -1;
     int64_t rows = 0;  // output features
     int64_t cols = 0;  // row length (input features); 1-D tensors: rows = 1
-    const uint8_t* il = nullptr;  // the same rows interleaved (interleave_rows8), or nullptr
+    const uint8_t* il = nullptr;  // the same rows interleaved (interleave_rows), or nullptr
     bool present() const { return data != nullptr; }
     const float* f32() const { return reinterpret_cast<const float*>(data); }
 };

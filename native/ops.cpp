@@ -92,8 +92,11 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
     if (!packed && batch >= 8 && ks.dot_tiled[type]) dot = ks.dot_tiled[type];
     if (batch >= 2 && k % ks.lanes == 0 && n_rows % 4 == 0 && ks.dot_sgemm[type]) dot = ks.dot_sgemm[type];
     auto dot_for = [&](int64_t b) { return !packed ? dot : b < n_gemm ? ks.dot_gemm[type] : ks.dot_gemv[type]; };
-    // The interleaved copy (where the kernels read one): its gemv for one token
-    const dot_rows_fn gemv_il = packed && w_il ? ks.dot_gemv_il[type] : nullptr;
+    // The interleaved copy (where the kernels read one): its gemv for one
+    // token, its tile (where there is one) for batches
+    const bool il = w_il && ks.dot_gemv_il[type] && n_rows % interleave_group(type) == 0;
+    const dot_rows_fn gemv_il = il ? ks.dot_gemv_il[type] : nullptr;
+    const dot_tile_fn tile_il = il ? ks.dot_tile_il[type] : nullptr;
 
     // Integer weight types multiply int8 activations: convert X once, not per row.
     std::unique_ptr<uint8_t[]> xq_buf;
@@ -131,16 +134,18 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
                                  : dot == ks.dot[type]       ? ks.dot_tile[type]
                                  : dot == ks.dot_tiled[type] ? ks.dot_tile_tiled[type]
                                                              : nullptr;
-    // From the interleaved copy, batches (compute-bound) take each tile's rows
-    // back to row order, in cache, for the kernels above.
+    // From the interleaved copy without a tile of its own, batches
+    // (compute-bound) take each tile's rows back to row order, in cache, for
+    // the kernels above.
     auto rows_of = [&](int64_t r0, int64_t r1) -> const uint8_t* {
         if (!gemv_il) return w + r0 * w_rb;
         thread_local std::vector<uint8_t> rows;
         rows.resize((size_t)(r1 - r0) * w_rb);
-        deinterleave_rows8(type, w_il + r0 * w_rb, r1 - r0, k, rows.data());
+        deinterleave_rows(type, w_il + r0 * w_rb, r1 - r0, k, rows.data());
         return rows.data();
     };
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
+        if (tile_il) return tile_il(k, r1 - r0, w_il + r0 * w_rb, w_rb, xq, x_rb, batch, y + r0, n_rows);
         const uint8_t* wr = rows_of(r0, r1);
         if (dot_tile) dot_tile(k, r1 - r0, wr, w_rb, xq, x_rb, batch, y + r0, n_rows);
         else

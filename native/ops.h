@@ -12,7 +12,7 @@ namespace ll {
 
 // Y[b, r] = sum_k X[b, k] * W[r, k]: W is N rows of K weights of `type`
 // (row_bytes(type, K) bytes each, contiguous), X is B rows of K floats, Y is B rows of N floats.
-// w_il: the same weights interleaved (interleave_rows8), read instead of w
+// w_il: the same weights interleaved (interleave_rows), read instead of w
 // where ks has a dot_gemv_il for the type; null: none.
 void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, int64_t n_rows, int64_t k,
             const float* x, int64_t batch, float* y, const uint8_t* w_il = nullptr);

@@ -20,6 +20,7 @@ from models import GEMMA3, SMOLLM2, TESTS_DIR, golden_path, model_path
 
 from llamalocal import backend
 from llamalocal.errors import ContextFullError, ModelFormatError
+from llamalocal.formats import GGMLType
 from llamalocal.model.loader import load_model
 
 
@@ -420,21 +421,26 @@ def test_layer_params_are_bound_field_by_field():
         _native.Layer({}, _native.LayerParams(**{**kw, "activation": "relu"}))
 
 
-def test_q4_0_layers_keep_an_interleaved_copy_with_the_same_logits(tmp_path):
-    """A Q4_0 model's layers hold the interleaved copy where the kernels read
-    one, and give the logits of the mapped rows (LLAMALOCAL_REPACK=0) bit for
-    bit, prompt and decode."""
-    q = tmp_path / "q4_0.gguf"
-    r = cli("quantize", model_path("stories260K.gguf"), q, "--type", "Q4_0", "-q")
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_layers_keep_an_interleaved_copy_with_the_same_logits(tmp_path, qtype):
+    """A Q4_0 or Q4_1 model's layers (and a classifier of such a type) hold the
+    interleaved copy where the kernels read one, and give the logits of the
+    mapped rows (LLAMALOCAL_REPACK=0) bit for bit, prompt and decode."""
+    q = tmp_path / f"{qtype}.gguf"
+    r = cli("quantize", model_path("stories260K.gguf"), q, "--type", qtype, "-q")
     assert r.returncode == 0, r.stderr
+    type_id = int(GGMLType[qtype])
     code = ("import sys, numpy as np; from llamalocal.model.loader import load_model; from llamalocal import backend\n"
-            f"m = load_model({str(q)!r}).model; c = m.new_cache(32)\n"
+            f"m = load_model({str(q)!r}).model; c = m.new_cache(32); t = {type_id}\n"
             "a = m.forward([1, 403, 407, 261], c, all_logits=True); b = m.forward([378], c)\n"
+            "d = m.forward_batch([5, 9], [0, 1], [c, m.new_cache(32)])\n"
             "copies = sum(len(v) == 3 for t in m._layer_tensors for v in t.values() if isinstance(v, tuple))\n"
-            "fit = sum(t.type == 2 and t.rows % 8 == 0 for n, t in m.tensors.items() if n.startswith('blk.'))\n"
+            "fit = sum(w.type == t and w.rows % backend.interleave_group(t) == 0 for name, w in m.tensors.items() if name.startswith('blk.'))\n"
             "bufs = {id(v[2].base) for t in m._layer_tensors for v in t.values() if isinstance(v, tuple) and len(v) == 3}\n"
             "assert len(bufs) <= 1, bufs  # the copies are slices of one buffer\n"
-            "sys.stdout.write(f'{copies} {fit} {bool(backend.interleaved_types())} ' + np.concatenate([a.ravel(), b]).tobytes().hex())")
+            "kept = t in backend.interleaved_types(); o = m.output\n"
+            "assert (m.output_il is not None) == (int(o.type) in backend.interleaved_types() and o.rows % backend.interleave_group(o.type) == 0)\n"
+            "sys.stdout.write(f'{copies} {fit} {kept} ' + np.concatenate([a.ravel(), b, d.ravel()]).tobytes().hex())")
     outs = {}
     for repack in ("1", "0"):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -442,7 +448,7 @@ def test_q4_0_layers_keep_an_interleaved_copy_with_the_same_logits(tmp_path):
         assert r.returncode == 0, r.stderr
         outs[repack] = r.stdout.split()
     copies, fit, kept, logits = outs["1"]
-    assert int(copies) == (int(fit) if kept == "True" else 0) and int(fit) >= 20  # Q4_0, rows a multiple of 8
+    assert int(copies) == (int(fit) if kept == "True" else 0) and int(fit) >= 20  # rows a multiple of the group
     assert outs["0"][0] == "0" and outs["0"][3] == logits
 
 

@@ -142,52 +142,61 @@ def test_repacked_q4_0_one_chain_per_output(isa):
                               _native.matmul(int(T.Q4_0), w[:37], x, isa="scalar"))
 
 
+X16_TYPES = (T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
+
+
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K, *X16_TYPES], ids=lambda t: t.name)
 def test_interleaved_copy_gives_the_rows_floats(isa, qtype):
-    """The copy of Q4_0 / Q4_K weights a layer keeps (interleave_rows8: eight rows
-    block by block), read by the gemv over it where the ISA has one and taken
-    back to row order for batches: the rows' floats bit for bit, for one token
-    and batches, and for rows past a segment (the chain carried across)."""
+    """The copy of the weights a layer keeps (interleave_rows: Q4_0 / Q4_K eight
+    rows block by block, the 32-weight formats sixteen rows transposed), read by
+    the kernels over it where the ISA has them and otherwise ignored: the rows'
+    floats bit for bit, for one token and batches, and for rows past a segment."""
     rng = np.random.default_rng(909)
-    for n, k in ((72, 4096), (16, 17 * 1024), (8, 512)):
+    group = _native.interleave_group(int(qtype))
+    assert group == (16 if qtype in X16_TYPES else 8)
+    for n, k in ((80, 4096), (16, 17 * 1024), (16, 512)):
         w = random_blocks(rng, qtype, n, k)
-        il = _native.interleave_rows8(int(qtype), w, k)
+        il = _native.interleave_rows(int(qtype), w, k)
         assert il.shape == w.shape and not np.array_equal(il, w)
-        assert np.array_equal(np.sort(il, axis=None), np.sort(w, axis=None))  # the same bytes, reordered
+        if qtype not in (T.Q5_0, T.Q5_1):  # (their fifth bits are regrouped bit by bit)
+            assert np.array_equal(np.sort(il, axis=None), np.sort(w, axis=None))  # the same bytes, reordered
         for batch in (1, 2, 5, 9):
             x = rng.standard_normal((batch, k)).astype(np.float32)
             want = _native.matmul(int(qtype), w, x, isa=isa)
             got = _native.matmul(int(qtype), w, x, isa=isa, w_il=il)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (n, k, batch)
-    if isa in ("avx2", "avx512"):  # these read the copy: a changed copy changes the result
-        bad = il.copy()
-        bad[0, 20] ^= 0xFF
-        x = rng.standard_normal(512).astype(np.float32)
-        assert not np.array_equal(_native.matmul(int(qtype), w, x, isa=isa, w_il=bad), _native.matmul(int(qtype), w, x, isa=isa))
-    with pytest.raises(ValueError, match="multiple of 8"):
-        _native.interleave_rows8(int(qtype), w[:7], 512)
+    reads_copy = isa == "avx512" or (isa == "avx2" and qtype in (T.Q4_0, T.Q4_K))
+    bad = il.copy()
+    bad[0, 20] ^= 0xFF
+    x = rng.standard_normal(512).astype(np.float32)
+    changed = not np.array_equal(_native.matmul(int(qtype), w, x, isa=isa, w_il=bad), _native.matmul(int(qtype), w, x, isa=isa))
+    assert changed == reads_copy  # a changed copy changes the result exactly where it is read
+    with pytest.raises(ValueError, match=f"multiple of {group}"):
+        _native.interleave_rows(int(qtype), w[:group - 1], 512)
     # into a buffer given (a slice of the model's one buffer of copies): the same bytes
     out = np.zeros(w.size + 64, np.uint8)[64:].reshape(w.shape)
-    assert _native.interleave_rows8(int(qtype), w, 512, out) is out and np.array_equal(out, _native.interleave_rows8(int(qtype), w, 512))
+    assert _native.interleave_rows(int(qtype), w, 512, out) is out and np.array_equal(out, _native.interleave_rows(int(qtype), w, 512))
     with pytest.raises(ValueError, match="out: expected shape"):
-        _native.interleave_rows8(int(qtype), w, 512, np.zeros((w.shape[0] * 2, w.shape[1] // 2), np.uint8))
+        _native.interleave_rows(int(qtype), w, 512, np.zeros((w.shape[0] * 2, w.shape[1] // 2), np.uint8))
     with pytest.raises(ValueError, match="read-only"):
         ro = np.zeros_like(w)
         ro.flags.writeable = False
-        _native.interleave_rows8(int(qtype), w, 512, ro)
+        _native.interleave_rows(int(qtype), w, 512, ro)
     with pytest.raises(ValueError, match="rows"):
         _native.matmul(int(qtype), w, x, w_il=il[:4])
 
 
 def test_interleaved_types_follow_the_active_path():
     """Layers keep copies only where the active kernels read them: Q4_0 and
-    Q4_K on the x86 paths, none on scalar or NEON, none with LLAMALOCAL_REPACK=0."""
+    Q4_K on the x86 paths, the 32-weight formats on avx512 too, none on scalar
+    or NEON, none with LLAMALOCAL_REPACK=0."""
     code = "from llamalocal import backend; print(sorted(backend.interleaved_types()))"
+    want = {"avx2": [T.Q4_0, T.Q4_K], "avx512": sorted([T.Q4_0, T.Q4_K, *X16_TYPES])}
     for isa in ISAS:
         r = _run_python(code, LLAMALOCAL_ISA=isa)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == (f"[{int(T.Q4_0)}, {int(T.Q4_K)}]" if isa in ("avx2", "avx512") else "[]"), isa
+        assert r.stdout.strip() == str([int(t) for t in want.get(isa, [])]), isa
     r = _run_python(code, LLAMALOCAL_REPACK="0")
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
 

@@ -56,27 +56,36 @@ def _type_id(qtype: GGMLType | int | str) -> int:
     return int(block_format(qtype).type)
 
 
-def matmul(qtype, w: np.ndarray, x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Y = X · Wᵀ for quantized W: w is uint8 (N, row_bytes), x float32 (K,) or (B, K)."""
+def matmul(qtype, w: np.ndarray, x: np.ndarray, out: Optional[np.ndarray] = None,
+           w_il: Optional[np.ndarray] = None) -> np.ndarray:
+    """Y = X · Wᵀ for quantized W: w is uint8 (N, row_bytes), x float32 (K,) or (B, K).
+    w_il: the same weights' interleaved copy (interleave_rows), read instead where
+    the kernels multiply the type so."""
     if _native is not None:
-        return _native.matmul(_type_id(qtype), w, x, out)
+        return _native.matmul(_type_id(qtype), w, x, out, w_il=w_il)
     return _fallback.matmul(qtype, w, x, out)
 
 
 def interleaved_types() -> frozenset[int]:
     """Weight type ids the kernels multiply fastest from an interleaved copy of the
-    rows (interleave_rows8): a layer keeps one of each such matrix.  None on the
+    rows (interleave_rows): a layer keeps one of each such matrix.  None on the
     numba backend, on ISA paths without such kernels, or with LLAMALOCAL_REPACK=0."""
     if _native is None or os.environ.get("LLAMALOCAL_REPACK", "").strip() == "0":
         return frozenset()
     return frozenset(_native.interleaved_types())
 
 
-def interleave_rows8(qtype, w: np.ndarray, cols: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """w's rows (uint8 (N, row_bytes), N a multiple of 8) in groups of eight stored
-    block by block, the eight rows' blocks side by side (native/blocks.h), written
-    into `out` (uint8, w's shape) when given."""
-    return _native.interleave_rows8(_type_id(qtype), w, cols, out)
+def interleave_group(qtype) -> int:
+    """Rows per group of the type's interleaved copy: a matrix gets one only if its
+    row count is a multiple."""
+    return _native.interleave_group(_type_id(qtype))
+
+
+def interleave_rows(qtype, w: np.ndarray, cols: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """w's rows (uint8 (N, row_bytes), N a multiple of interleave_group) in the
+    type's interleaved layout (native/blocks.h: groups of rows stored block by
+    block), written into `out` (uint8, w's shape) when given."""
+    return _native.interleave_rows(_type_id(qtype), w, cols, out)
 
 
 HUGE_PAGE = 2 << 20

@@ -97,7 +97,7 @@ class InterleavedCopies:
         self.used = 0
 
     def wanted(self, t: QTensor) -> bool:
-        return int(t.type) in self.interleaved and t.rows % 8 == 0
+        return int(t.type) in self.interleaved and t.rows % backend.interleave_group(t.type) == 0
 
     def _span(self, t: QTensor) -> int:
         return -(-t.data.nbytes // self.ALIGN) * self.ALIGN
@@ -111,13 +111,13 @@ class InterleavedCopies:
 def layer_matrix(t: QTensor, copies: InterleavedCopies) -> tuple:
     """A layer's matrix as the backend takes it: (type id, rows), plus the rows
     interleaved where the kernels multiply that type fastest (decode then
-    streams one run of memory per eight rows, as llama.cpp's repacked weights
-    do).  The copy takes the mapped rows' place in memory: their pages are
+    streams one run of memory per group of rows, as llama.cpp's repacked
+    weights do).  The copy takes the mapped rows' place in memory: their pages are
     released (the file stays mapped, and whatever reads the rows again, e.g.
     another ISA path, maps them back in), so the model stays at its file's size."""
     if not copies.wanted(t):
         return (int(t.type), t.data)
-    copy = backend.interleave_rows8(t.type, t.data, t.cols, out=copies.take(t))
+    copy = backend.interleave_rows(t.type, t.data, t.cols, out=copies.take(t))
     release_pages(t.data)
     return (int(t.type), t.data, copy)
 
@@ -145,10 +145,14 @@ class Transformer:
         self.tensors = tensors
         self._layer_tensors = []
         layers = [gather_layer(i, tensors.get) for i in range(config.n_layer)]
-        copies = InterleavedCopies([t for matrices, _ in layers for t in matrices.values()], backend.interleaved_types())
+        copies = InterleavedCopies([t for matrices, _ in layers for t in matrices.values()] + [self.output],
+                                   backend.interleaved_types())
         for matrices, vectors in layers:
             self._layer_tensors.append({**{k: layer_matrix(t, copies) for k, t in matrices.items()},
                                         **{k: t.vector() for k, t in vectors.items()}})
+        # the classifier's copy, where its type gets one (a tied embedding's rows
+        # are still looked up in the mapped file)
+        self.output_il = layer_matrix(self.output, copies)[2] if copies.wanted(self.output) else None
         self.lora: list[tuple[LoraAdapter, float]] = []
         self.layers = self._make_layers(self.lora)
         # with_lora's views, by adapter set (lora_key), kept by the model they view
@@ -257,7 +261,7 @@ class Transformer:
             layer.forward(x, pos0, k, v, n_out=keep if i == last else n)
         cache.n_tokens = pos0 + n
         x = backend.rms_norm(np.ascontiguousarray(x[n - keep :]), self.output_norm, self.config.norm_eps)
-        logits = backend.matmul(self.output.type, self.output.data, x)  # [keep, vocab]
+        logits = backend.matmul(self.output.type, self.output.data, x, w_il=self.output_il)  # [keep, vocab]
         return logits if (all_logits or n_logits) else logits[0]
 
     def forward_batch(self, tokens: Sequence[int], seq: Sequence[int], caches: Sequence[KVCache]) -> np.ndarray:
@@ -312,4 +316,4 @@ class Transformer:
         rows = np.empty(n_seq, np.int64)
         rows[order] = ends - 1
         x = backend.rms_norm(np.ascontiguousarray(x[rows]), self.output_norm, self.config.norm_eps)
-        return backend.matmul(self.output.type, self.output.data, x)  # [n_seq, vocab]
+        return backend.matmul(self.output.type, self.output.data, x, w_il=self.output_il)  # [n_seq, vocab]

@@ -15,9 +15,10 @@
 namespace ll {
 namespace {
 
-// Activation blocks per segment: the kernels for the 32-weight formats
-// (legacy.cpp, and repack.cpp's Q4_0) prepare the activation row this many
-// blocks at a time; k <= 16384 is one segment.
+// Activation blocks per segment: repack.cpp's Q4_0 kernels prepare the
+// activation row this many blocks at a time, and the batch tiles keep this
+// many blocks' scales (longer rows go to the kernels they fall back on);
+// k <= 16384 is one segment.
 constexpr int64_t SEG = 512;
 
 LL_INLINE float h2f(half_t h) { return _cvtsh_ss(h); }  // exact, same as fp16_to_fp32

@@ -248,8 +248,7 @@ LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
 // ---- quantized dot products ----
 //
 // Structure (all five formats):
-//  * The activation row is prepared once per call, SEG blocks at a time: d_y
-//    per block, plus for Q8_1 its s = d_y * sum(y) and for Q4_0/Q5_0 the
+//  * The activation row is prepared once per call: d_y per block, plus for Q8_1 its s = d_y * sum(y) and for Q4_0/Q5_0 the
 //    offset (8 or 16) times the sums of y over each 4-byte group.  The 4/5-bit
 //    weights are unpacked unsigned (u); Q4_0/Q5_0 subtract those products from
 //    the int32 lanes of sum(u * y), which leaves exactly ggml's signed lanes
@@ -281,15 +280,29 @@ LL_INLINE void prefetch_passes(const uint8_t* b, size_t stride) {
     _mm_prefetch(reinterpret_cast<const char*>(b) + 4 * R * stride, _MM_HINT_T1);
 }
 
+// One row's chains run over all its blocks, as ggml's do (a row cut into
+// parts, each part's sum added, would round differently), so the prepared
+// activations are as long as the row: this thread's buffers, grown as needed.
 struct Prep {
-    float d[SEG];
-    float c[SEG];
+    float* d;
+    float* c;
     // Q4_0 / Q5_0: offset * (sums of the activations over each 4-byte group),
     // subtracted from the unsigned products' lane sums so that every int32
     // lane equals ggml's signed one and the float rounding that follows is
     // llama.cpp's.
-    __m256i off[SEG];
+    __m256i* off;
 };
+
+inline Prep prep_buffers(int64_t nb) {
+    thread_local std::vector<float> d, c;
+    thread_local std::vector<Bytes32> off;
+    if ((int64_t)d.size() < nb) {
+        d.resize(nb);
+        c.resize(nb);
+        off.resize(nb);
+    }
+    return Prep{d.data(), c.data(), reinterpret_cast<__m256i*>(off.data())};
+}
 
 // Q8_0 activations; OFFSET = 8 (Q4_0), 16 (Q5_0), or 0 (Q8_0: no offset).
 template <int OFFSET>
@@ -340,9 +353,6 @@ inline __m256 lane_of(__m256 v, int l) {  // l is a constant once the row loop i
     }
 }
 
-// First segment stores, later segments add.
-inline void put(float* out, float v, bool add) { *out = add ? *out + v : v; }
-
 // Block layouts of the 4/5-bit formats: byte offsets of d, m (or -1), qh (or -1), qs.
 template <int T> struct Fmt;
 template <> struct Fmt<TYPE_Q4_0> { enum { size = sizeof(block_q4_0), d = 0, m = -1, qh = -1, qs = offsetof(block_q4_0, qs) }; };
@@ -352,7 +362,7 @@ template <> struct Fmt<TYPE_Q5_1> { enum { size = sizeof(block_q5_1), d = 0, m =
 
 // Q4_0 / Q4_1 / Q5_0 / Q5_1 against Q8_0 / Q8_1 (see the structure notes above).
 template <int R, bool PREFETCH, int T, class YBLOCK>
-inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out, bool add) {
+inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out) {
     typedef Fmt<T> F;
     __m256 acc[R];
 #pragma GCC unroll 4
@@ -375,12 +385,12 @@ inline void dot_q45_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLO
     alignas(16) float c[4];
     _mm_store_ps(c, cacc);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) put(out + r, hsum_ggml(acc[r]) + c[r], add);
+    for (int r = 0; r < R; r++) out[r] = hsum_ggml(acc[r]) + c[r];
 }
 
 // Q8_0 against Q8_0, sign trick: |w| (0..128, unsigned) * sign(y, w) = w * y.
 template <int R, bool PREFETCH, int T, class YBLOCK>
-inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out, bool add) {
+inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBLOCK* y, const Prep* p, float* out) {
     __m256 acc[R];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
@@ -397,27 +407,22 @@ inline void dot_q8_0_pass(int64_t nb, const uint8_t* w, size_t stride, const YBL
         }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < R; r++) put(out + r, hsum_ggml(acc[r]), add);
+    for (int r = 0; r < R; r++) out[r] = hsum_ggml(acc[r]);
 }
 
-#define LL_QUANT_DOT(NAME, PASS, T, WBLOCK, YBLOCK, PREP_FN)                                                      \
-    void NAME(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {                  \
-        const uint8_t* p = static_cast<const uint8_t*>(w);                                                        \
-        const YBLOCK* xb = static_cast<const YBLOCK*>(x);                                                         \
-        const int64_t nb = n / QK;                                                                                \
-        Prep prep;                                                                                                \
-        for (int64_t s0 = 0; s0 < nb; s0 += SEG) {                                                                \
-            const int64_t ns = nb - s0 < SEG ? nb - s0 : SEG;                                                     \
-            PREP_FN(xb + s0, ns, &prep);                                                                          \
-            const uint8_t* ps = p + s0 * sizeof(WBLOCK);                                                          \
-            const bool add = s0 > 0;                                                                              \
-            int64_t r = 0;                                                                                        \
-            for (; r + 2 * ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                            \
-                PASS<ROWS_PER_PASS, true, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add);    \
-            for (; r + ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                                \
-                PASS<ROWS_PER_PASS, false, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add);   \
-            for (; r < nrows; r++) PASS<1, false, T, YBLOCK>(ns, ps + r * stride, stride, xb + s0, &prep, y + r, add); \
-        }                                                                                                         \
+#define LL_QUANT_DOT(NAME, PASS, T, WBLOCK, YBLOCK, PREP_FN)                                                  \
+    void NAME(int64_t n, int64_t nrows, const void* w, size_t stride, const void* x, float* y) {              \
+        const uint8_t* p = static_cast<const uint8_t*>(w);                                                    \
+        const YBLOCK* xb = static_cast<const YBLOCK*>(x);                                                     \
+        const int64_t nb = n / QK;                                                                            \
+        Prep prep = prep_buffers(nb);                                                                         \
+        PREP_FN(xb, nb, &prep);                                                                               \
+        int64_t r = 0;                                                                                        \
+        for (; r + 2 * ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                            \
+            PASS<ROWS_PER_PASS, true, T, YBLOCK>(nb, p + r * stride, stride, xb, &prep, y + r);               \
+        for (; r + ROWS_PER_PASS <= nrows; r += ROWS_PER_PASS)                                                \
+            PASS<ROWS_PER_PASS, false, T, YBLOCK>(nb, p + r * stride, stride, xb, &prep, y + r);              \
+        for (; r < nrows; r++) PASS<1, false, T, YBLOCK>(nb, p + r * stride, stride, xb, &prep, y + r);       \
     }
 
 LL_QUANT_DOT(dot_q4_0, dot_q45_pass, TYPE_Q4_0, block_q4_0, block_q8_0, prep_q8_0<8>)
@@ -638,7 +643,7 @@ void dot_tile(int64_t n, int64_t nrows, const void* w, size_t stride, const void
     const uint8_t* p = static_cast<const uint8_t*>(w);
     const uint8_t* xb = static_cast<const uint8_t*>(x);
     const int64_t nb = n / QK;
-    if (nb > SEG) {  // dot adds its segments' partial sums: leave such rows to it
+    if (nb > SEG) {  // longer than TileScales holds: dot, token by token
         for (int64_t t = 0; t < n_tok; t++) DOT(n, nrows, w, stride, xb + t * x_stride, y + t * y_stride);
         return;
     }

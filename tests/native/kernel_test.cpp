@@ -115,11 +115,14 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
     const TypeTraits& tt = TYPE_TRAITS[t];
     const int vdt = tt.vec_dot_type;
     const int64_t bs = tt.block_size == 1 ? QK : tt.block_size;
-    const int64_t ks_list[] = {bs, 3 * bs, 4096 + (bs == QK_K ? 0 : 96), 16 * bs + (t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 ? 7 : 0)};
-    const int64_t rows_list[] = {1, 3, 17, 24};  // 24: whole groups of eight (dot_gemv_il)
+    // 16448: the 32-weight formats past one activation segment (x86 SEG = 512 blocks)
+    const int64_t ks_list[] = {bs, 3 * bs, 4096 + (bs == QK_K ? 0 : 96), 16 * bs + (t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 ? 7 : 0),
+                               tt.block_size == QK ? 16448 : 0};
+    const int64_t rows_list[] = {1, 3, 17, 48};  // 48: whole groups of eight and of sixteen (dot_gemv_il)
     const ScaleMode modes[] = {SCALES_NORMAL, SCALES_ZERO, SCALES_TINY, SCALES_HUGE};
     char detail[256];
     for (int64_t k : ks_list) {
+        if (k == 0) continue;
         for (int64_t rows : rows_list) {
             for (ScaleMode mode : modes) {
                 std::vector<uint8_t> w = random_rows(rng, t, k, rows, mode);
@@ -196,21 +199,41 @@ void test_type(const KernelSet& ref, const KernelSet& ks, int t, Rng& rng) {
                     check(n_diff == 0, ks.name, tt.name, packed_name[g], k, rows, detail);
                 }
 
-                // the gemv over the interleaved copy: the reference's gemv on the rows
-                if (ks.dot_gemv_il[t] && rows % 8 == 0) {
-                    if (!ref.dot_gemv[t]) {
+                // the interleaved copy: its gemv is the reference's gemv on the rows
+                // (dot where the type is not repacked), its tile that per token
+                if (ks.dot_gemv_il[t] && rows % interleave_group(t) == 0) {
+                    const dot_rows_fn ref_gemv = ks.dot_gemv[t] ? ref.dot_gemv[t] : ref.dot[t];
+                    if (!ref_gemv) {
                         check(false, "scalar", tt.name, "reference missing", k, rows, "no scalar gemv for dot_gemv_il");
                     } else {
                         std::vector<uint8_t> il(w.size()), back(w.size());
-                        interleave_rows8(t, w.data(), rows, k, il.data());
-                        deinterleave_rows8(t, il.data(), rows, k, back.data());
-                        ref.dot_gemv[t](k, rows, w.data(), rb, xq.data(), y_ref.data());
+                        interleave_rows(t, w.data(), rows, k, il.data());
+                        deinterleave_rows(t, il.data(), rows, k, back.data());
+                        ref_gemv(k, rows, w.data(), rb, xq.data(), y_ref.data());
                         ks.dot_gemv_il[t](k, rows, il.data(), rb, xq.data(), y_isa.data());
                         int64_t n_diff = 0;
                         for (int64_t r = 0; r < rows; r++) n_diff += std::memcmp(&y_ref[r], &y_isa[r], sizeof(float)) != 0;
                         std::snprintf(detail, sizeof detail, "%lld of %lld outputs differ%s", (long long)n_diff, (long long)rows,
-                                      back == w ? "" : "; deinterleave_rows8 does not invert interleave_rows8");
+                                      back == w ? "" : "; deinterleave_rows does not invert interleave_rows");
                         check(n_diff == 0 && back == w, ks.name, tt.name, "dot_gemv_il", k, rows, detail);
+                        if (ks.dot_tile_il[t]) {
+                            const size_t xrb = row_bytes(vdt, k);
+                            for (int64_t n_tok : {2, 3, 4, 9}) {
+                                std::vector<uint8_t> xs(n_tok * xrb);
+                                for (int64_t j = 0; j < n_tok; j++) {
+                                    const std::vector<float> xj = random_activations(rng, k, j == 1);
+                                    ref.quant_act[vdt](xj.data(), xs.data() + j * xrb, k);
+                                }
+                                std::vector<float> y_one(n_tok * rows), y_tile(n_tok * rows);
+                                for (int64_t j = 0; j < n_tok; j++) ref_gemv(k, rows, w.data(), rb, xs.data() + j * xrb, y_one.data() + j * rows);
+                                ks.dot_tile_il[t](k, rows, il.data(), rb, xs.data(), xrb, n_tok, y_tile.data(), rows);
+                                n_diff = 0;
+                                for (int64_t i = 0; i < n_tok * rows; i++) n_diff += std::memcmp(&y_one[i], &y_tile[i], sizeof(float)) != 0;
+                                std::snprintf(detail, sizeof detail, "%lld tokens: %lld of %lld outputs differ", (long long)n_tok,
+                                              (long long)n_diff, (long long)(n_tok * rows));
+                                check(n_diff == 0, ks.name, tt.name, "dot_tile_il", k, rows, detail);
+                            }
+                        }
                     }
                 }
 
