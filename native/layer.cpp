@@ -86,27 +86,65 @@ std::vector<float> lora_ax_fused(const KernelSet& ks, ThreadPool& pool, const Te
     return ax;
 }
 
-// The rotation of each position pos0 + t: cs[(t * half + i) * 2] = cos, + 1 = sin
-// of pair i's angle, as ggml builds them: theta_i = p * theta_scale^i by repeated multiplication.
-std::vector<float> rope_angles(const LayerSpec& L, int64_t n_tokens, int64_t pos0) {
+// The rotation of position p: cs[i * 2] = cos, + 1 = sin of pair i's angle, as
+// ggml builds them: theta_i = p * theta_scale^i by repeated multiplication.
+void rope_angles(const LayerSpec& L, int64_t p, float* cs) {
     const int64_t half = L.rope_dim / 2;
     const float theta_scale = std::pow(L.rope_base, -2.0f / (float)L.rope_dim);
-    std::vector<float> cs(n_tokens * 2 * half);
-    for (int64_t t = 0; t < n_tokens; t++) {
-        float theta = (float)(pos0 + t);
-        for (int64_t i = 0; i < half; i++) {
-            const float ff = L.rope_freq_factors ? L.rope_freq_factors[i] : 1.0f;
-            const float angle = L.rope_pos_scale * (theta / ff);
-            cs[(t * half + i) * 2] = std::cos(angle);
-            cs[(t * half + i) * 2 + 1] = std::sin(angle);
-            theta *= theta_scale;
-        }
+    float theta = (float)p;
+    for (int64_t i = 0; i < half; i++) {
+        const float ff = L.rope_freq_factors ? L.rope_freq_factors[i] : 1.0f;
+        const float angle = L.rope_pos_scale * (theta / ff);
+        cs[i * 2] = std::cos(angle);
+        cs[i * 2 + 1] = std::sin(angle);
+        theta *= theta_scale;
     }
-    return cs;
+}
+
+// The rotations of positions pos0..pos0+n-1 (rope_angles each, one after
+// another), valid until the next call.  Every layer of a step rotates by the
+// same angles, and every step after by most of them again: they are kept per
+// rope setting, for the first ROPE_TABLE_POSITIONS positions, in this
+// thread's tables (their sines and cosines were a tenth of a decode step of
+// four sequences, computed serially while the other threads waited).
+constexpr int64_t ROPE_TABLE_POSITIONS = 1 << 15;
+
+const float* rope_rotations(const LayerSpec& L, int64_t pos0, int64_t n) {
+    struct Table {
+        int64_t dim;
+        float base, pos_scale;
+        std::vector<float> freq_factors;  // by value: another model's array may later sit at the same address
+        std::vector<float> cs;            // [p][i][cos, sin]
+    };
+    thread_local std::vector<Table> tables;
+    thread_local std::vector<float> scratch;
+    const int64_t half = L.rope_dim / 2;
+    if (half == 0) return nullptr;  // nothing rotated
+    if (pos0 + n > ROPE_TABLE_POSITIONS) {
+        scratch.resize(n * 2 * half);
+        for (int64_t t = 0; t < n; t++) rope_angles(L, pos0 + t, scratch.data() + t * 2 * half);
+        return scratch.data();
+    }
+    const std::vector<float> ff = L.rope_freq_factors ? std::vector<float>(L.rope_freq_factors, L.rope_freq_factors + half) : std::vector<float>{};
+    Table* tab = nullptr;
+    for (Table& t : tables)
+        if (t.dim == L.rope_dim && t.base == L.rope_base && t.pos_scale == L.rope_pos_scale && t.freq_factors == ff) tab = &t;
+    if (!tab) {
+        if (tables.size() >= 8) tables.clear();  // settings of models long gone
+        tables.push_back(Table{L.rope_dim, L.rope_base, L.rope_pos_scale, ff, {}});
+        tab = &tables.back();
+    }
+    const int64_t have = (int64_t)tab->cs.size() / (2 * half);
+    if (pos0 + n > have) {
+        const int64_t want = std::min(ROPE_TABLE_POSITIONS, std::max(pos0 + n, 2 * have));
+        tab->cs.resize(want * 2 * half);
+        for (int64_t p = have; p < want; p++) rope_angles(L, p, tab->cs.data() + p * 2 * half);
+    }
+    return tab->cs.data() + pos0 * 2 * half;
 }
 
 // Rotary position embedding of every head of n_tokens rows (n_heads * head_dim each).
-void rope(const LayerSpec& L, const std::vector<float>& cs, float* x, int64_t n_tokens, int64_t n_heads) {
+void rope(const LayerSpec& L, const float* cs, float* x, int64_t n_tokens, int64_t n_heads) {
     const int64_t half = L.rope_dim / 2;
     for (int64_t t = 0; t < n_tokens; t++) {
         for (int64_t h = 0; h < n_heads; h++) {
@@ -246,7 +284,7 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
     if (L.k_norm.present()) rms_norm(k, L.k_norm.f32(), k, T * L.n_head_kv, hd, L.norm_eps);
     for (int64_t s = 0; s < n_seq; s++) {
         const SeqSpan& S = seqs[s];
-        const std::vector<float> cs = rope_angles(L, S.n_tokens, S.pos0);  // q's and k's
+        const float* cs = rope_rotations(L, S.pos0, S.n_tokens);  // q's and k's
         rope(L, cs, q + S.row0 * nq, S.n_tokens, L.n_head);
         rope(L, cs, k + S.row0 * nkv, S.n_tokens, L.n_head_kv);
     }
