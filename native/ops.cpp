@@ -116,6 +116,16 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
                         [&](int64_t r0, int64_t r1) { dot1(k, r1 - r0, w1 + r0 * w_rb, w_rb, xq, y + r0); });
         return;
     }
+    // Batched from an interleaved copy with a tile of its own: that tile takes
+    // every token over a group of rows before the next group, so the weights
+    // are read once however the rows are split, and they are split as for one
+    // token: a long run per thread, streamed (4 sequences a step, against
+    // L2-sized tiles: SmolLM2 +6%, Gemma 3 +29%; prompts within 3%).
+    if (tile_il) {
+        parallel_guided(pool, n_rows, interleave_group(type), n_rows * w_rb * batch,
+                        [&](int64_t r0, int64_t r1) { tile_il(k, r1 - r0, w_il + r0 * w_rb, w_rb, xq, x_rb, batch, y + r0, n_rows); });
+        return;
+    }
     // Batched: a tile of weight rows stays in L2 while every activation row
     // passes over it, so weights are read from memory once per call.
     // Tiles are whole groups of 16 rows, the avx512 row-per-lane tiles' unit
@@ -145,7 +155,6 @@ void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, i
         return rows.data();
     };
     parallel_chunks(pool, n_rows, tile, n_rows * w_rb * batch, [&](int64_t r0, int64_t r1) {
-        if (tile_il) return tile_il(k, r1 - r0, w_il + r0 * w_rb, w_rb, xq, x_rb, batch, y + r0, n_rows);
         const uint8_t* wr = rows_of(r0, r1);
         if (dot_tile) dot_tile(k, r1 - r0, wr, w_rb, xq, x_rb, batch, y + r0, n_rows);
         else
