@@ -44,18 +44,16 @@ RowSpans row_spans(const SeqSpan* seqs, int64_t n_seq) {
     return spans;
 }
 
-// y[T][rows] = x[T][cols] · Wᵀ (+ scale·B(A·x) per adapter) (+ b), in
-// llama.cpp's order (build_lora_mm): W·x, then each adapter's B·(A·x) scaled
-// and added, then the bias.  Without adapters: W·x (+ b) alone.
+// y[T][rows] += scale·B(A·x) per adapter, then + b: what llama.cpp adds to
+// W·x (build_lora_mm): each adapter's B·(A·x) scaled and added, then the bias.
 // ax_fused: a decode step's A·x of every adapter of the input group (lora_ax_fused), or null.
 // spans: the rows of each sequence (null: all T rows are one).  The adapters'
 // F32 matmuls run per sequence, because ggml multiplies one row by a dot
 // product and several by tinyBLAS, which sum in different orders: a sequence
 // batched with others then gets the floats it gets alone.  (The quantized W·x
 // rounds each row alike at any batch size, so it runs once over all rows.)
-void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y,
-            const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr, const RowSpans* spans = nullptr) {
-    matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y, W.il);
+void add_adapters_and_bias(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T,
+                           float* y, const std::vector<LoraRef>& lora, const float* ax_fused, const RowSpans* spans) {
     for (const LoraRef& ad : lora) {
         const RowSpans whole{{0, T}};
         const int64_t r = ad.a.rows;
@@ -75,6 +73,31 @@ void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const Ten
     if (b.present())
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < W.rows; i++) y[t * W.rows + i] += b.f32()[i];
+}
+
+// y[T][rows] = x[T][cols] · Wᵀ (+ adapters) (+ b), in llama.cpp's order.
+void linear(const KernelSet& ks, ThreadPool& pool, const TensorRef& W, const TensorRef& b, const float* x, int64_t T, float* y,
+            const std::vector<LoraRef>& lora = {}, const float* ax_fused = nullptr, const RowSpans* spans = nullptr) {
+    matmul(ks, pool, W.type, W.data, W.rows, W.cols, x, T, y, W.il);
+    add_adapters_and_bias(ks, pool, W, b, x, T, y, lora, ax_fused, spans);
+}
+
+// One projection of linears(): y = x · Wᵀ (+ adapters) (+ b).
+struct Projection {
+    const TensorRef& W;
+    const TensorRef& b;
+    float* y;
+    const std::vector<LoraRef>& lora;
+};
+
+// linear() of projections sharing x (q, k, v; gate, up): their W·x in one
+// matmul_shared_x, then each one's adapters and bias.
+void linears(const KernelSet& ks, ThreadPool& pool, std::initializer_list<Projection> ps, const float* x, int64_t T,
+             const float* ax_fused, const RowSpans* spans) {
+    std::vector<MatrixOut> m;
+    for (const Projection& p : ps) m.push_back(MatrixOut{p.W.type, p.W.data, p.W.il, p.W.rows, p.y});
+    matmul_shared_x(ks, pool, m.data(), (int)m.size(), ps.begin()->W.cols, x, T);
+    for (const Projection& p : ps) add_adapters_and_bias(ks, pool, p.W, p.b, x, T, p.y, p.lora, ax_fused, spans);
 }
 
 // One token's A·x for every adapter of an input group, in one matmul (empty otherwise).
@@ -277,9 +300,9 @@ void attention_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, f
     rms_norm(x, L.attn_norm.f32(), xn, T, d, L.norm_eps);
     const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[0], xn, T);
     const float* axp = ax.empty() ? nullptr : ax.data();
-    linear(ks, pool, L.wq, L.bq, xn, T, q, L.lora[PROJ_Q], axp, &spans);  // [T, n_head * hd]
-    linear(ks, pool, L.wk, L.bk, xn, T, k, L.lora[PROJ_K], axp, &spans);  // [T, n_head_kv * hd]
-    linear(ks, pool, L.wv, L.bv, xn, T, v, L.lora[PROJ_V], axp, &spans);  // [T, n_head_kv * hd]
+    // q [T, n_head * hd], k and v [T, n_head_kv * hd]
+    linears(ks, pool, {{L.wq, L.bq, q, L.lora[PROJ_Q]}, {L.wk, L.bk, k, L.lora[PROJ_K]}, {L.wv, L.bv, v, L.lora[PROJ_V]}}, xn, T, axp,
+            &spans);
     if (L.q_norm.present()) rms_norm(q, L.q_norm.f32(), q, T * L.n_head, hd, L.norm_eps);
     if (L.k_norm.present()) rms_norm(k, L.k_norm.f32(), k, T * L.n_head_kv, hd, L.norm_eps);
     for (int64_t s = 0; s < n_seq; s++) {
@@ -312,8 +335,8 @@ void ffn_half(const KernelSet& ks, ThreadPool& pool, const LayerSpec& L, float* 
     rms_norm(x, L.ffn_norm.f32(), xn, T, d, L.norm_eps);
     const std::vector<float> ax = lora_ax_fused(ks, pool, L.lora_a_fused[1], xn, T);
     const float* axp = ax.empty() ? nullptr : ax.data();
-    linear(ks, pool, L.w_gate, TensorRef{}, xn, T, gate, L.lora[PROJ_GATE], axp, spans);  // [T, n_ff]
-    linear(ks, pool, L.w_up, TensorRef{}, xn, T, up, L.lora[PROJ_UP], axp, spans);        // [T, n_ff]
+    const TensorRef none;
+    linears(ks, pool, {{L.w_gate, none, gate, L.lora[PROJ_GATE]}, {L.w_up, none, up, L.lora[PROJ_UP]}}, xn, T, axp, spans);  // [T, n_ff] each
     glu(ks, pool, L, gate, up, T);
     linear(ks, pool, L.w_down, TensorRef{}, gate, T, o, L.lora[PROJ_DOWN], nullptr, spans);  // [T, d]
     if (L.ffn_post_norm.present()) rms_norm(o, L.ffn_post_norm.f32(), o, T, d, L.norm_eps);

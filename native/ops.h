@@ -17,6 +17,23 @@ namespace ll {
 void matmul(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* w, int64_t n_rows, int64_t k,
             const float* x, int64_t batch, float* y, const uint8_t* w_il = nullptr);
 
+// One matrix of matmul_shared_x: n_rows rows of `type` (w_il: their interleaved
+// copy, or null), Y written to y (batch rows of n_rows floats).
+struct MatrixOut {
+    int type;
+    const uint8_t* w;
+    const uint8_t* w_il;
+    int64_t n_rows;
+    float* y;
+};
+
+// matmul of n matrices by the same X (a layer's q, k and v; gate and up): X
+// converted once per activation format and, where every matrix's rows can be
+// split freely (one token, or batches from copies with their own tiles), all
+// their rows in one run of the pool, so the threads meet once rather than
+// once per matrix.  The same floats as n matmul calls.
+void matmul_shared_x(const KernelSet& ks, ThreadPool& pool, const MatrixOut* m, int n, int64_t k, const float* x, int64_t batch);
+
 // dst = dequantized src, n_rows rows of k weights each.
 void dequantize(const KernelSet& ks, ThreadPool& pool, int type, const uint8_t* src, int64_t n_rows, int64_t k, float* dst);
 
