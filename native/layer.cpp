@@ -8,6 +8,8 @@
 #include "ggml_math.h"
 #include "ops.h"
 
+#define LL_ALWAYS_INLINE __attribute__((always_inline))
+
 namespace ll {
 
 // As ggml computes it (squares in float, summed in double), so that the int8
@@ -167,7 +169,7 @@ const float* rope_rotations(const LayerSpec& L, int64_t pos0, int64_t n) {
 }
 
 // Rotary position embedding of every head of n_tokens rows (n_heads * head_dim each).
-void rope(const LayerSpec& L, const float* cs, float* x, int64_t n_tokens, int64_t n_heads) {
+LL_ALWAYS_INLINE inline void rope_rows(const LayerSpec& L, const float* cs, float* x, int64_t n_tokens, int64_t n_heads) {
     const int64_t half = L.rope_dim / 2;
     for (int64_t t = 0; t < n_tokens; t++) {
         for (int64_t h = 0; h < n_heads; h++) {
@@ -187,17 +189,33 @@ void rope(const LayerSpec& L, const float* cs, float* x, int64_t n_tokens, int64
     }
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// The same loop where the CPU has FMA: std::fmaf an instruction, not a libm
+// call per product (this file is built for the baseline ISA).
+__attribute__((target("fma"))) void rope_rows_fma(const LayerSpec& L, const float* cs, float* x, int64_t n_tokens, int64_t n_heads) {
+    rope_rows(L, cs, x, n_tokens, n_heads);
+}
+#endif
+
+void rope(const LayerSpec& L, const float* cs, float* x, int64_t n_tokens, int64_t n_heads) {
+#if defined(__x86_64__) || defined(_M_X64)
+    static const bool fma = __builtin_cpu_supports("fma");
+    if (fma) return rope_rows_fma(L, cs, x, n_tokens, n_heads);
+#endif
+    rope_rows(L, cs, x, n_tokens, n_heads);
+}
+
 void store_kv(const LayerSpec& L, const KVRef& kv, const float* k, const float* v, int64_t n_tokens, int64_t pos0) {
-    const int64_t row = L.n_head_kv * L.head_dim;  // one position of the cache
-    for (int64_t i = 0; i < n_tokens * row; i++) {
-        const int64_t at = pos0 * row + i;
-        if (kv.type == TYPE_F16) {
-            reinterpret_cast<half_t*>(kv.k)[at] = fp32_to_fp16(k[i]);
-            reinterpret_cast<half_t*>(kv.v)[at] = fp32_to_fp16(v[i]);
-        } else {
-            reinterpret_cast<float*>(kv.k)[at] = k[i];
-            reinterpret_cast<float*>(kv.v)[at] = v[i];
-        }
+    const int64_t row = L.n_head_kv * L.head_dim, n = n_tokens * row;  // row: one position of the cache
+    if (kv.type == TYPE_F16) {
+        // loops of their own, which the compiler vectorizes
+        half_t* kh = reinterpret_cast<half_t*>(kv.k) + pos0 * row;
+        half_t* vh = reinterpret_cast<half_t*>(kv.v) + pos0 * row;
+        for (int64_t i = 0; i < n; i++) kh[i] = fp32_to_fp16(k[i]);
+        for (int64_t i = 0; i < n; i++) vh[i] = fp32_to_fp16(v[i]);
+    } else {
+        std::copy(k, k + n, reinterpret_cast<float*>(kv.k) + pos0 * row);
+        std::copy(v, v + n, reinterpret_cast<float*>(kv.v) + pos0 * row);
     }
 }
 
