@@ -41,7 +41,16 @@ template <typename F, typename E>
 void parallel_guided(ThreadPool& pool, int64_t n, int64_t min_chunk, size_t work_bytes, F&& body, E&& part_end) {
     if (n <= 0) return;
     const int64_t nth = pool.size();
-    auto run = [&](std::atomic<int64_t>& next) {
+    if (nth == 1 || n <= min_chunk || work_bytes < MIN_PARALLEL_BYTES) {
+        for (int64_t r0 = 0; r0 < n;) {  // a part a call
+            const int64_t r1 = part_end(r0);
+            body(r0, r1);
+            r0 = r1;
+        }
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    pool.run([&](int, int) {
         int64_t r0 = next.load(std::memory_order_relaxed);
         while (r0 < n) {
             const int64_t share = (n - r0) / (2 * nth) / min_chunk * min_chunk;
@@ -51,10 +60,7 @@ void parallel_guided(ThreadPool& pool, int64_t n, int64_t min_chunk, size_t work
                 r0 = next.load(std::memory_order_relaxed);
             }
         }
-    };
-    std::atomic<int64_t> next{0};
-    if (nth == 1 || n <= min_chunk || work_bytes < MIN_PARALLEL_BYTES) run(next);
-    else pool.run([&](int, int) { run(next); });
+    });
 }
 
 template <typename F>

@@ -108,17 +108,27 @@ class InterleavedCopies:
         return out
 
 
+COPY_CHUNK = 16 << 20
+
+
 def layer_matrix(t: QTensor, copies: InterleavedCopies) -> tuple:
     """A layer's matrix as the backend takes it: (type id, rows), plus the rows
     interleaved where the kernels multiply that type fastest (decode then
     streams one run of memory per group of rows, as llama.cpp's repacked
     weights do).  The copy takes the mapped rows' place in memory: their pages are
     released (the file stays mapped, and whatever reads the rows again, e.g.
-    another ISA path, maps them back in), so the model stays at its file's size."""
+    another ISA path, maps them back in), so the model stays at its file's size,
+    also while it loads: a large matrix (Gemma 3's 170 MB classifier) is copied
+    COPY_CHUNK bytes of rows at a time, each chunk's pages released before the next."""
     if not copies.wanted(t):
         return (int(t.type), t.data)
-    copy = backend.interleave_rows(t.type, t.data, t.cols, out=copies.take(t))
-    release_pages(t.data)
+    copy = copies.take(t)
+    group = backend.interleave_group(t.type)
+    step = max(1, COPY_CHUNK // max(1, t.data.shape[1] * group)) * group
+    for r0 in range(0, t.rows, step):
+        rows = slice(r0, r0 + step)
+        backend.interleave_rows(t.type, t.data[rows], t.cols, out=copy[rows])
+        release_pages(t.data[rows])
     return (int(t.type), t.data, copy)
 
 
