@@ -296,10 +296,12 @@ class Transformer:
             raise ValueError(f"token ids must be in [0, {self.config.n_vocab}), got {tokens.min()}..{tokens.max()}")
         if seq.min() < 0 or seq.max() >= n_seq:
             raise ValueError(f"sequence ids must be in [0, {n_seq}), got {seq.min()}..{seq.max()}")
-        starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
-        ends = np.r_[starts[1:], n]
-        order = seq[starts]  # the sequence of each run of rows
-        if len(np.unique(order)) != len(order):
+        # runs of rows as Python ints: a decode step has a few, and numpy's
+        # per-call costs were most of this method's own time
+        starts = [0, *(np.flatnonzero(seq[1:] != seq[:-1]) + 1).tolist()]
+        ends = [*starts[1:], n]
+        order = seq[starts].tolist()  # the sequence of each run of rows
+        if len(set(order)) != len(order):
             raise ValueError("the tokens of one sequence must be contiguous")
         if len(order) != n_seq:
             raise ValueError(f"every cache needs at least one token: only {len(order)} of {n_seq} sequences have any")
@@ -318,12 +320,13 @@ class Transformer:
         x = self.embed(tokens)  # [T, d]
         seq32 = seq.astype(np.int32)
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+        k_by_layer, v_by_layer = zip(*(c.k for c in caches)), zip(*(c.v for c in caches))  # [layer][sequence]
+        for i, (layer, k, v) in enumerate(zip(self.layers, k_by_layer, v_by_layer)):
             # as forward(): the last layer's FFN runs on the rows whose logits are wanted only
-            layer.forward_batch(x, seq32, pos, [c.k[i] for c in caches], [c.v[i] for c in caches], last_only=i == last)
+            layer.forward_batch(x, seq32, pos, k, v, i == last)
         for a, b, s in zip(starts, ends, order):
-            caches[s].n_tokens += int(b - a)
+            caches[s].n_tokens += b - a
         rows = np.empty(n_seq, np.int64)
-        rows[order] = ends - 1
+        rows[order] = np.asarray(ends) - 1
         x = backend.rms_norm(np.ascontiguousarray(x[rows]), self.output_norm, self.config.norm_eps)
         return backend.matmul(self.output.type, self.output.data, x, w_il=self.output_il)  # [n_seq, vocab]
