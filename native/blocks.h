@@ -79,7 +79,7 @@ inline bool is_weight_type(int t) { return type_supported(t) && t != TYPE_Q8_1 &
 inline size_t row_bytes(int t, int64_t n) { return (size_t)(n / TYPE_TRAITS[t].block_size) * TYPE_TRAITS[t].type_size; }
 
 // Interleaved copies of weight rows: the layouts the interleaved kernels read
-// (KernelSet::dot_gemv_il), the same bytes reordered so that a kernel over a
+// (KernelSet::dot_gemv_il), the same weights reordered so that a kernel over a
 // group of rows reads one contiguous stream instead of one per row (llama.cpp
 // repacks the same weights for the same reason).  A group starts where its
 // first row starts row-major.

@@ -248,8 +248,9 @@ LL_FLOAT_DOT(dot_bf16, bf16_t, load_bf16, scalar_bf16)
 // ---- quantized dot products ----
 //
 // Structure (all five formats):
-//  * The activation row is prepared once per call: d_y per block, plus for Q8_1 its s = d_y * sum(y) and for Q4_0/Q5_0 the
-//    offset (8 or 16) times the sums of y over each 4-byte group.  The 4/5-bit
+//  * The activation row is prepared once per call: d_y per block, plus for
+//    Q8_1 its s = d_y * sum(y) and for Q4_0/Q5_0 the offset (8 or 16) times
+//    the sums of y over each 4-byte group.  The 4/5-bit
 //    weights are unpacked unsigned (u); Q4_0/Q5_0 subtract those products from
 //    the int32 lanes of sum(u * y), which leaves exactly ggml's signed lanes
 //    sum((u - offset) * y), so the float FMA that follows rounds as llama.cpp's
