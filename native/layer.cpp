@@ -150,13 +150,16 @@ const float* rope_rotations(const LayerSpec& L, int64_t pos0, int64_t n) {
         for (int64_t t = 0; t < n; t++) rope_angles(L, pos0 + t, scratch.data() + t * 2 * half);
         return scratch.data();
     }
-    const std::vector<float> ff = L.rope_freq_factors ? std::vector<float>(L.rope_freq_factors, L.rope_freq_factors + half) : std::vector<float>{};
+    const float* ff = L.rope_freq_factors;
+    auto same_factors = [&](const Table& t) {
+        return ff ? t.freq_factors.size() == (size_t)half && std::equal(ff, ff + half, t.freq_factors.begin()) : t.freq_factors.empty();
+    };
     Table* tab = nullptr;
     for (Table& t : tables)
-        if (t.dim == L.rope_dim && t.base == L.rope_base && t.pos_scale == L.rope_pos_scale && t.freq_factors == ff) tab = &t;
+        if (t.dim == L.rope_dim && t.base == L.rope_base && t.pos_scale == L.rope_pos_scale && same_factors(t)) tab = &t;
     if (!tab) {
         if (tables.size() >= 8) tables.clear();  // settings of models long gone
-        tables.push_back(Table{L.rope_dim, L.rope_base, L.rope_pos_scale, ff, {}});
+        tables.push_back(Table{L.rope_dim, L.rope_base, L.rope_pos_scale, ff ? std::vector<float>(ff, ff + half) : std::vector<float>{}, {}});
         tab = &tables.back();
     }
     const int64_t have = (int64_t)tab->cs.size() / (2 * half);

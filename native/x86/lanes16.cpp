@@ -134,10 +134,7 @@ LL_INLINE void rows16(int64_t nb, const typename X16<T>::B* w, const uint8_t* co
     }
     _Pragma("GCC unroll 2")
     for (int t = 0; t < NT; t++) {
-        // hsum_ggml: lanes j + (j + 4), then (0 + 2) and (1 + 3), then those two
-        const __m512 h0 = _mm512_add_ps(acc[t][4], acc[t][0]), h1 = _mm512_add_ps(acc[t][5], acc[t][1]);
-        const __m512 h2 = _mm512_add_ps(acc[t][6], acc[t][2]), h3 = _mm512_add_ps(acc[t][7], acc[t][3]);
-        __m512 v = _mm512_add_ps(_mm512_add_ps(h0, h2), _mm512_add_ps(h1, h3));
+        __m512 v = hsum_lane_registers(acc[t]);
         if constexpr (X16<T>::min) v = _mm512_add_ps(v, macc[t]);  // the min chain after the sum, as dot adds it
         _mm512_storeu_ps(out + t * out_stride, v);
     }

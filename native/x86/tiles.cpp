@@ -545,10 +545,7 @@ inline void legacy_tile_rows16(int64_t nb, const LegacyRows16* u, const uint8_t*
     }
     _Pragma("GCC unroll 2")
     for (int t = 0; t < NT; t++) {
-        // hsum_ggml: lanes j + (j + 4), then (0 + 2) and (1 + 3), then those two
-        const __m512 h0 = _mm512_add_ps(acc[t][4], acc[t][0]), h1 = _mm512_add_ps(acc[t][5], acc[t][1]);
-        const __m512 h2 = _mm512_add_ps(acc[t][6], acc[t][2]), h3 = _mm512_add_ps(acc[t][7], acc[t][3]);
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(h0, h2), _mm512_add_ps(h1, h3));
+        const __m512 sum = hsum_lane_registers(acc[t]);
         // the min chain (zero but for Q4_1 / Q5_1) added as dot_q45_pass adds it; Q8_0's dot adds nothing
         _mm512_storeu_ps(out + t * out_stride, T != TYPE_Q8_0 ? _mm512_add_ps(sum, macc[t]) : sum);
     }

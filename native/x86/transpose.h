@@ -55,6 +55,15 @@ LL_INLINE void transpose_lanes4x4(const __m512i v[4], __m512i out[4]) {
     out[3] = _mm512_unpackhi_epi64(a1, a3);
 }
 
+// ggml's horizontal sum of a row's eight float lanes (hsum_ggml), for sixteen
+// rows at once: acc[j], lane l holds row l's lane j.  Lanes j + (j + 4), then
+// (0 + 2) and (1 + 3), then those two.
+LL_INLINE __m512 hsum_lane_registers(const __m512* acc) {
+    const __m512 h0 = _mm512_add_ps(acc[4], acc[0]), h1 = _mm512_add_ps(acc[5], acc[1]);
+    const __m512 h2 = _mm512_add_ps(acc[6], acc[2]), h3 = _mm512_add_ps(acc[7], acc[3]);
+    return _mm512_add_ps(_mm512_add_ps(h0, h2), _mm512_add_ps(h1, h3));
+}
+
 // The fp16 at p + r * stride for rows r = 0..15, as 16 floats.
 inline __m512 halves16(const uint8_t* p, size_t stride) {
     uint64_t h[4] = {0, 0, 0, 0};
