@@ -6,6 +6,7 @@
 // or cell mod L, as tinyBLAS's single L-lane accumulator does for a batch.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -54,6 +55,7 @@ inline float fmax_inline(float a, float b) { return b > a || a != a ? b : a; }
 
 constexpr int64_t MAX_HD = 1024;  // the bindings refuse larger heads
 constexpr int64_t DOT_STEP = 4 * GGML_LANES;  // ggml_vec_dot_f16's chunk
+constexpr int64_t PREFETCH_ROWS = 8;  // K rows asked for ahead of their dot
 
 // ggml_vec_dot_f16(hd, k, qh): four L-lane accumulators over chunks of 4L, its reduction tree, double tail
 inline float dot_kq(int64_t hd, const half_t* k, const float* qh) {
@@ -112,9 +114,24 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     for (int64_t d = 0; d < hd8; d += 8) _mm256_store_ps(qh + d, round_h(_mm256_loadu_ps(q + d)));
     for (int64_t d = hd8; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
 
+    // The cache rows are cold by the time a layer's attention runs (a step's
+    // weights have streamed through the caches since): K rows are asked for
+    // PREFETCH_ROWS ahead of their dot and V rows as their scores come, so
+    // the loops below do not wait on memory row by row (SmolLM2 decode:
+    // 4 sequences +4%, one +3%).
+    const int64_t row_bytes = hd * (int64_t)sizeof(half_t);
+    auto prefetch = [row_bytes](const half_t* row, int hint) {
+        for (int64_t o = 0; o < row_bytes; o += 64)
+            hint == 0 ? _mm_prefetch(reinterpret_cast<const char*>(row) + o, _MM_HINT_T0)
+                      : _mm_prefetch(reinterpret_cast<const char*>(row) + o, _MM_HINT_T1);
+    };
+    for (int64_t i = 0; i < std::min(n, PREFETCH_ROWS); i++) prefetch(k + i * k_stride, 0);
     float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n; i++) {
+        if (i + PREFETCH_ROWS < n) prefetch(k + (i + PREFETCH_ROWS) * k_stride, 0);
+        prefetch(v + i * v_stride, 1);
         mx = fmax_inline(mx, s[i] = (kq_tiny ? dot_kq_batch(hd, k + i * k_stride, qh) : dot_kq(hd, k + i * k_stride, qh)) * scale);
+    }
     for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
     double sum = 0.0;
     for (int64_t a = 0; a < cells; a += GGML_LANES) {
@@ -128,9 +145,9 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     // Slot by slot, its cells' chain in order, 64 head dimensions at a time
     // in registers (through memory, cell by cell, the accumulators' loads and
     // stores took half the attention's time).
-    for (int slot = 0; slot < n_slots; slot++) {
+    int64_t i0 = (n_slots - lead % n_slots) % n_slots;  // slot 0's first cell: (lead + i0) % n_slots == slot
+    for (int slot = 0; slot < n_slots; slot++, i0 = i0 + 1 == n_slots ? 0 : i0 + 1) {
         float* acc = slots + slot * hd;
-        const int64_t i0 = ((slot - lead) % n_slots + n_slots) % n_slots;  // its first cell: (lead + i0) % n_slots == slot
         int64_t d = 0;
         for (; d + 64 <= hd8; d += 64) v_chain<8>(n, i0, n_slots, v + d, v_stride, w + lead, acc + d);
         for (; d < hd8; d += 8) v_chain<1>(n, i0, n_slots, v + d, v_stride, w + lead, acc + d);
