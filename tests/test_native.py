@@ -188,11 +188,11 @@ def test_interleaved_copy_gives_the_rows_floats(isa, qtype):
 
 
 def test_interleaved_types_follow_the_active_path():
-    """Layers keep copies only where the active kernels read them: Q4_0 and
-    Q4_K on the x86 paths, the 32-weight formats on avx512 too, none on scalar
-    or NEON, none with LLAMALOCAL_REPACK=0."""
+    """Layers keep copies only where the active kernels read them: Q4_0, Q4_K
+    and Q6_K on the x86 paths, the 32-weight formats on avx512 too, none on
+    scalar or NEON, none with LLAMALOCAL_REPACK=0."""
     code = "from llamalocal import backend; print(sorted(backend.interleaved_types()))"
-    want = {"avx2": [T.Q4_0, T.Q4_K], "avx512": sorted([T.Q4_0, T.Q4_K, *X16_TYPES])}
+    want = {"avx2": [T.Q4_0, T.Q4_K, T.Q6_K], "avx512": sorted([T.Q4_0, T.Q4_K, T.Q6_K, *X16_TYPES])}
     for isa in ISAS:
         r = _run_python(code, LLAMALOCAL_ISA=isa)
         assert r.returncode == 0, r.stderr

@@ -7,8 +7,8 @@
     logits = norm(x) · W_outᵀ                           # [T, vocab]
 
 Weights stay where the loader put them (views into the memory-mapped file),
-but for the interleaved copies of the layers' Q4_0 / Q4_K matrices that the
-x86 kernels read (layer_matrix), all in one buffer of huge pages
+but for the interleaved copies of the matrices whose types the x86 kernels
+read so (backend.interleaved_types; layer_matrix), all in one buffer of huge pages
 (InterleavedCopies); the KV cache belongs to the caller.
 `with_lora` gives the same model under other LoRA adapters: only the layer
 objects differ, every weight is shared.
