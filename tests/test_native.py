@@ -146,9 +146,9 @@ X16_TYPES = (T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K, *X16_TYPES], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_K, T.Q6_K, *X16_TYPES], ids=lambda t: t.name)
 def test_interleaved_copy_gives_the_rows_floats(isa, qtype):
-    """The copy of the weights a layer keeps (interleave_rows: Q4_0 / Q4_K eight
+    """The copy of the weights a layer keeps (interleave_rows: Q4_0 / Q4_K / Q6_K eight
     rows block by block, the 32-weight formats sixteen rows transposed), read by
     the kernels over it where the ISA has them and otherwise ignored: the rows'
     floats bit for bit, for one token and batches, and for rows past a segment."""
@@ -166,7 +166,7 @@ def test_interleaved_copy_gives_the_rows_floats(isa, qtype):
             want = _native.matmul(int(qtype), w, x, isa=isa)
             got = _native.matmul(int(qtype), w, x, isa=isa, w_il=il)
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (n, k, batch)
-    reads_copy = isa == "avx512" or (isa == "avx2" and qtype in (T.Q4_0, T.Q4_K))
+    reads_copy = isa == "avx512" or (isa == "avx2" and qtype in (T.Q4_0, T.Q4_K, T.Q6_K))
     bad = il.copy()
     bad[0, 20] ^= 0xFF
     x = rng.standard_normal(512).astype(np.float32)
