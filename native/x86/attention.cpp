@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "../ggml_math.h"
 #include "../kernels.h"
@@ -114,24 +115,34 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     for (int64_t d = 0; d < hd8; d += 8) _mm256_store_ps(qh + d, round_h(_mm256_loadu_ps(q + d)));
     for (int64_t d = hd8; d < hd; d++) qh[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
 
-    // The cache rows are cold by the time a layer's attention runs (a step's
-    // weights have streamed through the caches since): K rows are asked for
-    // PREFETCH_ROWS ahead of their dot and V rows as their scores come, so
-    // the loops below do not wait on memory row by row (SmolLM2 decode:
-    // 4 sequences +4%, one +3%).
+    // A decode token's cache rows are cold by the time a layer's attention
+    // runs (a step's weights have streamed through the caches since): K rows
+    // are asked for PREFETCH_ROWS ahead of their dot and V rows as their
+    // scores come, so the loops below do not wait on memory row by row
+    // (SmolLM2 decode, paired A/Bs in a fast and a slow spell of the VM:
+    // 4 sequences +4.4% and +0.6%, one +3.0% and +1.7%; Gemma 3 ±0).  A
+    // prompt's rows were just written and are in cache: its loop has no
+    // prefetches (prefetching there, or testing inside the loop whether to,
+    // cost pp512 2-5%).
     const int64_t row_bytes = hd * (int64_t)sizeof(half_t);
     auto prefetch = [row_bytes](const half_t* row, int hint) {
         for (int64_t o = 0; o < row_bytes; o += 64)
             hint == 0 ? _mm_prefetch(reinterpret_cast<const char*>(row) + o, _MM_HINT_T0)
                       : _mm_prefetch(reinterpret_cast<const char*>(row) + o, _MM_HINT_T1);
     };
-    for (int64_t i = 0; i < std::min(n, PREFETCH_ROWS); i++) prefetch(k + i * k_stride, 0);
     float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        if (i + PREFETCH_ROWS < n) prefetch(k + (i + PREFETCH_ROWS) * k_stride, 0);
-        prefetch(v + i * v_stride, 1);
-        mx = fmax_inline(mx, s[i] = (kq_tiny ? dot_kq_batch(hd, k + i * k_stride, qh) : dot_kq(hd, k + i * k_stride, qh)) * scale);
-    }
+    auto scores = [&](auto cold) {  // the loop compiled twice, with the prefetches and without
+        for (int64_t i = 0; cold && i < std::min(n, PREFETCH_ROWS); i++) prefetch(k + i * k_stride, 0);
+        for (int64_t i = 0; i < n; i++) {
+            if constexpr (cold) {
+                if (i + PREFETCH_ROWS < n) prefetch(k + (i + PREFETCH_ROWS) * k_stride, 0);
+                prefetch(v + i * v_stride, 1);
+            }
+            mx = fmax_inline(mx, s[i] = (kq_tiny ? dot_kq_batch(hd, k + i * k_stride, qh) : dot_kq(hd, k + i * k_stride, qh)) * scale);
+        }
+    };
+    if (batch) scores(std::false_type{});
+    else scores(std::true_type{});
     for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
     double sum = 0.0;
     for (int64_t a = 0; a < cells; a += GGML_LANES) {
