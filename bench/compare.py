@@ -9,7 +9,11 @@ Per file and thread count, printed per engine with ours/llama.cpp ratios:
   time per token, divided by the read bandwidth measured by a streaming read
   in the same round (as bench_generate.py does);
 * load to first token: seconds from opening the file to the first generated
-  token after a short prompt, page cache warm (the file was just read);
+  token after a short prompt, page cache warm (the file was just read), each
+  timed load after an untimed one of the same engine: on a virtual machine
+  the first process to touch memory another has not just freed pays the
+  host's first-touch cost (a 7B load took 1 s or 7 s by that alone), which
+  would otherwise fall on whichever engine loads first in the round;
 * peak RSS (MB) of that process (VmHWM), after it has also evaluated the pp
   prompt: the memory the benchmarked work needs, mapped weights included.
 
@@ -159,6 +163,7 @@ def compare_file(path: Path, threads: int, args, probe: np.ndarray) -> dict:
                 rnd[e]["bw_share"] = rnd[e]["tg"] * bpt / 1e9 / rnd["bandwidth_gbs"]
             for e in order:
                 time.sleep(SETTLE_S)
+                load_run(e, path, threads, n_ctx, short, prompt)  # untimed: memory warm for the timed one
                 lr = load_run(e, path, threads, n_ctx, short, prompt)
                 rnd[e].update(load_s=lr["seconds"], import_s=lr["import_seconds"], rss_mb=lr["rss_mb"],
                               rss_anon_mb=lr["rss_anon_mb"], rss_file_mb=lr["rss_file_mb"],
