@@ -17,7 +17,7 @@ namespace ll {
 typedef void (*dequant_row_fn)(const void* src, float* dst, int64_t n);
 
 // Quantize n activations (a multiple of the block size) into an activation
-// format (Q8_0, Q8_1 or Q8_K).
+// format (Q8_0, Q8_1 or Q8_K), or into F16 (any n: the rows of the F16 KV cache).
 typedef void (*quant_row_fn)(const float* src, void* dst, int64_t n);
 
 // y[r] = dot(weight row r, x) for r in [0, nrows).  Weight rows start
@@ -112,7 +112,7 @@ struct KernelSet {
     // tinyBLAS): the same floats, fewer instructions.  Null where there is
     // none (dot is used per token); not filled in from the scalar set.
     dot_tile_fn dot_tile[TYPE_COUNT];
-    quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K
+    quant_row_fn quant_act[TYPE_COUNT];  // indexed by activation type: Q8_0, Q8_1, Q8_K; and F16
     attn_fn attn[TYPE_COUNT];            // indexed by KV cache type: F16, F32
     swiglu_fn swiglu;
     sum_words_fn sum_words;

@@ -324,6 +324,14 @@ void quant_q8_1(const float* x, void* dst, int64_t n) {
     }
 }
 
+// The F16 KV cache's rows: FCVTN rounds to nearest even, as fp32_to_fp16 does
+void quant_f16(const float* x, void* dst, int64_t n) {
+    half_t* y = static_cast<half_t*>(dst);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++) y[i] = fp32_to_fp16(x[i]);
+}
+
 // The bandwidth probe: 16-byte loads, four independent sums (64-bit loads
 // leave one core short of what DRAM delivers).
 uint64_t sum_words(const uint64_t* p, size_t n) {
@@ -352,6 +360,7 @@ void LL_REGISTER(legacy)(KernelSet* ks) {
     ks->dequant[TYPE_Q5_1] = dequant_q5_1;
     ks->dequant[TYPE_Q8_0] = dequant_q8_0;
 
+    ks->quant_act[TYPE_F16] = quant_f16;
     ks->quant_act[TYPE_Q8_0] = quant_q8_0;
     ks->quant_act[TYPE_Q8_1] = quant_q8_1;
 

@@ -109,6 +109,12 @@ static inline float quant_block_q8(const float* x, int8_t* qs, int* sum) {
     return amax / 127.0f;
 }
 
+// The F16 KV cache's rows: round to nearest even, as F16C does
+void quant_f16(const float* x, void* dst, int64_t n) {
+    half_t* y = static_cast<half_t*>(dst);
+    for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
+}
+
 void quant_q8_0(const float* x, void* dst, int64_t n) {
     block_q8_0* y = static_cast<block_q8_0*>(dst);
     int sum;
@@ -274,6 +280,7 @@ void register_legacy_scalar(KernelSet* ks) {
     ks->dequant[TYPE_Q8_0] = dequant_q8_0;
     ks->dequant[TYPE_Q8_1] = dequant_q8_1;
 
+    ks->quant_act[TYPE_F16] = quant_f16;
     ks->quant_act[TYPE_Q8_0] = quant_q8_0;
     ks->quant_act[TYPE_Q8_1] = quant_q8_1;
 

@@ -143,15 +143,19 @@ void attn_f16(int64_t n, int64_t hd, const float* q, const void* kp, size_t k_st
     };
     if (batch) scores(std::false_type{});
     else scores(std::true_type{});
-    for (int64_t a = 0; a < cells; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
+    // Only the lane groups that hold visible cells: the others' weights are
+    // exp(-inf) = +0, which adds nothing to the sum (no partial sum is -0),
+    // and V·w reads the visible cells' weights alone.
+    const int64_t a0 = lead / GGML_LANES * GGML_LANES, a1 = (lead + n + GGML_LANES - 1) / GGML_LANES * GGML_LANES;
+    for (int64_t a = a0; a < a1; a++) w[a] = (a >= lead && a < lead + n) ? s[a - lead] - mx : -INFINITY;
     double sum = 0.0;
-    for (int64_t a = 0; a < cells; a += GGML_LANES) {
+    for (int64_t a = a0; a < a1; a += GGML_LANES) {
         __m256 e[GGML_HALVES];
         for (int h = 0; h < GGML_HALVES; h++) _mm256_storeu_ps(w + a + 8 * h, e[h] = v_expf512(_mm256_loadu_ps(w + a + 8 * h)));
         sum += (double)hsum_lanes(e);
     }
     const __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
-    for (int64_t a = 0; a < cells; a += 8) _mm256_storeu_ps(w + a, round_h(_mm256_mul_ps(_mm256_loadu_ps(w + a), inv)));
+    for (int64_t a = a0; a < a1; a += 8) _mm256_storeu_ps(w + a, round_h(_mm256_mul_ps(_mm256_loadu_ps(w + a), inv)));
 
     // Slot by slot, its cells' chain in order, 64 head dimensions at a time
     // in registers (through memory, cell by cell, the accumulators' loads and

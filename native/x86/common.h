@@ -22,6 +22,8 @@ namespace {
 constexpr int64_t SEG = 512;
 
 LL_INLINE float h2f(half_t h) { return _cvtsh_ss(h); }  // exact, same as fp16_to_fp32
+// Rounded to nearest even, same as fp32_to_fp16 (and ggml's F16C build) for every non-NaN float.
+LL_INLINE half_t f2h(float f) { return (half_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 
 LL_INLINE uint16_t load_u16(const uint8_t* p) {
     uint16_t v;

@@ -158,7 +158,7 @@ void quant_q8_0(const float* x, void* dst, int64_t n) {
     block_q8_0* y = static_cast<block_q8_0*>(dst);
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m256i sums;
-        y[i].d = fp32_to_fp16(quant_block32(x, y[i].qs, &sums));
+        y[i].d = f2h(quant_block32(x, y[i].qs, &sums));
     }
 }
 
@@ -167,9 +167,18 @@ void quant_q8_1(const float* x, void* dst, int64_t n) {
     for (int64_t i = 0; i < n / QK; i++, x += QK) {
         __m256i sums;
         const float d = quant_block32(x, y[i].qs, &sums);
-        y[i].d = fp32_to_fp16(d);
-        y[i].s = fp32_to_fp16(d * (float)hsum8i(sums));
+        y[i].d = f2h(d);
+        y[i].s = f2h(d * (float)hsum8i(sums));
     }
+}
+
+// The F16 KV cache's rows, as ggml's F16C build stores them
+void quant_f16(const float* x, void* dst, int64_t n) {
+    half_t* y = static_cast<half_t*>(dst);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = f2h(x[i]);
 }
 
 // ---- float dot products (one row at a time; x is float32) ----
@@ -696,6 +705,7 @@ void LL_REGISTER(legacy)(KernelSet* ks) {
     ks->dequant[TYPE_Q8_0] = dequant_q8_0;
     ks->dequant[TYPE_Q8_1] = dequant_q8_1;
 
+    ks->quant_act[TYPE_F16] = quant_f16;
     ks->quant_act[TYPE_Q8_0] = quant_q8_0;
     ks->quant_act[TYPE_Q8_1] = quant_q8_1;
 

@@ -314,6 +314,34 @@ void test_quantizer(const KernelSet& ref, const KernelSet& ks, int vdt, Rng& rng
     }
 }
 
+// Float rows to F16 (the KV cache's stores), bit for bit: normal, subnormal
+// and overflowing halves, exact ties between two halves, zeros, infinities,
+// and a row length that leaves a tail.
+void test_to_f16(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
+    char detail[256];
+    if (!ref.quant_act[TYPE_F16]) {
+        check(false, "scalar", "F16", "reference missing", 0, 0, "no scalar F16 conversion registered");
+        return;
+    }
+    for (float spread : {1.0f, 1e-6f, 7e4f}) {
+        const int64_t n = 1027;
+        std::vector<float> x(n);
+        for (auto& v : x) v = spread * rng.normal();
+        for (int64_t i = 0; i < 64; i++) {  // halfway between 1 + i/1024 and the next half: rounds to the even one
+            const float lo = 1.0f + (float)i / 1024.0f;
+            x[i] = (i % 2 ? -1.0f : 1.0f) * (lo + 1.0f / 2048.0f);
+        }
+        x[64] = 0.0f, x[65] = -0.0f, x[66] = INFINITY, x[67] = -INFINITY, x[68] = 65520.0f, x[69] = 65519.0f;
+        std::vector<half_t> a(n), b(n);
+        ref.quant_act[TYPE_F16](x.data(), a.data(), n);
+        ks.quant_act[TYPE_F16](x.data(), b.data(), n);
+        int64_t n_diff = 0;
+        for (int64_t i = 0; i < n; i++) n_diff += a[i] != b[i];
+        std::snprintf(detail, sizeof detail, "spread %g: %lld of %lld differ", spread, (long long)n_diff, (long long)n);
+        check(n_diff == 0, ks.name, "F16", "to_f16", n, 1, detail);
+    }
+}
+
 void test_attention(const KernelSet& ref, const KernelSet& ks, Rng& rng) {
     char detail[256];
     for (int cache_type : {TYPE_F16, TYPE_F32}) {
@@ -420,6 +448,7 @@ int main() {
             test_type(ref, ks, t, rng);
         }
         for (int vdt : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K}) test_quantizer(ref, ks, vdt, rng);
+        test_to_f16(ref, ks, rng);
         test_attention(ref, ks, rng);
         test_swiglu(ref, ks, rng);
         test_sum_words(ref, ks, rng);
