@@ -39,8 +39,11 @@ inline float hsum_lanes(const __m256* v) { return hsum_ggml(_mm256_add_ps(v[0], 
 // GGML_F32_VEC_REDUCE's tree; load_a(i) gives a[i..i+7] as floats.  Shared so
 // that F32 weights (legacy.cpp) and the F16 K cache (attention.cpp) round
 // exactly as llama.cpp's kernels do; the callers add ggml's tails.
+// ggml_vec_dot_lanes stops before the horizontal sum: the 16 lanes' vector
+// with its halves added (hsum_ggml of it is the sum), for callers that sum
+// several at once (hsum8_ggml).
 template <class LoadA>
-inline float ggml_vec_dot_chunks(int64_t n, LoadA load_a, const float* b) {
+inline __m256 ggml_vec_dot_lanes(int64_t n, LoadA load_a, const float* b) {
     constexpr int STEP = 4 * GGML_LANES;
     const int64_t np = n & ~int64_t(STEP - 1);
     __m256 s[4][GGML_HALVES];
@@ -54,7 +57,27 @@ inline float ggml_vec_dot_chunks(int64_t n, LoadA load_a, const float* b) {
             }
     __m256 x[GGML_HALVES];
     for (int h = 0; h < GGML_HALVES; h++) x[h] = _mm256_add_ps(_mm256_add_ps(s[0][h], s[2][h]), _mm256_add_ps(s[1][h], s[3][h]));
-    return hsum_lanes(x);
+    return _mm256_add_ps(x[0], x[1]);
+}
+
+template <class LoadA>
+inline float ggml_vec_dot_chunks(int64_t n, LoadA load_a, const float* b) {
+    return hsum_ggml(ggml_vec_dot_lanes(n, load_a, b));
+}
+
+// hsum_ggml of eight vectors at once, the sums in order: the same pairs of
+// lanes added (l and l + 4, then l and l + 2, then 0 and 1), by shuffles
+// that keep eight sums in flight instead of one.
+inline __m256 hsum8_ggml(const __m256* y) {
+    __m256 z[4];  // z[p]: cell 2p's four sums in the low 128 bits, cell 2p + 1's in the high
+    for (int p = 0; p < 4; p++)
+        z[p] = _mm256_add_ps(_mm256_permute2f128_ps(y[2 * p], y[2 * p + 1], 0x31), _mm256_permute2f128_ps(y[2 * p], y[2 * p + 1], 0x20));
+    __m256 r[2];  // per 128 bits: [A0+A2, A1+A3, B0+B2, B1+B3]
+    for (int p = 0; p < 2; p++)
+        r[p] = _mm256_add_ps(_mm256_shuffle_ps(z[2 * p], z[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(z[2 * p], z[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // t: cells 0 2 4 6 | 1 3 5 7
 }
 
 }  // namespace
