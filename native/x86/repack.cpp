@@ -170,7 +170,14 @@ inline void q4_0_packed_rows8(int64_t nb, const uint8_t* w, size_t stride, const
         acc[t] = add ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(out + t * out_stride), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
                      : _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++, w += step) {
-        if (step != sizeof(block_q4_0)) _mm_prefetch(reinterpret_cast<const char*>(w) + 1024, _MM_HINT_T0);  // the stream's next lines
+        if (step != sizeof(block_q4_0)) {  // the stream's lines 2 KB ahead, two per 144-byte step so that
+            // nearly every line is asked for: one per step, 1 KB ahead, left every other line to the
+            // hardware prefetchers (decode, paired in-process A/B against that: 1.1B-shape +13%,
+            // 7B-shape +22%; two lines 1 KB ahead 4% / 2% below 2 KB, 512 bytes no better; adding
+            // lines into L2 4 KB ahead -9%, 8 KB ahead -40%)
+            _mm_prefetch(reinterpret_cast<const char*>(w) + 2048, _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(w) + 2048 + 64, _MM_HINT_T0);
+        }
         const Q4Rows8 u = unpack_q4_0_rows8<PREFETCH>(w, stride);
         const __m256 dw = halves8(w, stride);
 #pragma GCC unroll 4
